@@ -1,0 +1,196 @@
+"""Schema migrations: a small programmatic API over Alembic, used by the managers and the
+command line.
+
+The revisions live in the repository's top-level ``migrations/`` and are copied into the wheel
+as ``aiecs_persistence/migrations``; :func:`script_location` finds whichever is present.
+Concurrent upgrades are serialised by a PostgreSQL advisory lock taken in ``env.py``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Connection
+
+from .config import normalize_url
+from .domain import ErrorCode, TaskStatus
+from .errors import DatabaseError, SchemaMismatchError, translate
+
+__all__ = [
+    "ENUMS",
+    "VERSION_TABLE",
+    "SchemaStatus",
+    "check",
+    "current",
+    "downgrade",
+    "head",
+    "inspect",
+    "offline_sql",
+    "upgrade",
+]
+
+VERSION_TABLE: Final = "aiecs_alembic_version"
+#: Advisory lock key that serialises migrations (any constant; "aiecs" in ASCII).
+ADVISORY_LOCK_KEY: Final = 0x6169656373
+#: The native enum types and the Python enums they must match, label for label.
+ENUMS: Final = {"task_status": TaskStatus, "error_code": ErrorCode}
+
+
+def script_location() -> Path:
+    """The migrations folder: inside the installed package, else the checkout's top level."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise DatabaseError(f"migrations not found next to {here} (broken installation?)")
+
+
+def alembic_config(url: str | URL | None = None, *, stdout: io.StringIO | None = None) -> Config:
+    cfg = Config(output_buffer=stdout) if stdout is not None else Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    cfg.set_main_option("version_table", VERSION_TABLE)
+    cfg.set_main_option("path_separator", "os")
+    if url is not None:
+        # ConfigParser interpolation: a literal % must be doubled.
+        rendered = normalize_url(url).render_as_string(hide_password=False)
+        cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return cfg
+
+
+def head() -> str:
+    """The head revision of the shipped migrations."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise DatabaseError(f"the migrations have {len(heads)} heads; expected exactly one")
+    return heads[0]
+
+
+@contextmanager
+def _engine(url: str | URL) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(normalize_url(url), poolclass=sa.NullPool)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str | URL, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (safe when many processes do it at once)."""
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc, operation=f"upgrade to {revision}") from None
+
+
+def downgrade(url: str | URL, revision: str) -> None:
+    """Migrate the database down to ``revision`` (``base`` removes everything)."""
+    try:
+        command.downgrade(alembic_config(url), revision)
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc, operation=f"downgrade to {revision}") from None
+
+
+def offline_sql(revision: str = "head", *, start: str | None = None) -> str:
+    """The SQL an upgrade to ``revision`` would run, for a DBA to review and apply."""
+    out = io.StringIO()
+    target = f"{start}:{revision}" if start else revision
+    command.upgrade(alembic_config(None, stdout=out), target, sql=True)
+    return out.getvalue()
+
+
+def current_revision(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def current(url: str | URL) -> str | None:
+    """The revision the database is at (None for an empty database)."""
+    try:
+        with _engine(url) as engine, engine.connect() as conn:
+            return current_revision(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc, operation="read the schema revision") from None
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """What :func:`inspect` found: the revision and any enum drift."""
+
+    current: str | None
+    head: str
+    enum_problems: Sequence[str] = field(default_factory=tuple)
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    @property
+    def ok(self) -> bool:
+        return self.at_head and not self.enum_problems
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"schema at head ({self.head})"
+        parts = []
+        if not self.at_head:
+            where = self.current or "empty (no aiecs-persistence schema)"
+            parts.append(f"the database is at revision {where}, not at head {self.head}")
+        parts.extend(self.enum_problems)
+        return "; ".join(parts) + "; run `aiecs-db upgrade` (or `alembic upgrade head`)"
+
+
+ENUM_LABELS_SQL: Final = """
+SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)
+FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+WHERE t.typname IN ('task_status', 'error_code') AND pg_type_is_visible(t.oid)
+GROUP BY t.typname
+"""
+
+
+def enum_problems(labels: dict[str, list[str]]) -> list[str]:
+    """Compare database enum labels (by type name) with the Python enums."""
+    problems = []
+    for type_name, enum in ENUMS.items():
+        expected = [m.value for m in enum]
+        found = labels.get(type_name)
+        if found is None:
+            problems.append(f"enum type {type_name} is missing")
+        elif found != expected:
+            problems.append(
+                f"enum type {type_name} has labels {found}, but {enum.__name__} has {expected}"
+            )
+    return problems
+
+
+def inspect_connection(connection: Connection) -> SchemaStatus:
+    revision = current_revision(connection)
+    labels = {name: list(values) for name, values in connection.exec_driver_sql(ENUM_LABELS_SQL)}
+    problems = enum_problems(labels) if revision is not None else []
+    return SchemaStatus(current=revision, head=head(), enum_problems=tuple(problems))
+
+
+def inspect(url: str | URL) -> SchemaStatus:
+    """The schema's revision and enum drift, without changing anything."""
+    try:
+        with _engine(url) as engine, engine.connect() as conn:
+            return inspect_connection(conn)
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc, operation="inspect the schema") from None
+
+
+def check(url: str | URL) -> SchemaStatus:
+    """Raise ``SchemaMismatchError`` unless the database is at head with matching enums."""
+    found = inspect(url)
+    if not found.ok:
+        raise SchemaMismatchError(found.describe())
+    return found

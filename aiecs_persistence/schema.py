@@ -1,0 +1,369 @@
+"""The database schema: one ``MetaData``, native enums, tables, CHECK constraints, triggers and
+reporting views.
+
+This module is the *model* of the schema. The migrations in ``migrations/versions`` are frozen
+snapshots that build the same thing; the drift tests (``tests/migrations``) compare the two
+through PostgreSQL's catalogs, so neither can change without the other.
+
+Everything a rule of the contract needs is enforced inside PostgreSQL, for every writer:
+
+* the consistency rules of §3 are CHECK constraints named ``ck_<table>_<rule>``;
+* status changes follow the state machine of §2, checked by ``BEFORE`` triggers that raise
+  SQLSTATE ``AE001`` with a message naming both statuses;
+* the triggers also keep ``updated_at``, ``started_at`` and ``finished_at`` truthful.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    event,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ENUM, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .domain import ErrorCode, TaskStatus
+
+__all__ = [
+    "DDL_STATEMENTS",
+    "ERROR_CODE_ROWS",
+    "ID_MAX_LENGTH",
+    "VIEW_NAMES",
+    "Base",
+    "ErrorCodeRow",
+    "Task",
+    "TaskHistory",
+    "error_code_enum",
+    "metadata",
+    "task_status_enum",
+]
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata: Final = MetaData(naming_convention=NAMING_CONVENTION)
+
+#: Longest ``user_id`` / ``task_id`` (characters). They are index keys, and a btree entry
+#: must stay well under PostgreSQL's ~2.7 kB limit.
+ID_MAX_LENGTH: Final = 255
+
+task_status_enum: Final = ENUM(
+    *(s.value for s in TaskStatus), name="task_status", metadata=metadata, create_type=True
+)
+error_code_enum: Final = ENUM(
+    *(c.value for c in ErrorCode), name="error_code", metadata=metadata, create_type=True
+)
+
+_UNSUCCESSFUL_SQL: Final = "('failed', 'timed_out', 'cancelled')"
+_TERMINAL_SQL: Final = "('completed', 'failed', 'timed_out', 'cancelled')"
+_NOW: Final = text("now()")
+_TZ = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+def _id_checks(*columns: str) -> list[CheckConstraint]:
+    return [
+        CheckConstraint(
+            f"char_length({c}) BETWEEN 1 AND {ID_MAX_LENGTH}", name=f"{c}_length"
+        )
+        for c in columns
+    ]
+
+
+def _error_checks() -> list[CheckConstraint]:
+    return [
+        CheckConstraint(
+            "(error_code IS NOT NULL) = (error_message IS NOT NULL AND error_message <> '')",
+            name="error_pair",
+        ),
+        CheckConstraint(
+            f"(error_code IS NOT NULL) = (status IN {_UNSUCCESSFUL_SQL})",
+            name="error_iff_unsuccessful",
+        ),
+    ]
+
+
+class ErrorCodeRow(Base):
+    """The ``error_codes`` catalog: one row per ``ErrorCode``, for reports to join."""
+
+    __tablename__ = "error_codes"
+    __table_args__ = (
+        CheckConstraint(
+            "category IN ('client', 'timeout', 'execution', 'system')", name="category"
+        ),
+    )
+
+    code: Mapped[ErrorCode] = mapped_column(error_code_enum, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    category: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+
+
+class Task(Base):
+    """One row per (user_id, task_id): the task's lifecycle."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "task_id"),
+        *_id_checks("user_id", "task_id"),
+        *_error_checks(),
+        CheckConstraint(
+            f"(finished_at IS NOT NULL) = (status IN {_TERMINAL_SQL})", name="finished_at"
+        ),
+        # Listings of a user's tasks, newest first, with a keyset on (updated_at, task_id).
+        Index("ix_tasks_user_id_updated_at", "user_id", text("updated_at DESC"),
+              text("task_id DESC")),
+        # Retention (cleanup_old_tasks) and time-range reports across users.
+        Index("ix_tasks_updated_at", "updated_at"),
+    )
+
+    user_id: Mapped[str] = mapped_column(Text)
+    task_id: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(
+        task_status_enum, server_default=text("'pending'::task_status")
+    )
+    error_code: Mapped[str | None] = mapped_column(error_code_enum)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
+    started_at: Mapped[dt.datetime | None] = mapped_column(_TZ)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(_TZ)
+
+
+class TaskHistory(Base):
+    """One row per step of a task (``step`` is its 0-based position)."""
+
+    __tablename__ = "task_history"
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "task_id", "step"),
+        # The primary key's prefix (user_id, task_id) is the index behind this foreign key.
+        ForeignKeyConstraint(
+            ["user_id", "task_id"], ["tasks.user_id", "tasks.task_id"], ondelete="CASCADE"
+        ),
+        CheckConstraint("step >= 0", name="step_index"),
+        CheckConstraint(r"btrim(step_name, E' \t\n\r\f\v') <> ''", name="step_name"),
+        CheckConstraint("completed = (status = 'completed')", name="completed_flag"),
+        *_error_checks(),
+        # Step queries of one user, newest first, keyset on (updated_at, task_id, step).
+        Index("ix_task_history_user_id_updated_at", "user_id", text("updated_at DESC"),
+              text("task_id DESC"), text("step DESC")),
+        # Failures by error code over time (reports, the failures_by_day view).
+        Index("ix_task_history_error_code_created_at", "error_code", "created_at",
+              postgresql_where=text("error_code IS NOT NULL")),
+    )
+
+    user_id: Mapped[str] = mapped_column(Text)
+    task_id: Mapped[str] = mapped_column(Text)
+    step: Mapped[int] = mapped_column(Integer)
+    step_name: Mapped[str] = mapped_column(Text)
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    completed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    message: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    status: Mapped[str] = mapped_column(
+        task_status_enum, server_default=text("'pending'::task_status")
+    )
+    error_code: Mapped[str | None] = mapped_column(error_code_enum)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
+
+
+#: Rows that set aside upstream history could not be adopted (see migration 0002).
+legacy_rejects: Final = Table(
+    "legacy_task_history_rejects",
+    metadata,
+    Column("legacy_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("reason", Text, nullable=False),
+    Column("row_data", JSONB, nullable=False),
+    Column("set_aside_at", _TZ, nullable=False, server_default=_NOW),
+)
+
+ERROR_CODE_ROWS: Final = tuple(
+    {"code": c.value, "name": c.name, "category": c.category, "description": c.description}
+    for c in ErrorCode
+)
+
+# -- functions, triggers and views ----------------------------------------------------------
+
+TRANSITION_FUNCTION: Final = """
+CREATE FUNCTION aiecs_status_transition_allowed(from_status task_status, to_status task_status)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT from_status = to_status
+      OR (from_status = 'pending' AND to_status IN ('running', 'cancelled'))
+      OR (from_status = 'running'
+          AND to_status IN ('completed', 'failed', 'timed_out', 'cancelled'))
+$$
+"""
+
+TASKS_TRIGGER_FUNCTION: Final = """
+CREATE FUNCTION aiecs_tasks_before_write() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  previous task_status;
+BEGIN
+  -- A task comes into existence pending: an INSERT is checked as a move from pending.
+  IF TG_OP = 'INSERT' THEN
+    previous := 'pending';
+  ELSE
+    previous := OLD.status;
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+      NEW.updated_at := now();
+    END IF;
+  END IF;
+  IF NOT aiecs_status_transition_allowed(previous, NEW.status) THEN
+    RAISE EXCEPTION 'illegal status transition for task %/%: % -> %',
+        NEW.user_id, NEW.task_id, previous, NEW.status
+      USING ERRCODE = 'AE001',
+            DETAIL = format('tasks.status cannot move from %s to %s', previous, NEW.status),
+            HINT = 'Allowed: pending -> running | cancelled; running -> completed | failed '
+                   '| timed_out | cancelled; and a status to itself.',
+            TABLE = 'tasks', COLUMN = 'status', CONSTRAINT = 'tr_tasks_status_transition';
+  END IF;
+  IF NEW.status <> 'pending' AND NEW.status <> 'cancelled' AND NEW.started_at IS NULL THEN
+    NEW.started_at := NEW.updated_at;
+  END IF;
+  IF NEW.status IN ('completed', 'failed', 'timed_out', 'cancelled') THEN
+    IF NEW.finished_at IS NULL THEN
+      NEW.finished_at := NEW.updated_at;
+    END IF;
+  ELSE
+    NEW.finished_at := NULL;
+  END IF;
+  RETURN NEW;
+END
+$$
+"""
+
+HISTORY_TRIGGER_FUNCTION: Final = """
+CREATE FUNCTION aiecs_task_history_before_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NOT aiecs_status_transition_allowed(OLD.status, NEW.status) THEN
+    RAISE EXCEPTION 'illegal status transition for step % of task %/%: % -> %',
+        OLD.step, OLD.user_id, OLD.task_id, OLD.status, NEW.status
+      USING ERRCODE = 'AE001',
+            DETAIL = format('task_history.status cannot move from %s to %s',
+                            OLD.status, NEW.status),
+            HINT = 'Allowed: pending -> running | cancelled; running -> completed | failed '
+                   '| timed_out | cancelled; and a status to itself.',
+            TABLE = 'task_history', COLUMN = 'status',
+            CONSTRAINT = 'tr_task_history_status_transition';
+  END IF;
+  IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+    NEW.updated_at := now();
+  END IF;
+  RETURN NEW;
+END
+$$
+"""
+
+TASKS_TRIGGER: Final = """
+CREATE TRIGGER tr_tasks_status_transition BEFORE INSERT OR UPDATE ON tasks
+FOR EACH ROW EXECUTE FUNCTION aiecs_tasks_before_write()
+"""
+
+HISTORY_TRIGGER: Final = """
+CREATE TRIGGER tr_task_history_status_transition BEFORE UPDATE ON task_history
+FOR EACH ROW EXECUTE FUNCTION aiecs_task_history_before_update()
+"""
+
+STEP_DETAILS_VIEW: Final = """
+CREATE VIEW step_details AS
+SELECT h.user_id, h.task_id, h.step, h.step_name, h.status, h.completed, h.message,
+       h.error_code, e.name AS error_name, e.category AS error_category,
+       e.description AS error_description, h.error_message, h.result,
+       h.created_at, h.updated_at
+FROM task_history h
+LEFT JOIN error_codes e ON e.code = h.error_code
+"""
+
+TASK_SUMMARY_VIEW: Final = """
+CREATE VIEW task_summary AS
+SELECT t.user_id, t.task_id, t.status, t.error_code, t.error_message,
+       count(h.step) AS steps,
+       count(h.step) FILTER (WHERE h.status = 'completed') AS completed_steps,
+       count(h.step) FILTER (WHERE h.status IN ('failed', 'timed_out', 'cancelled'))
+         AS failed_steps,
+       t.created_at, t.started_at, t.finished_at,
+       LEAST(t.created_at, min(h.created_at)) AS first_activity,
+       GREATEST(t.updated_at, max(h.updated_at)) AS last_activity,
+       COALESCE(t.finished_at, GREATEST(t.updated_at, max(h.updated_at)))
+         - COALESCE(t.started_at, t.created_at) AS duration
+FROM tasks t
+LEFT JOIN task_history h ON h.user_id = t.user_id AND h.task_id = t.task_id
+GROUP BY t.user_id, t.task_id
+"""
+
+FAILURES_BY_DAY_VIEW: Final = """
+CREATE VIEW failures_by_day AS
+SELECT (h.created_at AT TIME ZONE 'UTC')::date AS day,
+       h.error_code, e.name AS error_name, e.category AS error_category,
+       count(*) AS failures,
+       count(DISTINCT (h.user_id, h.task_id)) AS tasks
+FROM task_history h
+JOIN error_codes e ON e.code = h.error_code
+WHERE h.error_code IS NOT NULL
+GROUP BY 1, h.error_code, e.name, e.category
+"""
+
+VIEW_NAMES: Final = ("step_details", "task_summary", "failures_by_day")
+
+#: Everything that is not a table, in creation order (``metadata.create_all`` runs these too).
+DDL_STATEMENTS: Final = (
+    TRANSITION_FUNCTION,
+    TASKS_TRIGGER_FUNCTION,
+    HISTORY_TRIGGER_FUNCTION,
+    TASKS_TRIGGER,
+    HISTORY_TRIGGER,
+    STEP_DETAILS_VIEW,
+    TASK_SUMMARY_VIEW,
+    FAILURES_BY_DAY_VIEW,
+)
+
+SEED_ERROR_CODES: Final = "INSERT INTO error_codes (code, name, category, description) VALUES " + (
+    ", ".join(
+        "('{code}', '{name}', '{category}', '{description}')".format(**row)
+        for row in ERROR_CODE_ROWS
+    )
+)
+
+def _executor(statement: str) -> Any:
+    """An event listener running ``statement`` through ``text()`` (``DDL()`` would treat the
+    ``%`` of PL/pgSQL's ``RAISE`` as a format character)."""
+
+    def run(target: Any, connection: Any, **kw: Any) -> None:
+        connection.execute(text(statement))
+
+    return run
+
+
+for _ddl in (*DDL_STATEMENTS, SEED_ERROR_CODES):
+    event.listen(metadata, "after_create", _executor(_ddl))
+for _drop in (
+    *(f"DROP VIEW IF EXISTS {v}" for v in reversed(VIEW_NAMES)),
+    "DROP FUNCTION IF EXISTS aiecs_tasks_before_write() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_task_history_before_update() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_status_transition_allowed(task_status, task_status)",
+):
+    event.listen(metadata, "before_drop", _executor(_drop))

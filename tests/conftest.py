@@ -1,0 +1,87 @@
+"""Fixtures shared by every kind of test: a real PostgreSQL and isolated databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from aiecs_persistence import migrate
+
+from .database import Server, find_server, temporary_database
+
+_server: Server | None = None
+
+
+def server() -> Server:
+    global _server
+    if _server is None:
+        _server = find_server()
+    return _server
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    found = server()
+    return (
+        f"database: {found.backend}, PostgreSQL {found.version}, "
+        f"at {found.admin_url.render_as_string(hide_password=True)}"
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server is not None:
+        _server.close()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Server:
+    return server()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg: Server) -> Iterator[str]:
+    """A database migrated to head, copied for each test that needs the schema."""
+    url = pg.create_database(prefix="aiecs_template")
+    migrate.upgrade(url)
+    try:
+        yield str(url.database)
+    finally:
+        pg.drop_database(url)
+
+
+@pytest.fixture
+def db_url(pg: Server, template_db: str) -> Iterator[URL]:
+    """A fresh database at head, for this test only."""
+    with temporary_database(pg, template_db) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_db_url(pg: Server) -> Iterator[URL]:
+    """A fresh empty database, for this test only."""
+    with temporary_database(pg) as url:
+        yield url
+
+
+def conninfo(url: URL) -> str:
+    """A libpq URI for psycopg (the way psql or any other writer would connect)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def psql(db_url: URL) -> Iterator[psycopg.Connection]:
+    """A plain psycopg connection in autocommit: a stand-in for someone typing in psql."""
+    with psycopg.connect(conninfo(db_url), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def engine(db_url: URL) -> Iterator[sa.Engine]:
+    eng = sa.create_engine(db_url, poolclass=sa.NullPool)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
