@@ -8,8 +8,9 @@ Concurrent upgrades are serialised by a PostgreSQL advisory lock taken in ``env.
 
 from __future__ import annotations
 
+import argparse
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,16 @@ def script_location() -> Path:
     raise DatabaseError(f"migrations not found next to {here} (broken installation?)")
 
 
-def alembic_config(url: str | URL | None = None, *, stdout: io.StringIO | None = None) -> Config:
+def alembic_config(
+    url: str | URL | None = None,
+    *,
+    stdout: io.StringIO | None = None,
+    options: Mapping[str, str] | None = None,
+) -> Config:
+    """An Alembic ``Config`` for our migrations; ``options`` become ``-x key=value``."""
     cfg = Config(output_buffer=stdout) if stdout is not None else Config()
+    if options:
+        cfg.cmd_opts = argparse.Namespace(x=[f"{k}={v}" for k, v in options.items()])
     cfg.set_main_option("script_location", str(script_location()))
     cfg.set_main_option("version_table", VERSION_TABLE)
     cfg.set_main_option("path_separator", "os")
@@ -84,10 +93,16 @@ def _engine(url: str | URL) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
-def upgrade(url: str | URL, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` (safe when many processes do it at once)."""
+def upgrade(
+    url: str | URL, revision: str = "head", *, options: Mapping[str, str] | None = None
+) -> None:
+    """Migrate the database to ``revision`` (safe when many processes do it at once).
+
+    ``options`` are the ``-x`` arguments of ``env.py`` and the revisions, e.g.
+    ``{"lock_timeout": "30s", "legacy_timezone": "Europe/Paris"}``.
+    """
     try:
-        command.upgrade(alembic_config(url), revision)
+        command.upgrade(alembic_config(url, options=options), revision)
     except sa.exc.SQLAlchemyError as exc:
         raise translate(exc, operation=f"upgrade to {revision}") from None
 
