@@ -3,6 +3,8 @@
 The public API is what this module exports; everything else is an implementation detail.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import (
     DatabaseError,
@@ -13,17 +15,41 @@ from .errors import (
     SchemaMismatchError,
     ValidationError,
 )
+from .records import Page, StepRecord, TaskRecord
 
 __all__ = [
     "DatabaseError",
+    "DatabaseManager",
     "ErrorCode",
     "InvalidTransitionError",
+    "Page",
     "PersistenceError",
     "QueryTimeoutError",
     "RetryExhaustedError",
     "SchemaMismatchError",
+    "StepRecord",
+    "SyncDatabaseManager",
+    "TaskRecord",
     "TaskStatus",
     "TaskStepResult",
     "ValidationError",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .manager import DatabaseManager
+    from .sync import SyncDatabaseManager
+
+
+def __getattr__(name: str) -> Any:
+    # The managers pull in SQLAlchemy and psycopg: load them on first use, so that importing
+    # the domain model stays free of database modules.
+    if name == "DatabaseManager":
+        from .manager import DatabaseManager
+
+        return DatabaseManager
+    if name == "SyncDatabaseManager":
+        from .sync import SyncDatabaseManager
+
+        return SyncDatabaseManager
+    raise AttributeError(f"module 'aiecs_persistence' has no attribute {name!r}")

@@ -1,0 +1,219 @@
+"""What the async and the blocking manager share: settings, the schema check on connect,
+the retry policy, error translation and the performance counters.
+
+The managers themselves only move statements (built by ``statements.py``) to PostgreSQL and
+back, each in its own I/O style.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from . import migrate
+from .config import resolve_url, safe_url
+from .errors import (
+    PersistenceError,
+    RetryExhaustedError,
+    SchemaMismatchError,
+    is_transient,
+    translate,
+)
+from .jsonb import DEFAULT_MAX_BYTES
+from .statements import Statement
+
+log: Final = logging.getLogger("aiecs_persistence")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunables of a manager (keyword arguments of both constructors)."""
+
+    pool_size: int = 4
+    max_overflow: int = 4
+    pool_timeout: float = 30.0
+    connect_timeout: int = 10
+    statement_timeout_ms: int | None = 30_000
+    lock_timeout_ms: int | None = 10_000
+    max_attempts: int = 4
+    backoff_base: float = 0.05
+    backoff_max: float = 2.0
+    max_result_bytes: int = DEFAULT_MAX_BYTES
+    auto_migrate: bool = True
+    cleanup_batch_size: int = 1_000
+
+    def connect_args(self) -> dict[str, Any]:
+        options = []
+        if self.statement_timeout_ms is not None:
+            options.append(f"-c statement_timeout={int(self.statement_timeout_ms)}")
+        if self.lock_timeout_ms is not None:
+            options.append(f"-c lock_timeout={int(self.lock_timeout_ms)}")
+        args: dict[str, Any] = {"connect_timeout": self.connect_timeout}
+        if options:
+            args["options"] = " ".join(options)
+        return args
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {
+            "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "pool_timeout": self.pool_timeout,
+            "connect_args": self.connect_args(),
+            "isolation_level": "AUTOCOMMIT",
+            "hide_parameters": True,
+        }
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff before retry number ``attempt`` (1-based)."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+class Metrics:
+    """Per-operation counters and latency statistics (the seed's monitoring report)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[str, list[float]] = {}
+
+    def record(self, operation: str, seconds: float, ok: bool) -> None:
+        with self._lock:
+            # count, errors, total, min, max
+            s = self._stats.setdefault(operation, [0, 0, 0.0, float("inf"), 0.0])
+            s[0] += 1
+            s[1] += 0 if ok else 1
+            s[2] += seconds
+            s[3] = min(s[3], seconds)
+            s[4] = max(s[4], seconds)
+
+    def report(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            return {
+                op: {"count": s[0], "errors": s[1], "avg_time": s[2] / s[0],
+                     "min_time": s[3], "max_time": s[4]}
+                for op, s in self._stats.items()
+            }
+
+
+class ManagerBase:
+    """State and logic shared by :class:`DatabaseManager` and :class:`SyncDatabaseManager`."""
+
+    def __init__(
+        self,
+        db_config: Mapping[str, Any] | None = None,
+        *,
+        url: str | URL | None = None,
+        **settings: Any,
+    ) -> None:
+        unknown = set(settings) - set(Settings.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        self.settings = Settings(**settings)
+        self._db_config = db_config
+        self._url_arg = url
+        self._url: URL | None = None
+        self.metrics = Metrics()
+
+    # -- where -----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> URL:
+        """The resolved database URL (resolving may start the embedded server)."""
+        if self._url is None:
+            self._url = resolve_url(self._db_config, self._url_arg)
+        return self._url
+
+    def __repr__(self) -> str:
+        where = safe_url(self._url) if self._url is not None else "unresolved"
+        return f"<{type(self).__name__} {where} connected={self.connected}>"
+
+    @property
+    def connected(self) -> bool:
+        raise NotImplementedError
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def prepare_schema(self) -> migrate.SchemaStatus:
+        """Bring an empty (or older) database to head when ``auto_migrate``; else, or after,
+        raise ``SchemaMismatchError`` unless the schema is at head with matching enums."""
+        status = migrate.inspect(self.url)
+        if not status.at_head and self.settings.auto_migrate:
+            if status.current is not None and not _known_revision(status.current):
+                raise SchemaMismatchError(
+                    f"the database is at revision {status.current}, which this version of "
+                    "aiecs-persistence does not know (newer code migrated it?); upgrade "
+                    "aiecs-persistence"
+                )
+            log.info("migrating %s to %s", safe_url(self.url), status.head)
+            migrate.upgrade(self.url)
+            status = migrate.inspect(self.url)
+        if not status.ok:
+            raise SchemaMismatchError(status.describe())
+        return status
+
+    # -- errors and retries ----------------------------------------------------------------
+
+    def failed(self, statement: Statement, exc: BaseException, attempt: int) -> float | None:
+        """Decide after a failure: seconds to wait before retrying, or None to give up.
+        Giving up is the caller's job (raise :meth:`final_error`)."""
+        if isinstance(exc, PersistenceError):
+            return None
+        if statement.idempotent and is_transient(exc) and attempt < self.settings.max_attempts:
+            delay = self.settings.backoff(attempt)
+            log.warning(
+                "%s: transient failure (attempt %d of %d), retrying in %.3fs: %s",
+                statement.name, attempt, self.settings.max_attempts, delay,
+                translate(exc).message,
+            )
+            return delay
+        return None
+
+    def final_error(self, statement: Statement, exc: BaseException, attempt: int) -> Exception:
+        err = translate(exc, operation=statement.name)
+        if isinstance(err, RetryExhaustedError):
+            err = RetryExhaustedError(
+                f"{statement.name}: gave up after {attempt} attempt(s): {err.message}",
+                attempts=attempt, sqlstate=err.sqlstate,
+            )
+        log.error("%s failed: %s", statement.name, err.message)
+        return err
+
+    def observe(self, statement: Statement, started: float, ok: bool) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.record(statement.name, elapsed, ok)
+        if ok and log.isEnabledFor(logging.DEBUG):
+            log.debug("%s ok in %.2f ms", statement.name, elapsed * 1000,
+                      extra={"operation": statement.name})
+
+    def get_performance_report(self) -> dict[str, dict[str, float]]:
+        """Per operation: count, errors, avg_time, min_time, max_time (seconds)."""
+        return self.metrics.report()
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:
+        return False
+
+
+def engine_url(url: URL) -> URL:
+    return url.set(drivername="postgresql+psycopg")
+
+
+def is_engine_error(exc: BaseException) -> bool:
+    """Exceptions the managers translate (driver or SQLAlchemy)."""
+    return isinstance(exc, sa.exc.SQLAlchemyError | OSError) or type(exc).__module__.startswith(
+        "psycopg"
+    )

@@ -1,0 +1,230 @@
+"""``DatabaseManager``: the async manager, a drop-in replacement for upstream AIECS's class.
+
+Same method names, arguments and return shapes as upstream (see the contract, §5), on
+SQLAlchemy 2's asyncio engine with psycopg 3 and a real connection pool: every call checks a
+connection out of the pool, so concurrent coroutines never share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.engine import URL, Row
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from . import statements as sql
+from .core import ManagerBase, engine_url, is_engine_error
+from .domain import TaskStatus
+from .records import Page, StepRecord, TaskRecord
+
+__all__ = ["DatabaseManager"]
+
+
+class DatabaseManager(ManagerBase):
+    """Async persistence of task execution history.
+
+    ``DatabaseManager(db_config=None, *, url=None, **settings)``: ``url`` takes
+    ``postgresql://…`` or ``postgresql+psycopg://…``; ``db_config`` the upstream form
+    (``{"dsn": …}`` or host/port/user/password/database). With neither,
+    ``AIECS_DATABASE_URL``, else the embedded PostgreSQL. Settings: see ``core.Settings``
+    (pool sizes, timeouts, retries, ``max_result_bytes``, ``auto_migrate``).
+    """
+
+    def __init__(
+        self, db_config: Mapping[str, Any] | None = None, *, url: str | URL | None = None,
+        **settings: Any,
+    ) -> None:
+        super().__init__(db_config, url=url, **settings)
+        self._engine: AsyncEngine | None = None
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._engine is not None
+
+    async def connect(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """Create the pool and make sure the schema is at head (upstream's signature)."""
+        await self.init_connection_pool(min_size, max_size)
+
+    async def init_connection_pool(
+        self, min_size: int | None = None, max_size: int | None = None
+    ) -> None:
+        async with self._lock:
+            if self._engine is not None:
+                return
+            url = await asyncio.to_thread(lambda: self.url)
+            await asyncio.to_thread(self.prepare_schema)
+            kwargs = self.settings.engine_kwargs()
+            if min_size is not None:
+                kwargs["pool_size"] = max(1, min_size)
+            if max_size is not None:
+                kwargs["max_overflow"] = max(0, max_size - kwargs["pool_size"])
+            self._engine = create_async_engine(engine_url(url), **kwargs)
+
+    async def init_database_schema(self) -> bool:
+        """Upstream's name: migrate to head (errors are raised, never swallowed)."""
+        await asyncio.to_thread(self.prepare_schema)
+        return True
+
+    async def disconnect(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    async def close(self) -> None:
+        await self.disconnect()
+
+    async def __aenter__(self) -> DatabaseManager:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    async def _ready(self) -> AsyncEngine:
+        if self._engine is None:
+            await self.connect()
+        assert self._engine is not None
+        return self._engine
+
+    async def _run(self, statement: sql.Statement) -> list[Row[Any]]:
+        engine = await self._ready()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                async with engine.connect() as conn:
+                    result = await conn.exec_driver_sql(statement.sql, dict(statement.params))
+                    rows = list(result.fetchall()) if result.returns_rows else []
+            except Exception as exc:
+                if not is_engine_error(exc):
+                    raise
+                delay = self.failed(statement, exc, attempt)
+                if delay is None:
+                    self.observe(statement, started, False)
+                    raise self.final_error(statement, exc, attempt) from None
+                await asyncio.sleep(delay)
+                continue
+            self.observe(statement, started, True)
+            return rows
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def save_task_history(
+        self, user_id: str, task_id: str, step: int, step_result: Any
+    ) -> bool:
+        """Record one step (idempotent on user_id, task_id, step); one atomic round trip."""
+        await self._run(sql.save_step(user_id, task_id, step, step_result,
+                                      max_result_bytes=self.settings.max_result_bytes))
+        return True
+
+    async def save_task_history_many(
+        self, records: Iterable[Any] | AsyncIterable[Any]
+    ) -> int:
+        """Save many (user_id, task_id, step, step_result) records through ``COPY`` into a
+        staging table and one merge, in one transaction: all of them or none. The input is
+        streamed, so memory does not grow with the batch. Returns the number of records."""
+        engine = await self._ready()
+        statement = sql.Statement("save_task_history_many", sql.BULK_MERGE, idempotent=False)
+        started = time.perf_counter()
+        limit = self.settings.max_result_bytes
+        count = 0
+        try:
+            async with engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                pg: Any = raw.driver_connection
+                async with pg.transaction(), pg.cursor() as cur:
+                    await cur.execute(sql.BULK_STAGING)
+                    async with cur.copy(sql.BULK_COPY) as copy:
+                        if isinstance(records, AsyncIterable):
+                            async for record in records:
+                                await copy.write_row(sql.bulk_row(count, record,
+                                                                  max_result_bytes=limit))
+                                count += 1
+                        else:
+                            for record in records:
+                                await copy.write_row(sql.bulk_row(count, record,
+                                                                  max_result_bytes=limit))
+                                count += 1
+                    await cur.execute(sql.BULK_MERGE)
+        except Exception as exc:
+            self.observe(statement, started, False)
+            if is_engine_error(exc):
+                raise self.final_error(statement, exc, 1) from None
+            raise
+        self.observe(statement, started, True)
+        return count
+
+    async def start_task(self, user_id: str, task_id: str) -> TaskRecord:
+        """Mark a task running (creating it if needed)."""
+        rows = await self._run(sql.start_task(user_id, task_id))
+        return sql.task_record(rows[0])
+
+    async def finish_task(
+        self, user_id: str, task_id: str, status: TaskStatus | str,
+        error_code: Any = None, error_message: str | None = None,
+    ) -> TaskRecord:
+        """End a task with a terminal status, following the state machine."""
+        statement = sql.finish_task(user_id, task_id, status, error_code, error_message)
+        return sql.finished_task(await self._run(statement), statement)
+
+    async def mark_task_as_cancelled(self, user_id: str, task_id: str) -> bool:
+        """Cancel the task (E004). False when it had already ended otherwise."""
+        rows = await self._run(sql.cancel_task(user_id, task_id))
+        return bool(rows[0][0])
+
+    async def cleanup_old_tasks(self, days_old: float = 30) -> int:
+        """Delete tasks (and their steps) with no activity for ``days_old`` days, in bounded
+        batches; returns how many tasks were deleted."""
+        batch = self.settings.cleanup_batch_size
+        statement = sql.cleanup_batch(days_old, batch, dt.datetime.now(dt.UTC))
+        total = 0
+        while True:
+            deleted = int((await self._run(statement))[0][0])
+            total += deleted
+            if deleted < batch:
+                return total
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
+        """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""
+        return sql.history_rows(await self._run(sql.load_history(user_id, task_id)))
+
+    async def check_task_status(self, user_id: str, task_id: str) -> TaskStatus:
+        """The task's status; PENDING for an unknown task (as upstream; see get_task)."""
+        record = await self.get_task(user_id, task_id)
+        return record.status if record else TaskStatus.PENDING
+
+    async def get_task(self, user_id: str, task_id: str) -> TaskRecord | None:
+        rows = await self._run(sql.get_task(user_id, task_id))
+        return sql.task_record(rows[0]) if rows else None
+
+    async def get_user_tasks(self, user_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """``[{"task_id", "last_updated", "status"}]``, newest first (upstream's shape)."""
+        return sql.user_task_rows(await self._run(sql.user_tasks(user_id, limit)))
+
+    async def list_tasks(self, user_id: str, *, limit: int = 100, **filters: Any
+                         ) -> Page[TaskRecord]:
+        """A page of a user's tasks, newest first. Filters: ``status``, ``error_code`` (one
+        or several), ``step_name``, ``since``/``until`` (activity time), ``cursor``."""
+        statement = sql.list_tasks(user_id, limit=limit, **filters)
+        return Page(*sql.task_page(await self._run(statement), limit))
+
+    async def list_steps(self, user_id: str, *, limit: int = 100, **filters: Any
+                         ) -> Page[StepRecord]:
+        """A page of a user's steps, newest first. Filters: ``task_id``, ``status``,
+        ``error_code``, ``step_name``, ``since``/``until``, ``cursor``."""
+        statement = sql.list_steps(user_id, limit=limit, **filters)
+        return Page(*sql.step_page(await self._run(statement), limit))

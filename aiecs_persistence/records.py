@@ -1,0 +1,100 @@
+"""Typed rows returned by the managers' typed reads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from .domain import ErrorCode, TaskStatus, TaskStepResult
+from .errors import ValidationError
+
+__all__ = ["Page", "StepRecord", "TaskRecord", "decode_cursor", "encode_cursor"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One task: its lifecycle status, error and timestamps."""
+
+    user_id: str
+    task_id: str
+    status: TaskStatus
+    error_code: ErrorCode | None
+    error_message: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One stored step of a task."""
+
+    user_id: str
+    task_id: str
+    step: int
+    result: TaskStepResult
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @property
+    def status(self) -> TaskStatus:
+        return self.result.task_status
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """A page of a listing, newest first. Pass ``next_cursor`` back for the next page;
+    it is None on the last page."""
+
+    items: Sequence[T]
+    next_cursor: str | None
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def encode_cursor(updated_at: dt.datetime, task_id: str, step: int | None = None) -> str:
+    key: list[Any] = [updated_at.isoformat(), task_id]
+    if step is not None:
+        key.append(step)
+    raw = json.dumps(key, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *, with_step: bool) -> tuple[dt.datetime, str, int | None]:
+    """The keyset position in ``cursor``; ``ValidationError`` when it was not made by us."""
+    bad = ValidationError("cursor: not a cursor returned by this listing", field="cursor")
+    if not isinstance(cursor, str) or len(cursor) > 2048:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        key = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(key, list) or len(key) != (3 if with_step else 2):
+        raise bad
+    stamp, task_id = key[0], key[1]
+    step = key[2] if with_step else None
+    if not isinstance(stamp, str) or not isinstance(task_id, str):
+        raise bad
+    if with_step and (not isinstance(step, int) or isinstance(step, bool)):
+        raise bad
+    try:
+        when = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        raise bad from None
+    if when.tzinfo is None:
+        raise bad
+    return when, task_id, step

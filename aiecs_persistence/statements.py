@@ -1,0 +1,587 @@
+"""Every SQL statement the managers run, built in one place and shared by both managers.
+
+Each builder validates its arguments (raising ``ValidationError`` that names the field, before
+anything reaches the database) and returns a :class:`Statement`: SQL text with psycopg
+``%(name)s`` placeholders plus its parameters. The SQL text is fixed: user input only ever
+travels as parameters. Row shapers turn result rows into the upstream shapes or typed records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .domain import UNSUCCESSFUL_STATUSES, ErrorCode, TaskStatus, TaskStepResult
+from .errors import InvalidTransitionError, ValidationError
+from .jsonb import encode_result
+from .records import StepRecord, TaskRecord, decode_cursor, encode_cursor
+from .schema import ID_MAX_LENGTH
+
+__all__ = ["Statement"]
+
+#: Largest step index (PostgreSQL ``integer``).
+STEP_MAX: Final = 2**31 - 1
+#: Largest page of a listing.
+LIMIT_MAX: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """SQL with its parameters. ``idempotent`` statements may be retried after a transient
+    failure (running them twice has the effect of running them once)."""
+
+    name: str
+    sql: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    idempotent: bool = True
+
+
+# -- argument checks ---------------------------------------------------------------------------
+
+
+def check_id(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"{name}: must be a string, got {type(value).__name__}", field=name
+        )
+    if not 1 <= len(value) <= ID_MAX_LENGTH:
+        raise ValidationError(
+            f"{name}: must be 1 to {ID_MAX_LENGTH} characters, got {len(value)}", field=name
+        )
+    _check_text(value, name)
+    return value
+
+
+def _check_text(value: str, name: str) -> None:
+    if "\x00" in value:
+        raise ValidationError(
+            f"{name}: contains a NUL character (\\x00), which PostgreSQL cannot store",
+            field=name,
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{name}: is not valid UTF-8 (lone surrogate)", field=name) from None
+
+
+def check_step_index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(
+            f"step: must be an int (the 0-based position), got {type(value).__name__}",
+            field="step",
+        )
+    if not 0 <= value <= STEP_MAX:
+        raise ValidationError(f"step: must be between 0 and {STEP_MAX}, got {value}", field="step")
+    return value
+
+
+def check_limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMIT_MAX:
+        raise ValidationError(
+            f"limit: must be an int between 1 and {LIMIT_MAX}, got {value!r}", field="limit"
+        )
+    return value
+
+
+def check_status(value: Any, name: str = "status") -> TaskStatus:
+    try:
+        return value if isinstance(value, TaskStatus) else TaskStatus(value)
+    except ValueError:
+        raise ValidationError(
+            f"{name}: unknown status {value!r}; expected one of "
+            + ", ".join(s.value for s in TaskStatus),
+            field=name,
+        ) from None
+
+
+def check_error_code(value: Any, name: str = "error_code") -> ErrorCode:
+    try:
+        return value if isinstance(value, ErrorCode) else ErrorCode(value)
+    except ValueError:
+        raise ValidationError(
+            f"{name}: unknown error code {value!r}; expected one of "
+            + ", ".join(c.value for c in ErrorCode),
+            field=name,
+        ) from None
+
+
+def check_time(value: Any, name: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise ValidationError(
+            f"{name}: must be a datetime, got {type(value).__name__}", field=name
+        )
+    if value.tzinfo is None:
+        raise ValidationError(
+            f"{name}: must be timezone-aware (naive times are ambiguous)", field=name
+        )
+    return value
+
+
+def step_fields(step_result: Any, *, max_result_bytes: int, path: str = "") -> dict[str, Any]:
+    """Normalise and validate one step result (ours, upstream's, any object with the seven
+    fields, or a dict) into the columns of ``task_history``."""
+    result = TaskStepResult.from_object(step_result)
+    problems = result.problems()
+    if problems:
+        first = problems[0].split(":", 1)[0]
+        raise ValidationError(
+            f"{path}step_result is inconsistent: " + "; ".join(problems),
+            field=f"{path}step_result.{first}",
+        )
+    for name in ("step", "message", "error_message"):
+        value = getattr(result, name)
+        if value is not None:
+            _check_text(value, f"{path}step_result.{name}")
+    return {
+        "step_name": result.step,
+        "result": encode_result(
+            result.result, max_bytes=max_result_bytes, path=f"{path}step_result.result"
+        ),
+        "completed": result.completed,
+        "message": result.message,
+        "status": result.status,
+        "error_code": result.error_code,
+        "error_message": result.error_message,
+    }
+
+
+# -- writes -----------------------------------------------------------------------------------
+
+_STEP_COLUMNS: Final = (
+    "step_name, result, completed, message, status, error_code, error_message"
+)
+
+SAVE_STEP: Final = """
+WITH task AS (
+  INSERT INTO tasks AS t (user_id, task_id, status)
+  VALUES (%(user_id)s, %(task_id)s, 'running')
+  ON CONFLICT (user_id, task_id) DO UPDATE
+    SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
+)
+INSERT INTO task_history AS h (user_id, task_id, step, step_name, result, completed, message,
+                               status, error_code, error_message)
+VALUES (%(user_id)s, %(task_id)s, %(step)s, %(step_name)s, %(result)s::jsonb, %(completed)s,
+        %(message)s, %(status)s::task_status, %(error_code)s::error_code, %(error_message)s)
+ON CONFLICT (user_id, task_id, step) DO UPDATE
+  SET step_name = EXCLUDED.step_name, result = EXCLUDED.result,
+      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
+      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
+"""
+
+
+def save_step(
+    user_id: Any, task_id: Any, step: Any, step_result: Any, *, max_result_bytes: int
+) -> Statement:
+    """Create the task if needed (pending → running), then insert or re-save the step.
+
+    One statement, so one round trip and atomic. A re-save follows the state machine (the
+    trigger rejects an illegal move); a step saved after its task ended is stored and leaves
+    the task's status as it is.
+    """
+    params = {
+        "user_id": check_id(user_id, "user_id"),
+        "task_id": check_id(task_id, "task_id"),
+        "step": check_step_index(step),
+        **step_fields(step_result, max_result_bytes=max_result_bytes),
+    }
+    return Statement("save_task_history", SAVE_STEP, params)
+
+
+START_TASK: Final = """
+INSERT INTO tasks AS t (user_id, task_id, status) VALUES (%(user_id)s, %(task_id)s, 'running')
+ON CONFLICT (user_id, task_id) DO UPDATE SET status = 'running'
+RETURNING *
+"""
+
+
+def start_task(user_id: Any, task_id: Any) -> Statement:
+    return Statement(
+        "start_task",
+        START_TASK,
+        {"user_id": check_id(user_id, "user_id"), "task_id": check_id(task_id, "task_id")},
+    )
+
+
+# An UPDATE, not an upsert: PostgreSQL runs BEFORE INSERT triggers before ON CONFLICT is
+# resolved, and an unknown task is pending, from which only a cancel may end it.
+FINISH_TASK: Final = """
+UPDATE tasks SET status = %(status)s::task_status, error_code = %(error_code)s::error_code,
+                 error_message = %(error_message)s
+WHERE user_id = %(user_id)s AND task_id = %(task_id)s
+RETURNING *
+"""
+
+FINISH_UNKNOWN_AS_CANCELLED: Final = """
+INSERT INTO tasks AS t (user_id, task_id, status, error_code, error_message)
+VALUES (%(user_id)s, %(task_id)s, 'cancelled', %(error_code)s::error_code, %(error_message)s)
+ON CONFLICT (user_id, task_id) DO UPDATE
+  SET status = 'cancelled', error_code = EXCLUDED.error_code,
+      error_message = EXCLUDED.error_message
+RETURNING *
+"""
+
+
+_DEFAULT_CODES: Final = {
+    TaskStatus.FAILED: ErrorCode.EXECUTION_ERROR,
+    TaskStatus.TIMED_OUT: ErrorCode.TIMEOUT_ERROR,
+    TaskStatus.CANCELLED: ErrorCode.CANCELLED_ERROR,
+}
+
+
+def finish_task(
+    user_id: Any, task_id: Any, status: Any, error_code: Any = None, error_message: Any = None
+) -> Statement:
+    """End a task. ``status`` must be terminal. An unsuccessful end without an error code
+    gets the natural one (failed → E003, timed_out → E002, cancelled → E004); a code without
+    a message gets the code's description as message."""
+    final = check_status(status)
+    if not final.is_terminal:
+        raise ValidationError(
+            f"status: finish_task needs a terminal status (completed, failed, timed_out or "
+            f"cancelled), got {final.value!r}",
+            field="status",
+        )
+    code = check_error_code(error_code) if error_code is not None else None
+    if error_message is not None and not isinstance(error_message, str):
+        raise ValidationError(
+            f"error_message: must be a string, got {type(error_message).__name__}",
+            field="error_message",
+        )
+    if final in UNSUCCESSFUL_STATUSES:
+        code = code or _DEFAULT_CODES[final]
+        error_message = error_message or code.description
+        _check_text(error_message, "error_message")
+    elif code is not None or error_message:
+        raise ValidationError(
+            "error_code: a completed task carries no error code or message", field="error_code"
+        )
+    return Statement(
+        "finish_task",
+        FINISH_UNKNOWN_AS_CANCELLED if final is TaskStatus.CANCELLED else FINISH_TASK,
+        {
+            "user_id": check_id(user_id, "user_id"),
+            "task_id": check_id(task_id, "task_id"),
+            "status": final.value,
+            "error_code": code.value if code else None,
+            "error_message": error_message if code else None,
+        },
+    )
+
+
+CANCEL_TASK: Final = """
+WITH cancelled AS (
+  INSERT INTO tasks AS t (user_id, task_id, status, error_code, error_message)
+  VALUES (%(user_id)s, %(task_id)s, 'cancelled', 'E004', %(message)s)
+  ON CONFLICT (user_id, task_id) DO UPDATE
+    SET status = 'cancelled', error_code = 'E004', error_message = EXCLUDED.error_message
+    WHERE t.status IN ('pending', 'running')
+  RETURNING 1
+)
+SELECT EXISTS (SELECT FROM cancelled)
+    OR EXISTS (SELECT FROM tasks WHERE user_id = %(user_id)s AND task_id = %(task_id)s
+                                   AND status = 'cancelled')
+"""
+
+CANCEL_MESSAGE: Final = "Task cancelled"
+
+
+def finished_task(rows: Sequence[Sequence[Any]], statement: Statement) -> TaskRecord:
+    """The record ``finish_task`` returns; an unknown task cannot end other than cancelled."""
+    if not rows:
+        p = statement.params
+        raise InvalidTransitionError(
+            f"finish_task: task {p['user_id']}/{p['task_id']} is unknown, so pending; "
+            f"pending -> {p['status']} is not allowed (save a step or start_task first)",
+            from_status="pending", to_status=str(p["status"]),
+        )
+    return task_record(rows[0])
+
+
+def cancel_task(user_id: Any, task_id: Any, message: str = CANCEL_MESSAGE) -> Statement:
+    """Cancel the task itself (E004); its steps' history is never rewritten. A task with no
+    rows yet is created cancelled, so the cancel is not lost. Returns one boolean: False when
+    the task had already ended otherwise."""
+    return Statement(
+        "mark_task_as_cancelled",
+        CANCEL_TASK,
+        {
+            "user_id": check_id(user_id, "user_id"),
+            "task_id": check_id(task_id, "task_id"),
+            "message": message,
+        },
+    )
+
+
+CLEANUP_BATCH: Final = """
+WITH doomed AS (
+  SELECT user_id, task_id FROM tasks
+  WHERE updated_at < %(cutoff)s
+  ORDER BY updated_at
+  LIMIT %(batch_size)s
+  FOR UPDATE SKIP LOCKED
+), gone AS (
+  DELETE FROM tasks t USING doomed d
+  WHERE t.user_id = d.user_id AND t.task_id = d.task_id
+  RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+
+def cleanup_batch(days_old: Any, batch_size: int, now: dt.datetime) -> Statement:
+    """Delete up to ``batch_size`` tasks (their steps go with them) with no activity since
+    ``days_old`` days; served by ``ix_tasks_updated_at``. Run until it deletes fewer."""
+    if isinstance(days_old, bool) or not isinstance(days_old, int | float) or (
+        isinstance(days_old, float) and not math.isfinite(days_old)
+    ) or days_old < 0:
+        raise ValidationError(
+            f"days_old: must be a non-negative number of days, got {days_old!r}",
+            field="days_old",
+        )
+    cutoff = now - dt.timedelta(days=days_old)
+    return Statement(
+        "cleanup_old_tasks", CLEANUP_BATCH, {"cutoff": cutoff, "batch_size": batch_size}
+    )
+
+
+# -- bulk ---------------------------------------------------------------------------------------
+
+BULK_STAGING: Final = """
+CREATE TEMP TABLE aiecs_staging (
+  seq bigint, user_id text, task_id text, step integer, step_name text, result text,
+  completed boolean, message text, status text, error_code text, error_message text
+) ON COMMIT DROP
+"""
+
+BULK_COPY: Final = (
+    "COPY aiecs_staging (seq, user_id, task_id, step, step_name, result, completed, message, "
+    "status, error_code, error_message) FROM STDIN"
+)
+
+BULK_MERGE: Final = """
+WITH s AS (
+  SELECT DISTINCT ON (user_id, task_id, step) *
+  FROM aiecs_staging ORDER BY user_id, task_id, step, seq DESC
+), task AS (
+  INSERT INTO tasks AS t (user_id, task_id, status)
+  SELECT DISTINCT user_id, task_id, 'running'::task_status FROM s ORDER BY 1, 2
+  ON CONFLICT (user_id, task_id) DO UPDATE
+    SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
+)
+INSERT INTO task_history AS h (user_id, task_id, step, step_name, result, completed, message,
+                               status, error_code, error_message)
+SELECT user_id, task_id, step, step_name, result::jsonb, completed, message,
+       status::task_status, error_code::error_code, error_message
+FROM s ORDER BY user_id, task_id, step
+ON CONFLICT (user_id, task_id, step) DO UPDATE
+  SET step_name = EXCLUDED.step_name, result = EXCLUDED.result,
+      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
+      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
+"""
+
+
+def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]:
+    """One validated COPY row of ``save_task_history_many`` from a
+    (user_id, task_id, step, step_result) record."""
+    where = f"records[{seq}]."
+    try:
+        user_id, task_id, step, step_result = record
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"records[{seq}]: expected (user_id, task_id, step, step_result)",
+            field=f"records[{seq}]",
+        ) from None
+    try:
+        fields = step_fields(step_result, max_result_bytes=max_result_bytes, path=where)
+        return (
+            seq, check_id(user_id, "user_id"), check_id(task_id, "task_id"),
+            check_step_index(step), fields["step_name"], fields["result"], fields["completed"],
+            fields["message"], fields["status"], fields["error_code"], fields["error_message"],
+        )
+    except ValidationError as exc:
+        if exc.field and not exc.field.startswith("records["):
+            raise ValidationError(f"{where}{exc.message}", field=f"{where}{exc.field}") from None
+        raise
+
+
+# -- reads --------------------------------------------------------------------------------------
+
+LOAD_HISTORY: Final = f"""
+SELECT step, {_STEP_COLUMNS}, updated_at
+FROM task_history WHERE user_id = %(user_id)s AND task_id = %(task_id)s
+ORDER BY step
+"""
+
+
+def load_history(user_id: Any, task_id: Any) -> Statement:
+    return Statement(
+        "load_task_history",
+        LOAD_HISTORY,
+        {"user_id": check_id(user_id, "user_id"), "task_id": check_id(task_id, "task_id")},
+    )
+
+
+def history_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """The upstream shape: ``[{"step", "result": step_result.dict(), "timestamp", "status"}]``."""
+    out = []
+    for step, name, result, completed, message, status, code, error_message, updated in rows:
+        out.append({
+            "step": step,
+            "result": {
+                "step": name, "result": result, "completed": completed, "message": message,
+                "status": status, "error_code": code, "error_message": error_message,
+            },
+            "timestamp": updated.isoformat(),
+            "status": status,
+        })
+    return out
+
+
+GET_TASK: Final = "SELECT * FROM tasks WHERE user_id = %(user_id)s AND task_id = %(task_id)s"
+
+
+def get_task(user_id: Any, task_id: Any) -> Statement:
+    return Statement(
+        "get_task",
+        GET_TASK,
+        {"user_id": check_id(user_id, "user_id"), "task_id": check_id(task_id, "task_id")},
+    )
+
+
+_TASK_COLUMNS: Final = (
+    "user_id, task_id, status, error_code, error_message, created_at, updated_at, "
+    "started_at, finished_at"
+)
+
+
+def task_record(row: Sequence[Any]) -> TaskRecord:
+    user_id, task_id, status, code, message, created, updated, started, finished = row[:9]
+    return TaskRecord(
+        user_id, task_id, TaskStatus(status), ErrorCode(code) if code else None, message,
+        created, updated, started, finished,
+    )
+
+
+USER_TASKS: Final = """
+SELECT task_id, updated_at, status FROM tasks WHERE user_id = %(user_id)s
+ORDER BY updated_at DESC, task_id DESC LIMIT %(limit)s
+"""
+
+
+def user_tasks(user_id: Any, limit: Any) -> Statement:
+    return Statement(
+        "get_user_tasks",
+        USER_TASKS,
+        {"user_id": check_id(user_id, "user_id"), "limit": check_limit(limit)},
+    )
+
+
+def user_task_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [
+        {"task_id": task_id, "last_updated": updated.isoformat(), "status": status}
+        for task_id, updated, status in rows
+    ]
+
+
+def _filters(
+    alias: str, status: Any, error_code: Any, since: Any, until: Any
+) -> tuple[list[str], dict[str, Any]]:
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if status is not None:
+        statuses = [status] if isinstance(status, str | TaskStatus) else list(status)
+        params["statuses"] = [check_status(s).value for s in statuses]
+        where.append(f"{alias}.status = ANY(%(statuses)s::task_status[])")
+    if error_code is not None:
+        codes = [error_code] if isinstance(error_code, str | ErrorCode) else list(error_code)
+        params["codes"] = [check_error_code(c).value for c in codes]
+        where.append(f"{alias}.error_code = ANY(%(codes)s::error_code[])")
+    if since is not None:
+        params["since"] = check_time(since, "since")
+        where.append(f"{alias}.updated_at >= %(since)s")
+    if until is not None:
+        params["until"] = check_time(until, "until")
+        where.append(f"{alias}.updated_at < %(until)s")
+    return where, params
+
+
+def list_tasks(
+    user_id: Any, *, status: Any = None, error_code: Any = None, step_name: Any = None,
+    since: Any = None, until: Any = None, limit: Any = 100, cursor: Any = None,
+) -> Statement:
+    """A user's tasks, newest activity first, keyset-paginated on (updated_at, task_id)."""
+    where, params = _filters("t", status, error_code, since, until)
+    params["user_id"] = check_id(user_id, "user_id")
+    params["limit"] = check_limit(limit) + 1
+    if step_name is not None:
+        if not isinstance(step_name, str):
+            raise ValidationError("step_name: must be a string", field="step_name")
+        params["step_name"] = step_name
+        where.append(
+            "EXISTS (SELECT FROM task_history h WHERE h.user_id = t.user_id "
+            "AND h.task_id = t.task_id AND h.step_name = %(step_name)s)"
+        )
+    if cursor is not None:
+        params["c_time"], params["c_task"], _ = decode_cursor(cursor, with_step=False)
+        where.append("(t.updated_at, t.task_id) < (%(c_time)s, %(c_task)s)")
+    sql = (
+        f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.user_id = %(user_id)s "
+        + "".join(f" AND {w}" for w in where)
+        + " ORDER BY t.updated_at DESC, t.task_id DESC LIMIT %(limit)s"
+    )
+    return Statement("list_tasks", sql, params)
+
+
+def task_page(rows: Sequence[Sequence[Any]], limit: int) -> tuple[list[TaskRecord], str | None]:
+    records = [task_record(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    last = records[-1] if records and more else None
+    return records, encode_cursor(last.updated_at, last.task_id) if last else None
+
+
+def list_steps(
+    user_id: Any, *, task_id: Any = None, status: Any = None, error_code: Any = None,
+    step_name: Any = None, since: Any = None, until: Any = None, limit: Any = 100,
+    cursor: Any = None,
+) -> Statement:
+    """A user's steps, newest first, keyset-paginated on (updated_at, task_id, step)."""
+    where, params = _filters("h", status, error_code, since, until)
+    params["user_id"] = check_id(user_id, "user_id")
+    params["limit"] = check_limit(limit) + 1
+    if task_id is not None:
+        params["task_id"] = check_id(task_id, "task_id")
+        where.append("h.task_id = %(task_id)s")
+    if step_name is not None:
+        if not isinstance(step_name, str):
+            raise ValidationError("step_name: must be a string", field="step_name")
+        params["step_name"] = step_name
+        where.append("h.step_name = %(step_name)s")
+    if cursor is not None:
+        params["c_time"], params["c_task"], params["c_step"] = decode_cursor(
+            cursor, with_step=True
+        )
+        where.append("(h.updated_at, h.task_id, h.step) < (%(c_time)s, %(c_task)s, %(c_step)s)")
+    sql = (
+        f"SELECT h.user_id, h.task_id, h.step, {_STEP_COLUMNS}, h.created_at, h.updated_at "
+        "FROM task_history h WHERE h.user_id = %(user_id)s"
+        + "".join(f" AND {w}" for w in where)
+        + " ORDER BY h.updated_at DESC, h.task_id DESC, h.step DESC LIMIT %(limit)s"
+    )
+    return Statement("list_steps", sql, params)
+
+
+def step_record(row: Sequence[Any]) -> StepRecord:
+    user_id, task_id, step, name, result, completed, message, status, code, error, c, u = row
+    return StepRecord(
+        user_id, task_id, step,
+        TaskStepResult(name, result, completed, message, status, code, error), c, u,
+    )
+
+
+def step_page(rows: Sequence[Sequence[Any]], limit: int) -> tuple[list[StepRecord], str | None]:
+    records = [step_record(r) for r in rows[:limit]]
+    last = records[-1] if records and len(rows) > limit else None
+    return records, encode_cursor(last.updated_at, last.task_id, last.step) if last else None

@@ -1,0 +1,186 @@
+"""``SyncDatabaseManager``: the blocking twin of :class:`~aiecs_persistence.DatabaseManager`.
+
+Same methods, same arguments, same results, same statements (``statements.py``); only the
+I/O style differs. Thread-safe: each call checks its own connection out of the pool.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Row
+
+from . import statements as sql
+from .core import ManagerBase, engine_url, is_engine_error
+from .domain import TaskStatus
+from .records import Page, StepRecord, TaskRecord
+
+__all__ = ["SyncDatabaseManager"]
+
+
+class SyncDatabaseManager(ManagerBase):
+    """Blocking persistence of task execution history (see ``DatabaseManager``)."""
+
+    def __init__(
+        self, db_config: Mapping[str, Any] | None = None, *, url: str | URL | None = None,
+        **settings: Any,
+    ) -> None:
+        super().__init__(db_config, url=url, **settings)
+        self._engine: sa.Engine | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._engine is not None
+
+    def connect(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        self.init_connection_pool(min_size, max_size)
+
+    def init_connection_pool(self, min_size: int | None = None, max_size: int | None = None
+                             ) -> None:
+        with self._lock:
+            if self._engine is not None:
+                return
+            self.prepare_schema()
+            kwargs = self.settings.engine_kwargs()
+            if min_size is not None:
+                kwargs["pool_size"] = max(1, min_size)
+            if max_size is not None:
+                kwargs["max_overflow"] = max(0, max_size - kwargs["pool_size"])
+            self._engine = sa.create_engine(engine_url(self.url), **kwargs)
+
+    def init_database_schema(self) -> bool:
+        self.prepare_schema()
+        return True
+
+    def disconnect(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
+
+    def close(self) -> None:
+        self.disconnect()
+
+    def __enter__(self) -> SyncDatabaseManager:
+        self.connect()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    def _ready(self) -> sa.Engine:
+        if self._engine is None:
+            self.connect()
+        assert self._engine is not None
+        return self._engine
+
+    def _run(self, statement: sql.Statement) -> list[Row[Any]]:
+        engine = self._ready()
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                with engine.connect() as conn:
+                    result = conn.exec_driver_sql(statement.sql, dict(statement.params))
+                    rows = list(result.fetchall()) if result.returns_rows else []
+            except Exception as exc:
+                if not is_engine_error(exc):
+                    raise
+                delay = self.failed(statement, exc, attempt)
+                if delay is None:
+                    self.observe(statement, started, False)
+                    raise self.final_error(statement, exc, attempt) from None
+                time.sleep(delay)
+                continue
+            self.observe(statement, started, True)
+            return rows
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def save_task_history(self, user_id: str, task_id: str, step: int, step_result: Any) -> bool:
+        self._run(sql.save_step(user_id, task_id, step, step_result,
+                                max_result_bytes=self.settings.max_result_bytes))
+        return True
+
+    def save_task_history_many(self, records: Iterable[Any]) -> int:
+        engine = self._ready()
+        statement = sql.Statement("save_task_history_many", sql.BULK_MERGE, idempotent=False)
+        started = time.perf_counter()
+        limit = self.settings.max_result_bytes
+        count = 0
+        try:
+            with engine.connect() as conn:
+                pg: Any = conn.connection.driver_connection
+                with pg.transaction(), pg.cursor() as cur:
+                    cur.execute(sql.BULK_STAGING)
+                    with cur.copy(sql.BULK_COPY) as copy:
+                        for record in records:
+                            copy.write_row(sql.bulk_row(count, record, max_result_bytes=limit))
+                            count += 1
+                    cur.execute(sql.BULK_MERGE)
+        except Exception as exc:
+            self.observe(statement, started, False)
+            if is_engine_error(exc):
+                raise self.final_error(statement, exc, 1) from None
+            raise
+        self.observe(statement, started, True)
+        return count
+
+    def start_task(self, user_id: str, task_id: str) -> TaskRecord:
+        return sql.task_record(self._run(sql.start_task(user_id, task_id))[0])
+
+    def finish_task(
+        self, user_id: str, task_id: str, status: TaskStatus | str,
+        error_code: Any = None, error_message: str | None = None,
+    ) -> TaskRecord:
+        statement = sql.finish_task(user_id, task_id, status, error_code, error_message)
+        return sql.finished_task(self._run(statement), statement)
+
+    def mark_task_as_cancelled(self, user_id: str, task_id: str) -> bool:
+        return bool(self._run(sql.cancel_task(user_id, task_id))[0][0])
+
+    def cleanup_old_tasks(self, days_old: float = 30) -> int:
+        batch = self.settings.cleanup_batch_size
+        statement = sql.cleanup_batch(days_old, batch, dt.datetime.now(dt.UTC))
+        total = 0
+        while True:
+            deleted = int(self._run(statement)[0][0])
+            total += deleted
+            if deleted < batch:
+                return total
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
+        return sql.history_rows(self._run(sql.load_history(user_id, task_id)))
+
+    def check_task_status(self, user_id: str, task_id: str) -> TaskStatus:
+        record = self.get_task(user_id, task_id)
+        return record.status if record else TaskStatus.PENDING
+
+    def get_task(self, user_id: str, task_id: str) -> TaskRecord | None:
+        rows = self._run(sql.get_task(user_id, task_id))
+        return sql.task_record(rows[0]) if rows else None
+
+    def get_user_tasks(self, user_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return sql.user_task_rows(self._run(sql.user_tasks(user_id, limit)))
+
+    def list_tasks(self, user_id: str, *, limit: int = 100, **filters: Any) -> Page[TaskRecord]:
+        statement = sql.list_tasks(user_id, limit=limit, **filters)
+        return Page(*sql.task_page(self._run(statement), limit))
+
+    def list_steps(self, user_id: str, *, limit: int = 100, **filters: Any) -> Page[StepRecord]:
+        statement = sql.list_steps(user_id, limit=limit, **filters)
+        return Page(*sql.step_page(self._run(statement), limit))
