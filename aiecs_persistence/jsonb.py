@@ -43,7 +43,13 @@ from typing import Any, Final
 
 from .errors import ValidationError
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "encode_result", "to_jsonable"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_DEPTH",
+    "check_text",
+    "encode_result",
+    "to_jsonable",
+]
 
 #: Default size limit of one encoded result (UTF-8 bytes of its JSON text).
 DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
@@ -64,7 +70,8 @@ def _path(parent: str, key: str | int) -> str:
     return f"{parent}[{json.dumps(key, ensure_ascii=True)}]"
 
 
-def _check_str(value: str, path: str) -> None:
+def check_text(value: str, path: str) -> None:
+    """Reject what PostgreSQL cannot store in text or JSONB: NUL and lone surrogates."""
     if "\x00" in value:
         raise ValidationError(
             f"{path}: contains a NUL character (\\x00), which PostgreSQL cannot store",
@@ -88,7 +95,7 @@ def _convert(value: Any, path: str, depth: int, max_depth: int) -> Any:
     # Exact types first: they are by far the most common.
     kind = type(value)
     if kind is str:
-        _check_str(value, path)
+        check_text(value, path)
         return value
     if kind is int or kind is bool or value is None:
         return value
@@ -113,7 +120,7 @@ def _convert(value: Any, path: str, depth: int, max_depth: int) -> Any:
                     field=path,
                 )
             child = _path(path, key)
-            _check_str(key, child)
+            check_text(key, child)
             out[key] = _convert(item, child, depth + 1, max_depth)
         return out
     if kind is list or kind is tuple or isinstance(value, list | tuple):

@@ -12,15 +12,18 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from enum import Enum
+from typing import Any, Final, TypeVar
 
 from .domain import UNSUCCESSFUL_STATUSES, ErrorCode, TaskStatus, TaskStepResult
 from .errors import InvalidTransitionError, ValidationError
-from .jsonb import encode_result
+from .jsonb import check_text, encode_result
 from .records import StepRecord, TaskRecord, decode_cursor, encode_cursor
 from .schema import ID_MAX_LENGTH
 
 __all__ = ["Statement"]
+
+E = TypeVar("E", bound=Enum)
 
 #: Largest step index (PostgreSQL ``integer``).
 STEP_MAX: Final = 2**31 - 1
@@ -51,20 +54,8 @@ def check_id(value: Any, name: str) -> str:
         raise ValidationError(
             f"{name}: must be 1 to {ID_MAX_LENGTH} characters, got {len(value)}", field=name
         )
-    _check_text(value, name)
+    check_text(value, name)
     return value
-
-
-def _check_text(value: str, name: str) -> None:
-    if "\x00" in value:
-        raise ValidationError(
-            f"{name}: contains a NUL character (\\x00), which PostgreSQL cannot store",
-            field=name,
-        )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"{name}: is not valid UTF-8 (lone surrogate)", field=name) from None
 
 
 def check_step_index(value: Any) -> int:
@@ -86,26 +77,23 @@ def check_limit(value: Any) -> int:
     return value
 
 
-def check_status(value: Any, name: str = "status") -> TaskStatus:
+def _check_enum(enum: type[E], value: Any, name: str, what: str) -> E:
     try:
-        return value if isinstance(value, TaskStatus) else TaskStatus(value)
+        return value if isinstance(value, enum) else enum(value)
     except ValueError:
         raise ValidationError(
-            f"{name}: unknown status {value!r}; expected one of "
-            + ", ".join(s.value for s in TaskStatus),
+            f"{name}: unknown {what} {value!r}; expected one of "
+            + ", ".join(str(m.value) for m in enum),
             field=name,
         ) from None
+
+
+def check_status(value: Any, name: str = "status") -> TaskStatus:
+    return _check_enum(TaskStatus, value, name, "status")
 
 
 def check_error_code(value: Any, name: str = "error_code") -> ErrorCode:
-    try:
-        return value if isinstance(value, ErrorCode) else ErrorCode(value)
-    except ValueError:
-        raise ValidationError(
-            f"{name}: unknown error code {value!r}; expected one of "
-            + ", ".join(c.value for c in ErrorCode),
-            field=name,
-        ) from None
+    return _check_enum(ErrorCode, value, name, "error code")
 
 
 def check_time(value: Any, name: str) -> dt.datetime:
@@ -134,7 +122,7 @@ def step_fields(step_result: Any, *, max_result_bytes: int, path: str = "") -> d
     for name in ("step", "message", "error_message"):
         value = getattr(result, name)
         if value is not None:
-            _check_text(value, f"{path}step_result.{name}")
+            check_text(value, f"{path}step_result.{name}")
     return {
         "step_name": result.step,
         "result": encode_result(
@@ -253,7 +241,7 @@ def finish_task(
     if final in UNSUCCESSFUL_STATUSES:
         code = code or _DEFAULT_CODES[final]
         error_message = error_message or code.description
-        _check_text(error_message, "error_message")
+        check_text(error_message, "error_message")
     elif code is not None or error_message:
         raise ValidationError(
             "error_code: a completed task carries no error code or message", field="error_code"
