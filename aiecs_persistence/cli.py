@@ -8,6 +8,7 @@ stderr (``--verbose`` adds the traceback); passwords are never printed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from . import embedded as embedded_server
 from . import migrate
@@ -115,6 +117,82 @@ def sql(
 ) -> None:
     """Print the SQL of an upgrade, for a DBA to review and apply (offline)."""
     sys.stdout.write(_run(lambda: migrate.offline_sql(revision, start=start)))
+
+
+def _manager(url: str | None) -> Any:
+    from .sync import SyncDatabaseManager
+
+    return SyncDatabaseManager(url=_run(lambda: resolve_url(url=url)), auto_migrate=False)
+
+
+@app.command()
+def tasks(
+    user_id: str,
+    status: Annotated[list[str] | None, typer.Option("--status", help="Filter (repeatable).")]
+    = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List a user's tasks, newest activity first."""
+    with _manager(url) as db:
+        page = _run(lambda: db.list_tasks(user_id, status=status or None, limit=limit))
+    rows = [{"task_id": t.task_id, "status": t.status.value,
+             "error_code": t.error_code.value if t.error_code else None,
+             "updated_at": t.updated_at.isoformat()} for t in page]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("task", "status", "error", "last activity", title=f"tasks of {user_id}")
+    for r in rows:
+        table.add_row(r["task_id"], r["status"], r["error_code"] or "", r["updated_at"])
+    out.print(table)
+
+
+@app.command()
+def history(user_id: str, task_id: str, url: UrlOption = None, as_json: JsonOption = False
+            ) -> None:
+    """The steps of one task: index, name, status, error and its meaning, message, time."""
+    from .domain import ErrorCode
+
+    with _manager(url) as db:
+        steps = _run(lambda: db.load_task_history(user_id, task_id))
+    if as_json:
+        out.print_json(json.dumps(steps, default=str))
+        return
+    table = Table("#", "step", "status", "error", "meaning", "message", "time",
+                  title=f"{user_id}/{task_id}")
+    for e in steps:
+        r = e["result"]
+        code = r["error_code"]
+        table.add_row(str(e["step"]), r["step"], e["status"], code or "",
+                      ErrorCode(code).description if code else "",
+                      r["error_message"] or r["message"], e["timestamp"])
+    out.print(table)
+
+
+def _days(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([dhw]?)", text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r}: expected e.g. 30d, 12h or 2w")
+    number, unit = float(match.group(1)), match.group(2) or "d"
+    return number * {"d": 1, "h": 1 / 24, "w": 7}[unit]
+
+
+@app.command()
+def cleanup(
+    older_than: Annotated[str, typer.Option("--older-than", help="e.g. 30d, 12h, 2w")] = "30d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete tasks (and their steps) with no activity for the given time, in batches."""
+    days = _days(older_than)
+    with _manager(url) as db:
+        count = _run(lambda: db.cleanup_old_tasks(days, dry_run=dry_run))
+    verb = "would delete" if dry_run else "deleted"
+    _emit({"tasks": count, "dry_run": dry_run, "older_than_days": days}, as_json,
+          f"{verb} {count} task(s) with no activity for {older_than}")
 
 
 @embedded_app.command("status")

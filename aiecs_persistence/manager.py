@@ -184,11 +184,16 @@ class DatabaseManager(ManagerBase):
         rows = await self._run(sql.cancel_task(user_id, task_id))
         return bool(rows[0][0])
 
-    async def cleanup_old_tasks(self, days_old: float = 30) -> int:
+    async def cleanup_old_tasks(
+        self, days_old: float = 30, *, dry_run: bool = False
+    ) -> int:
         """Delete tasks (and their steps) with no activity for ``days_old`` days, in bounded
         batches; returns how many tasks were deleted."""
         batch = self.settings.cleanup_batch_size
-        statement = sql.cleanup_batch(days_old, batch, dt.datetime.now(dt.UTC))
+        now = dt.datetime.now(dt.UTC)
+        statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
+        if dry_run:
+            return int((await self._run(statement))[0][0])
         total = 0
         while True:
             deleted = int((await self._run(statement))[0][0])

@@ -319,9 +319,15 @@ SELECT count(*) FROM gone
 """
 
 
-def cleanup_batch(days_old: Any, batch_size: int, now: dt.datetime) -> Statement:
+COUNT_INACTIVE: Final = "SELECT count(*) FROM tasks WHERE updated_at < %(cutoff)s"
+
+
+def cleanup_batch(
+    days_old: Any, batch_size: int, now: dt.datetime, *, dry_run: bool = False
+) -> Statement:
     """Delete up to ``batch_size`` tasks (their steps go with them) with no activity since
-    ``days_old`` days; served by ``ix_tasks_updated_at``. Run until it deletes fewer."""
+    ``days_old`` days; served by ``ix_tasks_updated_at``. Run until it deletes fewer.
+    With ``dry_run``, count them instead (one statement, nothing deleted)."""
     if isinstance(days_old, bool) or not isinstance(days_old, int | float) or (
         isinstance(days_old, float) and not math.isfinite(days_old)
     ) or days_old < 0:
@@ -330,6 +336,8 @@ def cleanup_batch(days_old: Any, batch_size: int, now: dt.datetime) -> Statement
             field="days_old",
         )
     cutoff = now - dt.timedelta(days=days_old)
+    if dry_run:
+        return Statement("cleanup_old_tasks", COUNT_INACTIVE, {"cutoff": cutoff})
     return Statement(
         "cleanup_old_tasks", CLEANUP_BATCH, {"cutoff": cutoff, "batch_size": batch_size}
     )

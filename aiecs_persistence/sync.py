@@ -151,9 +151,12 @@ class SyncDatabaseManager(ManagerBase):
     def mark_task_as_cancelled(self, user_id: str, task_id: str) -> bool:
         return bool(self._run(sql.cancel_task(user_id, task_id))[0][0])
 
-    def cleanup_old_tasks(self, days_old: float = 30) -> int:
+    def cleanup_old_tasks(self, days_old: float = 30, *, dry_run: bool = False) -> int:
         batch = self.settings.cleanup_batch_size
-        statement = sql.cleanup_batch(days_old, batch, dt.datetime.now(dt.UTC))
+        now = dt.datetime.now(dt.UTC)
+        statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
+        if dry_run:
+            return int(self._run(statement)[0][0])
         total = 0
         while True:
             deleted = int(self._run(statement)[0][0])

@@ -1,0 +1,97 @@
+"""aiecs-db through its real entry points, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from aiecs_persistence import SyncDatabaseManager, TaskStepResult
+from aiecs_persistence.cli import app
+
+from ..conftest import conninfo
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def url_of(db_url) -> str:
+    return db_url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def seeded(db_url):
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history("alice", "t1", 0, TaskStepResult("fetch", 1, True, "", "completed"))
+        db.save_task_history("alice", "t1", 1, TaskStepResult(
+            "parse", None, False, "bad", "failed", "E003", "parse crashed"))
+        db.finish_task("alice", "t1", "failed", "E003", "parse crashed")
+        db.save_task_history("alice", "t2", 0, TaskStepResult("fetch", 2, True, "", "completed"))
+    return url_of(db_url)
+
+
+def test_tasks_table_and_json_agree(seeded):
+    human = runner.invoke(app, ["tasks", "alice", "--url", seeded])
+    assert human.exit_code == 0, human.output
+    assert "t1" in human.output and "failed" in human.output and "E003" in human.output
+    machine = runner.invoke(app, ["tasks", "alice", "--url", seeded, "--json"])
+    rows = json.loads(machine.output)
+    assert [(r["task_id"], r["status"], r["error_code"]) for r in rows] == [
+        ("t2", "running", None), ("t1", "failed", "E003")]
+    only = json.loads(runner.invoke(app, ["tasks", "alice", "--status", "failed", "--json",
+                                          "--url", seeded]).output)
+    assert [r["task_id"] for r in only] == ["t1"]
+
+
+def test_history_shows_error_meaning(seeded):
+    result = runner.invoke(app, ["history", "alice", "t1", "--url", seeded])
+    assert result.exit_code == 0, result.output
+    assert "Execution error" in result.output and "parse crashed" in result.output
+    data = json.loads(runner.invoke(app, ["history", "alice", "t1", "--json", "--url",
+                                          seeded]).output)
+    assert [e["step"] for e in data] == [0, 1]
+
+
+def test_cleanup_dry_run_then_for_real(seeded, db_url):
+    with psycopg.connect(conninfo(db_url), autocommit=True) as conn:
+        conn.execute("UPDATE tasks SET updated_at = now() - interval '40 days' "
+                     "WHERE task_id = 't1'")
+    dry = json.loads(runner.invoke(app, ["cleanup", "--older-than", "30d", "--dry-run",
+                                         "--json", "--url", seeded]).output)
+    assert dry == {"tasks": 1, "dry_run": True, "older_than_days": 30.0}
+    real = runner.invoke(app, ["cleanup", "--older-than", "4w", "--url", seeded])
+    assert real.exit_code == 0 and "deleted 1 task(s)" in real.output
+    bad = runner.invoke(app, ["cleanup", "--older-than", "soon", "--url", seeded])
+    assert bad.exit_code == 2
+
+
+def test_migration_commands(empty_db_url):
+    url = url_of(empty_db_url)
+    check = runner.invoke(app, ["check", "--url", url, "--json"])
+    assert check.exit_code == 1 and json.loads(check.output)["ok"] is False
+    assert runner.invoke(app, ["upgrade", "--url", url]).exit_code == 0
+    check = runner.invoke(app, ["check", "--url", url])
+    assert check.exit_code == 0 and "at head" in check.output
+    current = json.loads(runner.invoke(app, ["current", "--url", url, "--json"]).output)
+    assert current["at_head"] is True
+    assert runner.invoke(app, ["downgrade", "base", "--url", url]).exit_code == 0
+    sql = runner.invoke(app, ["sql"])
+    assert sql.exit_code == 0 and "CREATE TABLE task_history" in sql.output
+
+
+def test_entry_point_errors_are_one_line_without_password():
+    env = {k: v for k, v in os.environ.items() if k != "AIECS_DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "aiecs_persistence", "current", "--url",
+         "postgresql://bob:hunter2@127.0.0.1:1/db"],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 3
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error [E")
+    bad = subprocess.run([sys.executable, "-m", "aiecs_persistence", "current", "--url",
+                          "mysql://x@y/z"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 4 and "unsupported scheme" in bad.stderr
