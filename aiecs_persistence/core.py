@@ -161,12 +161,19 @@ class ManagerBase:
 
     # -- errors and retries ----------------------------------------------------------------
 
-    def failed(self, statement: Statement, exc: BaseException, attempt: int) -> float | None:
-        """Decide after a failure: seconds to wait before retrying, or None to give up.
-        Giving up is the caller's job (raise :meth:`final_error`)."""
-        if isinstance(exc, PersistenceError):
-            return None
-        if statement.idempotent and is_transient(exc) and attempt < self.settings.max_attempts:
+    def retry_delay(
+        self, statement: Statement, exc: Exception, attempt: int, started: float
+    ) -> float:
+        """After a failed attempt: the seconds to wait before the next one, or raise.
+
+        Only idempotent statements are retried, only after transient failures, and at most
+        ``max_attempts`` times in all. Database errors are raised as their
+        ``PersistenceError``; anything else (our own ``ValidationError``) as it is.
+        """
+        engine_error = is_engine_error(exc) and not isinstance(exc, PersistenceError)
+        if engine_error and statement.idempotent and is_transient(exc) and (
+            attempt < self.settings.max_attempts
+        ):
             delay = self.settings.backoff(attempt)
             log.warning(
                 "%s: transient failure (attempt %d of %d), retrying in %.3fs: %s",
@@ -174,9 +181,9 @@ class ManagerBase:
                 translate(exc).message,
             )
             return delay
-        return None
-
-    def final_error(self, statement: Statement, exc: BaseException, attempt: int) -> Exception:
+        self.observe(statement, started, False)
+        if not engine_error:
+            raise exc
         err = translate(exc, operation=statement.name)
         if isinstance(err, RetryExhaustedError):
             err = RetryExhaustedError(
@@ -184,7 +191,7 @@ class ManagerBase:
                 attempts=attempt, sqlstate=err.sqlstate,
             )
         log.error("%s failed: %s", statement.name, err.message)
-        return err
+        raise err from None
 
     def observe(self, statement: Statement, started: float, ok: bool) -> None:
         elapsed = time.perf_counter() - started
@@ -206,10 +213,6 @@ def _known_revision(revision: str) -> bool:
         return script.get_revision(revision) is not None
     except Exception:
         return False
-
-
-def engine_url(url: URL) -> URL:
-    return url.set(drivername="postgresql+psycopg")
 
 
 def is_engine_error(exc: BaseException) -> bool:

@@ -236,8 +236,6 @@ def translate(exc: BaseException, *, operation: str = "database operation") -> P
             sqlstate=state,
         )
     if is_transient(exc):
-        return RetryExhaustedError(
-            f"{operation}: {primary} (transient failure, not retried)", sqlstate=state
-        )
+        return RetryExhaustedError(f"{operation}: {primary}", sqlstate=state)
     suffix = f" (SQLSTATE {state})" if state else ""
     return DatabaseError(f"{operation}: {primary}{suffix}", sqlstate=state)

@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, Row
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import statements as sql
-from .core import ManagerBase, engine_url, is_engine_error
+from .core import ManagerBase
 from .domain import TaskStatus
 from .records import Page, StepRecord, TaskRecord
 
@@ -59,14 +59,13 @@ class DatabaseManager(ManagerBase):
         async with self._lock:
             if self._engine is not None:
                 return
-            url = await asyncio.to_thread(lambda: self.url)
-            await asyncio.to_thread(self.prepare_schema)
+            await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
             kwargs = self.settings.engine_kwargs()
             if min_size is not None:
                 kwargs["pool_size"] = max(1, min_size)
             if max_size is not None:
                 kwargs["max_overflow"] = max(0, max_size - kwargs["pool_size"])
-            self._engine = create_async_engine(engine_url(url), **kwargs)
+            self._engine = create_async_engine(self.url, **kwargs)
 
     async def init_database_schema(self) -> bool:
         """Upstream's name: migrate to head (errors are raised, never swallowed)."""
@@ -108,13 +107,7 @@ class DatabaseManager(ManagerBase):
                     result = await conn.exec_driver_sql(statement.sql, dict(statement.params))
                     rows = list(result.fetchall()) if result.returns_rows else []
             except Exception as exc:
-                if not is_engine_error(exc):
-                    raise
-                delay = self.failed(statement, exc, attempt)
-                if delay is None:
-                    self.observe(statement, started, False)
-                    raise self.final_error(statement, exc, attempt) from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.retry_delay(statement, exc, attempt, started))
                 continue
             self.observe(statement, started, True)
             return rows
@@ -159,9 +152,7 @@ class DatabaseManager(ManagerBase):
                                 count += 1
                     await cur.execute(sql.BULK_MERGE)
         except Exception as exc:
-            self.observe(statement, started, False)
-            if is_engine_error(exc):
-                raise self.final_error(statement, exc, 1) from None
+            self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
             raise
         self.observe(statement, started, True)
         return count

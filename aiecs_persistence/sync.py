@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Row
 
 from . import statements as sql
-from .core import ManagerBase, engine_url, is_engine_error
+from .core import ManagerBase
 from .domain import TaskStatus
 from .records import Page, StepRecord, TaskRecord
 
@@ -55,7 +55,7 @@ class SyncDatabaseManager(ManagerBase):
                 kwargs["pool_size"] = max(1, min_size)
             if max_size is not None:
                 kwargs["max_overflow"] = max(0, max_size - kwargs["pool_size"])
-            self._engine = sa.create_engine(engine_url(self.url), **kwargs)
+            self._engine = sa.create_engine(self.url, **kwargs)
 
     def init_database_schema(self) -> bool:
         self.prepare_schema()
@@ -96,13 +96,7 @@ class SyncDatabaseManager(ManagerBase):
                     result = conn.exec_driver_sql(statement.sql, dict(statement.params))
                     rows = list(result.fetchall()) if result.returns_rows else []
             except Exception as exc:
-                if not is_engine_error(exc):
-                    raise
-                delay = self.failed(statement, exc, attempt)
-                if delay is None:
-                    self.observe(statement, started, False)
-                    raise self.final_error(statement, exc, attempt) from None
-                time.sleep(delay)
+                time.sleep(self.retry_delay(statement, exc, attempt, started))
                 continue
             self.observe(statement, started, True)
             return rows
@@ -131,9 +125,7 @@ class SyncDatabaseManager(ManagerBase):
                             count += 1
                     cur.execute(sql.BULK_MERGE)
         except Exception as exc:
-            self.observe(statement, started, False)
-            if is_engine_error(exc):
-                raise self.final_error(statement, exc, 1) from None
+            self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
             raise
         self.observe(statement, started, True)
         return count
