@@ -7,21 +7,26 @@ stderr (``--verbose`` adds the traceback); passwords are never printed.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import re
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import embedded as embedded_server
 from . import migrate
-from .config import resolve_url, safe_url
-from .errors import PersistenceError, ValidationError, mask_password
+from .config import libpq_conninfo, normalize_url, resolve_url, safe_url
+from .core import is_engine_error
+from .errors import PersistenceError, ValidationError, mask_password, translate
 
 app = typer.Typer(
     help="aiecs-persistence: task execution history in PostgreSQL.",
@@ -49,11 +54,17 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable outpu
 def _run(action: Callable[[], T]) -> T:
     try:
         return action()
-    except PersistenceError as exc:
+    except Exception as exc:
+        if isinstance(exc, PersistenceError):
+            error = exc
+        elif is_engine_error(exc):
+            error = translate(exc)
+        else:
+            raise
         if _state["verbose"]:
             err.print(mask_password(traceback.format_exc()), markup=False, highlight=False)
-        err.print(f"error [{exc.code.value}]: {exc}", markup=False, highlight=False)
-        code = EXIT_INPUT if isinstance(exc, ValidationError) else EXIT_DATABASE
+        err.print(f"error [{error.code.value}]: {error}", markup=False, highlight=False)
+        code = EXIT_INPUT if isinstance(error, ValidationError) else EXIT_DATABASE
         raise typer.Exit(code) from None
 
 
@@ -69,6 +80,13 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show details.")] = False,
 ) -> None:
     _state["verbose"] = verbose
+    # The library logs failures itself; on the command line they are already the one-line
+    # error, so its log records only show with --verbose.
+    package_log = logging.getLogger("aiecs_persistence")
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    elif not any(isinstance(h, logging.NullHandler) for h in package_log.handlers):
+        package_log.addHandler(logging.NullHandler())
 
 
 @app.command()
@@ -153,22 +171,26 @@ def tasks(
 def history(user_id: str, task_id: str, url: UrlOption = None, as_json: JsonOption = False
             ) -> None:
     """The steps of one task: index, name, status, error and its meaning, message, time."""
-    from .domain import ErrorCode
-
     with _manager(url) as db:
         steps = _run(lambda: db.load_task_history(user_id, task_id))
     if as_json:
         out.print_json(json.dumps(steps, default=str))
         return
-    table = Table("#", "step", "status", "error", "meaning", "message", "time",
-                  title=f"{user_id}/{task_id}")
+    out.print(_history_table(f"{user_id}/{task_id}", steps))
+
+
+def _history_table(title: str, steps: list[dict[str, Any]]) -> Table:
+    from .domain import ErrorCode
+
+    table = Table("#", "step", "status", "error", "meaning", "message", "time", title=title)
     for e in steps:
         r = e["result"]
         code = r["error_code"]
         table.add_row(str(e["step"]), r["step"], e["status"], code or "",
                       ErrorCode(code).description if code else "",
-                      r["error_message"] or r["message"], e["timestamp"])
-    out.print(table)
+                      r["error_message"] or r["message"],
+                      dt.datetime.fromisoformat(e["timestamp"]).strftime("%Y-%m-%d %H:%M:%S"))
+    return table
 
 
 def _days(text: str) -> float:
@@ -177,6 +199,50 @@ def _days(text: str) -> float:
         raise typer.BadParameter(f"{text!r}: expected e.g. 30d, 12h or 2w")
     number, unit = float(match.group(1)), match.group(2) or "d"
     return number * {"d": 1, "h": 1 / 24, "w": 7}[unit]
+
+
+def _when(text: str | None, name: str) -> dt.datetime | None:
+    """An ISO date or time (UTC when no zone is given), or a duration ago such as ``7d``."""
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return dt.datetime.now(dt.UTC) - dt.timedelta(days=_days(text))
+        except typer.BadParameter:
+            raise typer.BadParameter(
+                f"{text!r}: expected an ISO date or time (2026-11-01, 2026-11-01T12:00+01:00) "
+                "or a duration ago (7d, 12h, 2w)", param_hint=name) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@app.command()
+def report(
+    since: Annotated[str | None, typer.Option(help="From (ISO date/time, or e.g. 7d ago).")]
+    = None,
+    until: Annotated[str | None, typer.Option(help="Until, exclusive (same forms).")] = None,
+    top: Annotated[int, typer.Option(help="How many busiest steps to show.")] = 10,
+    plot: Annotated[Path | None, typer.Option(help="Also write a bar chart to this PNG.")]
+    = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Failures by error code and category, busiest steps, per-day counts."""
+    from . import report as presentation
+
+    start, end = _when(since, "--since"), _when(until, "--until")
+    with _manager(url) as db:
+        data = _run(lambda: db.report(start, end, top))
+    if plot is not None:
+        _run(lambda: presentation.plot(data, plot))
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    for table in presentation.tables(data):
+        out.print(table)
+    if plot is not None:
+        out.print(f"chart written to {plot}", markup=False, highlight=False)
 
 
 @app.command()
@@ -189,10 +255,143 @@ def cleanup(
     """Delete tasks (and their steps) with no activity for the given time, in batches."""
     days = _days(older_than)
     with _manager(url) as db:
-        count = _run(lambda: db.cleanup_old_tasks(days, dry_run=dry_run))
+        due = _run(lambda: db.cleanup_old_tasks(days, dry_run=True))
+        count = due
+        if not dry_run:
+            with _progress(as_json) as progress:
+                bar = progress.add_task("deleting tasks", total=due)
+                count = _run(lambda: db.cleanup_old_tasks(
+                    days, on_batch=lambda n: progress.advance(bar, n)))
     verb = "would delete" if dry_run else "deleted"
     _emit({"tasks": count, "dry_run": dry_run, "older_than_days": days}, as_json,
           f"{verb} {count} task(s) with no activity for {older_than}")
+
+
+def _progress(quiet: bool) -> Progress:
+    """A progress bar on stderr (stdout stays clean for --json); hidden when ``quiet``."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err, disable=quiet, transient=False,
+    )
+
+
+@app.command()
+def grant(
+    owner: Annotated[str, typer.Option(help="Migration owner role.")] = "aiecs_owner",
+    writer: Annotated[str, typer.Option(help="Runtime writer role.")] = "aiecs_writer",
+    reader: Annotated[str, typer.Option(help="Read-only reporting role.")] = "aiecs_reader",
+    print_only: Annotated[bool, typer.Option("--print", help="Print the SQL, run nothing.")]
+    = False,
+    url: UrlOption = None,
+) -> None:
+    """Create the least-privilege roles and grant them exactly what they need (idempotent;
+    re-run after each upgrade). See docs/operations.md."""
+    import psycopg
+
+    from . import roles
+
+    wanted = _run(lambda: roles.Roles(owner, writer, reader))
+    target = _run(lambda: resolve_url(url=url))
+    with _run(lambda: psycopg.connect(libpq_conninfo(target), autocommit=True)) as conn:
+        if print_only:
+            statements = _run(lambda: roles.grant_statements(conn, wanted))
+        else:
+            statements = _run(lambda: roles.grant(conn, wanted))
+    if print_only:
+        sys.stdout.write("".join(f"{s};\n" for s in statements))
+        return
+    out.print(f"{len(statements)} statements run on {safe_url(target)}: owner {owner}, "
+              f"writer {writer}, reader {reader}. Give them to login roles, e.g. "
+              f"GRANT {writer} TO my_service;", markup=False, highlight=False)
+
+
+@app.command("import-legacy")
+def import_legacy(
+    from_url: Annotated[str | None, typer.Option(
+        "--from-url", help="The upstream AIECS database to read from.")] = None,
+    table: Annotated[str, typer.Option(help="Its history table.")] = "task_history",
+    from_jsonl: Annotated[Path | None, typer.Option(
+        "--from-jsonl", help="Or a JSON lines export of that table.")] = None,
+    timezone: Annotated[str | None, typer.Option(
+        help="Zone of the upstream naive timestamps (default: the server's TimeZone).")]
+    = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Adopt upstream AIECS history from another database or a JSON lines export (every row
+    adopted or set aside with its reason; re-running adds nothing)."""
+    import psycopg
+
+    from . import legacy
+
+    if (from_url is None) == (from_jsonl is None):
+        raise typer.BadParameter("give exactly one of --from-url and --from-jsonl")
+    target = _run(lambda: resolve_url(url=url))
+    with _run(lambda: psycopg.connect(libpq_conninfo(target), autocommit=True)) as conn:
+        if from_jsonl is not None:
+            total, rows = _run(lambda: legacy.read_jsonl(from_jsonl))
+            summary = _import(conn, total, rows, timezone, as_json)
+        else:
+            source_url = _run(lambda: libpq_conninfo(from_url or ""))
+            with _run(lambda: psycopg.connect(source_url)) as source:
+                total, rows = _run(lambda: legacy.read_database(source, table))
+                summary = _import(conn, total, rows, timezone, as_json)
+    data = summary.as_dict()
+    reasons = "".join(f"\n  {n:>7}  {r}" for r, n in summary.reasons.items())
+    _emit(data, as_json,
+          f"read {summary.read} row(s): {summary.already_present} already imported, "
+          f"{summary.new} new: {summary.adopted} adopted, {summary.set_aside} set aside"
+          + (f" (see legacy_task_history_rejects):{reasons}" if reasons else ""))
+
+
+def _import(conn: Any, total: int, rows: Any, timezone: str | None, quiet: bool) -> Any:
+    from . import legacy
+
+    with _progress(quiet) as progress:
+        bar = progress.add_task("copying upstream rows", total=total)
+        return _run(lambda: legacy.import_rows(
+            conn, rows, timezone=timezone, on_rows=lambda n: progress.advance(bar, n)))
+
+
+@app.command()
+def demo(url: Annotated[str | None, typer.Option(
+        "--url", help="Server to use (default: the embedded PostgreSQL; AIECS_DATABASE_URL "
+        "is deliberately ignored).")] = None) -> None:
+    """Try it: a fresh `aiecs_demo` database, migrated, a simulated multi-step AI workload
+    (success, each error code, a timeout, a cancellation), then its history and report."""
+    import asyncio
+
+    from . import demo as scenario
+    from . import report as presentation
+    from .manager import DatabaseManager
+
+    server = _run(lambda: url or embedded_server.ensure_running())
+    where = safe_url(_run(lambda: normalize_url(server)))
+    if url is None:
+        out.print(f"embedded PostgreSQL, data in {embedded_server.data_dir()}",
+                  markup=False, highlight=False)
+    target = _run(lambda: scenario.fresh_database(server))
+    _run(lambda: migrate.upgrade(target))
+    out.print(f"database {scenario.DEMO_DATABASE} on {where}: migrated to "
+              f"{migrate.head()}", markup=False, highlight=False)
+
+    async def workload() -> tuple[list[Any], list[Any], dict[str, Any]]:
+        async with DatabaseManager(url=target) as db:
+            outcomes = await scenario.run_workload(db)
+            histories = [await db.load_task_history(scenario.DEMO_USER, o.task_id)
+                         for o in outcomes]
+            return outcomes, histories, await db.report()
+
+    outcomes, histories, data = _run(lambda: asyncio.run(workload()))
+    summary = Table("task", "status", "what happened", title=f"tasks of {scenario.DEMO_USER}")
+    for o in outcomes:
+        summary.add_row(o.task_id, o.status.value, o.note)
+    out.print(summary)
+    for o, steps in zip(outcomes, histories, strict=True):
+        if o.task_id in ("research-report", "slow-model", "user-cancelled"):
+            out.print(_history_table(f"history of {o.task_id}", steps))
+    for table in presentation.tables(data):
+        out.print(table)
 
 
 @embedded_app.command("status")

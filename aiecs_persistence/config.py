@@ -107,3 +107,10 @@ def safe_text(text: str) -> str:
     from .errors import mask_password
 
     return mask_password(text)
+
+
+def libpq_conninfo(url: str | URL) -> str:
+    """The URL in the form psycopg's ``connect`` takes (password included: never log it)."""
+    return (
+        normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -176,10 +176,12 @@ class DatabaseManager(ManagerBase):
         return bool(rows[0][0])
 
     async def cleanup_old_tasks(
-        self, days_old: float = 30, *, dry_run: bool = False
+        self, days_old: float = 30, *, dry_run: bool = False,
+        on_batch: Callable[[int], object] | None = None,
     ) -> int:
         """Delete tasks (and their steps) with no activity for ``days_old`` days, in bounded
-        batches; returns how many tasks were deleted."""
+        batches (each its own short transaction); returns how many tasks were deleted (or, with
+        ``dry_run``, would be). ``on_batch`` is called with each batch's count."""
         batch = self.settings.cleanup_batch_size
         now = dt.datetime.now(dt.UTC)
         statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
@@ -189,10 +191,18 @@ class DatabaseManager(ManagerBase):
         while True:
             deleted = int((await self._run(statement))[0][0])
             total += deleted
+            if on_batch is not None:
+                on_batch(deleted)
             if deleted < batch:
                 return total
 
     # -- reads -------------------------------------------------------------------------------
+
+    async def report(self, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                       top: int = 10) -> dict[str, Any]:
+        """Failures by error code and category, busiest steps and per-day counts of the steps
+        created in ``[since, until)``, read through the reporting views."""
+        return sql.report_data(await self._run(sql.report(since, until, top)))
 
     async def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""

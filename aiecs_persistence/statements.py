@@ -581,3 +581,53 @@ def step_page(rows: Sequence[Sequence[Any]], limit: int) -> tuple[list[StepRecor
     records = [step_record(r) for r in rows[:limit]]
     last = records[-1] if records and len(rows) > limit else None
     return records, encode_cursor(last.updated_at, last.task_id, last.step) if last else None
+
+
+# -- the report (over the reporting views, so the read-only role can run it) --------------------
+
+REPORT: Final = """
+WITH h AS (
+  SELECT * FROM step_details
+  WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
+    AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')
+)
+SELECT
+  (SELECT jsonb_build_object('steps', count(*),
+                             'tasks', count(DISTINCT (user_id, task_id)),
+                             'failures', count(*) FILTER (WHERE error_code IS NOT NULL))
+   FROM h),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.error_code), '[]')
+   FROM (SELECT error_code, error_name, error_category, count(*) AS failures,
+                count(DISTINCT (user_id, task_id)) AS tasks
+         FROM h WHERE error_code IS NOT NULL
+         GROUP BY error_code, error_name, error_category) x),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.category), '[]')
+   FROM (SELECT error_category AS category, count(*) AS failures
+         FROM h WHERE error_code IS NOT NULL GROUP BY error_category) x),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.steps DESC, x.step_name), '[]')
+   FROM (SELECT step_name, count(*) AS steps,
+                count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+         FROM h GROUP BY step_name ORDER BY count(*) DESC, step_name
+         LIMIT %(top)s) x),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.day), '[]')
+   FROM (SELECT ((created_at AT TIME ZONE 'UTC')::date)::text AS day, count(*) AS steps,
+                count(*) FILTER (WHERE status = 'completed') AS completed,
+                count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+         FROM h GROUP BY 1) x)
+"""
+
+
+def report(since: Any = None, until: Any = None, top: Any = 10) -> Statement:
+    """Failures by error code and by category, the busiest step names and per-day counts of
+    the steps created in ``[since, until)`` (UTC days)."""
+    return Statement("report", REPORT, {
+        "since": None if since is None else check_time(since, "since"),
+        "until": None if until is None else check_time(until, "until"),
+        "top": check_limit(top),
+    })
+
+
+def report_data(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    totals, by_code, by_category, steps, days = rows[0]
+    return {"totals": totals, "failures_by_error_code": by_code,
+            "failures_by_category": by_category, "busiest_steps": steps, "per_day": days}

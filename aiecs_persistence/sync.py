@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -143,7 +143,10 @@ class SyncDatabaseManager(ManagerBase):
     def mark_task_as_cancelled(self, user_id: str, task_id: str) -> bool:
         return bool(self._run(sql.cancel_task(user_id, task_id))[0][0])
 
-    def cleanup_old_tasks(self, days_old: float = 30, *, dry_run: bool = False) -> int:
+    def cleanup_old_tasks(
+        self, days_old: float = 30, *, dry_run: bool = False,
+        on_batch: Callable[[int], object] | None = None,
+    ) -> int:
         batch = self.settings.cleanup_batch_size
         now = dt.datetime.now(dt.UTC)
         statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
@@ -153,10 +156,18 @@ class SyncDatabaseManager(ManagerBase):
         while True:
             deleted = int(self._run(statement)[0][0])
             total += deleted
+            if on_batch is not None:
+                on_batch(deleted)
             if deleted < batch:
                 return total
 
     # -- reads -------------------------------------------------------------------------------
+
+    def report(self, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                 top: int = 10) -> dict[str, Any]:
+        """Failures by error code and category, busiest steps and per-day counts of the steps
+        created in ``[since, until)``, read through the reporting views."""
+        return sql.report_data(self._run(sql.report(since, until, top)))
 
     def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         return sql.history_rows(self._run(sql.load_history(user_id, task_id)))

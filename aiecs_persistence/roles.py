@@ -1,0 +1,126 @@
+"""Least-privilege roles: a migration owner, a runtime writer and a read-only reporting role.
+
+``grant_statements`` reads the catalog of a migrated database and returns the SQL that
+
+* creates the three roles when missing (``NOLOGIN`` group roles: give them to login roles with
+  ``GRANT aiecs_writer TO my_service``);
+* makes the **owner** own every object of ours (tables, views, enum types, trigger functions,
+  the Alembic version table), so it alone can migrate, ``ALTER`` or ``DROP``;
+* lets the **writer** read and write ``tasks`` and ``task_history`` (``DELETE`` too, for
+  ``cleanup_old_tasks``), read the error catalog, the views and the schema version, and create
+  temporary tables (the bulk path stages its rows in one) — and nothing else;
+* lets the **reader** ``SELECT`` from the reporting views only.
+
+The statements are idempotent: run ``aiecs-db grant`` again after each upgrade so new objects
+get the same privileges. Running them needs a superuser (or a role with ``CREATEROLE`` that is
+a member of the owner role).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import ValidationError
+from .migrate import VERSION_TABLE
+from .schema import VIEW_NAMES, metadata
+
+__all__ = ["Roles", "grant_statements"]
+
+_ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: Tables the runtime writes.
+WRITTEN_TABLES: Final = ("tasks", "task_history")
+#: Tables the runtime only reads.
+READ_TABLES: Final = ("error_codes", VERSION_TABLE)
+LEGACY_TABLES: Final = ("legacy_task_history", "legacy_task_history_rejects")
+ENUM_TYPES: Final = ("task_status", "error_code")
+
+
+@dataclass(frozen=True)
+class Roles:
+    owner: str = "aiecs_owner"
+    writer: str = "aiecs_writer"
+    reader: str = "aiecs_reader"
+
+    def __post_init__(self) -> None:
+        names = {"owner": self.owner, "writer": self.writer, "reader": self.reader}
+        for kind, name in names.items():
+            if not _ROLE_NAME.fullmatch(name):
+                raise ValidationError(
+                    f"{kind} role: {name!r} is not a plain lower-case role name "
+                    "(letters, digits, _; at most 63)", field=kind,
+                )
+        if len(set(names.values())) != 3:
+            raise ValidationError("roles: owner, writer and reader must be three roles",
+                                  field="roles")
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def grant_statements(connection: Any, roles: Roles) -> list[str]:
+    """The SQL that sets up ``roles`` on the database ``connection`` (a psycopg connection)
+    points at. Nothing is executed."""
+    cur = connection.cursor()
+    schema, database = cur.execute("SELECT current_schema(), current_database()").fetchone()
+    names = [t.name for t in metadata.sorted_tables] + [VERSION_TABLE, *LEGACY_TABLES]
+    ours = list(dict.fromkeys(names)) + list(VIEW_NAMES)
+    relations = dict(cur.execute(
+        "SELECT c.relname, c.relkind FROM pg_class c "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%s)",
+        [ours],
+    ).fetchall())
+    if "tasks" not in relations:
+        raise ValidationError(
+            "grant: the database has no aiecs schema yet; run `aiecs-db upgrade` first",
+            field="database",
+        )
+    functions = [r[0] for r in cur.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'aiecs\\_%' "
+        "ORDER BY 1"
+    ).fetchall()]
+    existing = {r[0] for r in cur.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+        [[roles.owner, roles.writer, roles.reader]],
+    ).fetchall()}
+
+    owner, writer, reader = _q(roles.owner), _q(roles.writer), _q(roles.reader)
+    sch, db = _q(schema), _q(database)
+    tables = [n for n in ours if relations.get(n) == "r"]
+    views = [n for n in VIEW_NAMES if n in relations]
+    out = [f"CREATE ROLE {_q(r)} NOLOGIN"
+           for r in (roles.owner, roles.writer, roles.reader) if r not in existing]
+    out += [
+        f"GRANT CONNECT ON DATABASE {db} TO {owner}, {writer}, {reader}",
+        f"GRANT TEMPORARY ON DATABASE {db} TO {writer}",
+        f"GRANT USAGE, CREATE ON SCHEMA {sch} TO {owner}",
+        f"GRANT USAGE ON SCHEMA {sch} TO {writer}, {reader}",
+        f"REVOKE CREATE ON SCHEMA {sch} FROM {writer}, {reader}",
+    ]
+    out += [f"ALTER TABLE {sch}.{_q(t)} OWNER TO {owner}" for t in tables]
+    out += [f"ALTER VIEW {sch}.{_q(v)} OWNER TO {owner}" for v in views]
+    out += [f"ALTER TYPE {sch}.{_q(t)} OWNER TO {owner}" for t in ENUM_TYPES]
+    out += [f"ALTER FUNCTION {sch}.{f} OWNER TO {owner}" for f in functions]
+    every = ", ".join(f"{sch}.{_q(n)}" for n in tables + views)
+    out.append(f"REVOKE ALL ON {every} FROM PUBLIC, {writer}, {reader}")
+    written = ", ".join(f"{sch}.{_q(n)}" for n in WRITTEN_TABLES)
+    read = ", ".join(f"{sch}.{_q(n)}" for n in (*READ_TABLES, *views))
+    out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {written} TO {writer}")
+    out.append(f"GRANT SELECT ON {read} TO {writer}")
+    if views:
+        out.append(
+            f"GRANT SELECT ON {', '.join(f'{sch}.{_q(v)}' for v in views)} TO {reader}"
+        )
+    return out
+
+
+def grant(connection: Any, roles: Roles) -> list[str]:
+    """Run :func:`grant_statements` in one transaction; returns what was run."""
+    statements = grant_statements(connection, roles)
+    with connection.transaction():
+        for statement in statements:
+            connection.execute(statement)
+    return statements
