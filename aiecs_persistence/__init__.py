@@ -9,6 +9,7 @@ from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import (
     DatabaseError,
     InvalidTransitionError,
+    PermissionDeniedError,
     PersistenceError,
     QueryTimeoutError,
     RetryExhaustedError,
@@ -23,6 +24,7 @@ __all__ = [
     "ErrorCode",
     "InvalidTransitionError",
     "Page",
+    "PermissionDeniedError",
     "PersistenceError",
     "QueryTimeoutError",
     "RetryExhaustedError",

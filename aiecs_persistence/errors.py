@@ -11,6 +11,7 @@ Every failure reaches the caller as a :class:`PersistenceError` subclass carryin
     ├── QueryTimeoutError          E002  statement or lock timeout
     ├── RetryExhaustedError        E005  transient failures outlived the retries
     └── DatabaseError              E006  any other database failure
+        ├── PermissionDeniedError  E006  the role lacks a privilege (SQLSTATE 42501)
         └── SchemaMismatchError    E006  schema not at head, or enum drift
 
 This module imports no database driver: driver exceptions are read by duck typing
@@ -29,6 +30,7 @@ __all__ = [
     "SQLSTATE_INVALID_TRANSITION",
     "DatabaseError",
     "InvalidTransitionError",
+    "PermissionDeniedError",
     "PersistenceError",
     "QueryTimeoutError",
     "RetryExhaustedError",
@@ -125,6 +127,11 @@ class DatabaseError(PersistenceError):
     """Any other database failure."""
 
     code_value = "E006"
+
+
+class PermissionDeniedError(DatabaseError):
+    """The database role may not do this (SQLSTATE 42501, e.g. the runtime writer role
+    attempting a migration; see ``aiecs-db grant``)."""
 
 
 class SchemaMismatchError(DatabaseError):
@@ -235,6 +242,8 @@ def translate(exc: BaseException, *, operation: str = "database operation") -> P
             constraint=constraint,
             sqlstate=state,
         )
+    if state == "42501":
+        return PermissionDeniedError(f"{operation}: {primary}", sqlstate=state)
     if is_transient(exc):
         return RetryExhaustedError(f"{operation}: {primary}", sqlstate=state)
     suffix = f" (SQLSTATE {state})" if state else ""

@@ -1,0 +1,103 @@
+"""`aiecs-db grant`: each role can do exactly what it should and no more."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg import errors
+from typer.testing import CliRunner
+
+from aiecs_persistence import SyncDatabaseManager, TaskStepResult, migrate
+from aiecs_persistence.cli import app
+from aiecs_persistence.errors import PermissionDeniedError
+
+from ..conftest import conninfo
+
+runner = CliRunner(env={"COLUMNS": "200"})
+PASSWORD = "role-test-pw"
+
+
+@pytest.fixture
+def roles(db_url):
+    """Group roles set up by `aiecs-db grant`, and one login role in each; dropped after."""
+    suffix = uuid.uuid4().hex[:8]
+    groups = {kind: f"aiecs_{kind}_{suffix}" for kind in ("owner", "writer", "reader")}
+    logins = {kind: f"login_{kind}_{suffix}" for kind in groups}
+    url = db_url.render_as_string(hide_password=False)
+    result = runner.invoke(app, ["grant", "--url", url, "--owner", groups["owner"],
+                                 "--writer", groups["writer"], "--reader", groups["reader"]])
+    assert result.exit_code == 0, result.output
+    # Re-running is harmless (it is meant to be run after every upgrade).
+    assert runner.invoke(app, ["grant", "--url", url, "--owner", groups["owner"], "--writer",
+                               groups["writer"], "--reader", groups["reader"]]).exit_code == 0
+    admin = psycopg.connect(conninfo(db_url), autocommit=True)
+    for kind, login in logins.items():
+        admin.execute(f"CREATE ROLE {login} LOGIN PASSWORD '{PASSWORD}' IN ROLE {groups[kind]}")
+    try:
+        yield {kind: db_url.set(username=login, password=PASSWORD)
+               for kind, login in logins.items()}
+    finally:
+        everyone = ", ".join([*logins.values(), *groups.values()])
+        admin.execute(f"REASSIGN OWNED BY {groups['owner']} TO CURRENT_USER")
+        admin.execute(f"DROP OWNED BY {everyone}")
+        admin.execute(f"DROP ROLE {everyone}")
+        admin.close()
+
+
+def denied(url, statement: str) -> bool:
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        try:
+            conn.execute(statement)
+        except errors.InsufficientPrivilege:
+            return True
+    return False
+
+
+def test_reader_sees_the_views_and_nothing_else(roles):
+    with psycopg.connect(conninfo(roles["reader"]), autocommit=True) as conn:
+        for view in ("step_details", "task_summary", "failures_by_day"):
+            conn.execute(f"SELECT count(*) FROM {view}").fetchone()
+    for table in ("tasks", "task_history", "error_codes", "aiecs_alembic_version",
+                  "legacy_task_history_rejects"):
+        assert denied(roles["reader"], f"SELECT * FROM {table}"), table
+    assert denied(roles["reader"], "INSERT INTO tasks (user_id, task_id) VALUES ('u', 't')")
+    assert denied(roles["reader"], "UPDATE task_history SET message = 'x'")
+    assert denied(roles["reader"], "CREATE TABLE mine (x int)")
+
+
+def test_writer_runs_the_managers_but_cannot_change_the_schema(roles):
+    with SyncDatabaseManager(url=roles["writer"]) as db:
+        db.save_task_history("u", "t", 0, TaskStepResult("fetch", 1, True, "", "completed"))
+        assert db.save_task_history_many([("u", "t", 1, TaskStepResult(
+            "parse", 2, True, "", "completed"))]) == 1
+        db.finish_task("u", "t", "completed")
+        assert [e["step"] for e in db.load_task_history("u", "t")] == [0, 1]
+        assert db.report()["totals"]["steps"] == 2
+        assert db.cleanup_old_tasks(0) == 1
+    for statement in ("DROP TABLE task_history", "ALTER TABLE tasks ADD COLUMN x int",
+                      "ALTER TYPE task_status ADD VALUE 'paused'", "DROP VIEW step_details",
+                      "TRUNCATE tasks", "CREATE TABLE mine (x int)",
+                      "UPDATE error_codes SET description = 'x'",
+                      "DELETE FROM aiecs_alembic_version"):
+        assert denied(roles["writer"], statement), statement
+    with pytest.raises(PermissionDeniedError):
+        migrate.downgrade(roles["writer"], "base")
+
+
+def test_owner_migrates(roles):
+    migrate.downgrade(roles["owner"], "base")
+    assert migrate.current(roles["owner"]) is None
+    migrate.upgrade(roles["owner"])
+    assert migrate.check(roles["owner"]).ok
+
+
+def test_grant_before_upgrade_and_bad_role_names(empty_db_url):
+    url = empty_db_url.render_as_string(hide_password=False)
+    early = runner.invoke(app, ["grant", "--url", url])
+    assert early.exit_code == 4 and "aiecs-db upgrade" in early.output
+    bad = runner.invoke(app, ["grant", "--url", url, "--writer", 'x"; DROP TABLE tasks; --'])
+    assert bad.exit_code == 4 and "writer role" in bad.output
+    printed = runner.invoke(app, ["grant", "--print", "--url", url.replace("+psycopg", "")])
+    assert printed.exit_code == 4
