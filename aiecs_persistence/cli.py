@@ -13,7 +13,8 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -32,6 +33,7 @@ app = typer.Typer(
     help="aiecs-persistence: task execution history in PostgreSQL.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,  # never print locals (they may hold a URL's password)
 )
 embedded_app = typer.Typer(help="The embedded PostgreSQL used when AIECS_DATABASE_URL is unset.",
                            no_args_is_help=True)
@@ -137,10 +139,17 @@ def sql(
     sys.stdout.write(_run(lambda: migrate.offline_sql(revision, start=start)))
 
 
-def _manager(url: str | None) -> Any:
+@contextmanager
+def _manager(url: str | None) -> Iterator[Any]:
+    """A connected blocking manager; it never migrates (that is `upgrade`'s job)."""
     from .sync import SyncDatabaseManager
 
-    return SyncDatabaseManager(url=_run(lambda: resolve_url(url=url)), auto_migrate=False)
+    db = SyncDatabaseManager(url=_run(lambda: resolve_url(url=url)), auto_migrate=False)
+    _run(db.connect)
+    try:
+        yield db
+    finally:
+        db.disconnect()
 
 
 @app.command()
