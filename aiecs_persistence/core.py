@@ -49,6 +49,9 @@ class Settings:
     max_result_bytes: int = DEFAULT_MAX_BYTES
     auto_migrate: bool = True
     cleanup_batch_size: int = 1_000
+    #: psycopg prepares a statement on a connection after this many runs of it; ``None``
+    #: turns server-side prepared statements off (PgBouncer < 1.21 in transaction mode).
+    prepare_threshold: int | None = 5
 
     def connect_args(self) -> dict[str, Any]:
         options = []
@@ -61,15 +64,17 @@ class Settings:
             args["options"] = " ".join(options)
         return args
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        return {
-            "pool_size": self.pool_size,
-            "max_overflow": self.max_overflow,
-            "pool_timeout": self.pool_timeout,
-            "connect_args": self.connect_args(),
-            "isolation_level": "AUTOCOMMIT",
-            "hide_parameters": True,
-        }
+    def pool_kwargs(self, min_size: int | None = None, max_size: int | None = None
+                    ) -> dict[str, Any]:
+        """Arguments of psycopg_pool's ``ConnectionPool``/``AsyncConnectionPool``: at least
+        ``pool_size`` connections, up to ``pool_size + max_overflow`` (upstream's
+        ``min_size``/``max_size`` override them), each in autocommit with the timeouts."""
+        low = max(1, min_size if min_size is not None else self.pool_size)
+        high = max(low, max_size if max_size is not None else self.pool_size + self.max_overflow)
+        kwargs = {"autocommit": True, "prepare_threshold": self.prepare_threshold,
+                  **self.connect_args()}
+        return {"min_size": low, "max_size": high, "timeout": self.pool_timeout,
+                "kwargs": kwargs, "open": False}
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff before retry number ``attempt`` (1-based)."""
@@ -213,6 +218,13 @@ def _known_revision(revision: str) -> bool:
         return script.get_revision(revision) is not None
     except Exception:
         return False
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself broke (the pool should be checked)."""
+    return type(exc).__name__ in {"OperationalError", "InterfaceError"} or (
+        (getattr(exc, "sqlstate", None) or "").startswith(("08", "57P"))
+    )
 
 
 def is_engine_error(exc: BaseException) -> bool:

@@ -1,8 +1,8 @@
 """``DatabaseManager``: the async manager, a drop-in replacement for upstream AIECS's class.
 
 Same method names, arguments and return shapes as upstream (see the contract, §5), on
-SQLAlchemy 2's asyncio engine with psycopg 3 and a real connection pool: every call checks a
-connection out of the pool, so concurrent coroutines never share one.
+psycopg 3 and its connection pool (``psycopg_pool``): every call checks a connection out of
+the pool, so concurrent coroutines never share one.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.engine import URL, Row
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.engine import URL
 
 from . import statements as sql
-from .core import ManagerBase
+from .config import libpq_conninfo
+from .core import ManagerBase, connection_lost
 from .domain import TaskStatus
 from .records import Page, StepRecord, TaskRecord
 
@@ -40,14 +42,14 @@ class DatabaseManager(ManagerBase):
         **settings: Any,
     ) -> None:
         super().__init__(db_config, url=url, **settings)
-        self._engine: AsyncEngine | None = None
+        self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
-        return self._engine is not None
+        return self._pool is not None
 
     async def connect(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Create the pool and make sure the schema is at head (upstream's signature)."""
@@ -57,15 +59,15 @@ class DatabaseManager(ManagerBase):
         self, min_size: int | None = None, max_size: int | None = None
     ) -> None:
         async with self._lock:
-            if self._engine is not None:
+            if self._pool is not None:
                 return
             await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
-            kwargs = self.settings.engine_kwargs()
-            if min_size is not None:
-                kwargs["pool_size"] = max(1, min_size)
-            if max_size is not None:
-                kwargs["max_overflow"] = max(0, max_size - kwargs["pool_size"])
-            self._engine = create_async_engine(self.url, **kwargs)
+            pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+                libpq_conninfo(self.url), name="aiecs-async",
+                **self.settings.pool_kwargs(min_size, max_size),
+            )
+            await pool.open()
+            self._pool = pool
 
     async def init_database_schema(self) -> bool:
         """Upstream's name: migrate to head (errors are raised, never swallowed)."""
@@ -73,9 +75,9 @@ class DatabaseManager(ManagerBase):
         return True
 
     async def disconnect(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.dispose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def close(self) -> None:
         await self.disconnect()
@@ -90,24 +92,27 @@ class DatabaseManager(ManagerBase):
     ) -> None:
         await self.disconnect()
 
-    async def _ready(self) -> AsyncEngine:
-        if self._engine is None:
+    async def _ready(self) -> AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]:
+        if self._pool is None:
             await self.connect()
-        assert self._engine is not None
-        return self._engine
+        assert self._pool is not None
+        return self._pool
 
-    async def _run(self, statement: sql.Statement) -> list[Row[Any]]:
-        engine = await self._ready()
+    async def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+        pool = await self._ready()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
-                async with engine.connect() as conn:
-                    result = await conn.exec_driver_sql(statement.sql, dict(statement.params))
-                    rows = list(result.fetchall()) if result.returns_rows else []
+                async with pool.connection() as conn:
+                    cur = await conn.execute(statement.sql, statement.params)
+                    rows = await cur.fetchall() if cur.description is not None else []
             except Exception as exc:
-                await asyncio.sleep(self.retry_delay(statement, exc, attempt, started))
+                delay = self.retry_delay(statement, exc, attempt, started)
+                if connection_lost(exc):
+                    await pool.check()  # other idle connections are likely gone too
+                await asyncio.sleep(delay)
                 continue
             self.observe(statement, started, True)
             return rows
@@ -128,29 +133,26 @@ class DatabaseManager(ManagerBase):
         """Save many (user_id, task_id, step, step_result) records through ``COPY`` into a
         staging table and one merge, in one transaction: all of them or none. The input is
         streamed, so memory does not grow with the batch. Returns the number of records."""
-        engine = await self._ready()
+        pool = await self._ready()
         statement = sql.Statement("save_task_history_many", sql.BULK_MERGE, idempotent=False)
         started = time.perf_counter()
         limit = self.settings.max_result_bytes
         count = 0
         try:
-            async with engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                pg: Any = raw.driver_connection
-                async with pg.transaction(), pg.cursor() as cur:
-                    await cur.execute(sql.BULK_STAGING)
-                    async with cur.copy(sql.BULK_COPY) as copy:
-                        if isinstance(records, AsyncIterable):
-                            async for record in records:
-                                await copy.write_row(sql.bulk_row(count, record,
-                                                                  max_result_bytes=limit))
-                                count += 1
-                        else:
-                            for record in records:
-                                await copy.write_row(sql.bulk_row(count, record,
-                                                                  max_result_bytes=limit))
-                                count += 1
-                    await cur.execute(sql.BULK_MERGE)
+            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                await cur.execute(sql.BULK_STAGING)
+                async with cur.copy(sql.BULK_COPY) as copy:
+                    if isinstance(records, AsyncIterable):
+                        async for record in records:
+                            await copy.write_row(sql.bulk_row(count, record,
+                                                              max_result_bytes=limit))
+                            count += 1
+                    else:
+                        for record in records:
+                            await copy.write_row(sql.bulk_row(count, record,
+                                                              max_result_bytes=limit))
+                            count += 1
+                await cur.execute(sql.BULK_MERGE)
         except Exception as exc:
             self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
             raise

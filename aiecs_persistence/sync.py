@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import URL, Row
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
+from sqlalchemy.engine import URL
 
 from . import statements as sql
-from .core import ManagerBase
+from .config import libpq_conninfo
+from .core import ManagerBase, connection_lost
 from .domain import TaskStatus
 from .records import Page, StepRecord, TaskRecord
 
@@ -32,14 +34,14 @@ class SyncDatabaseManager(ManagerBase):
         **settings: Any,
     ) -> None:
         super().__init__(db_config, url=url, **settings)
-        self._engine: sa.Engine | None = None
+        self._pool: ConnectionPool[Connection[tuple[Any, ...]]] | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
-        return self._engine is not None
+        return self._pool is not None
 
     def connect(self, min_size: int | None = None, max_size: int | None = None) -> None:
         self.init_connection_pool(min_size, max_size)
@@ -47,24 +49,24 @@ class SyncDatabaseManager(ManagerBase):
     def init_connection_pool(self, min_size: int | None = None, max_size: int | None = None
                              ) -> None:
         with self._lock:
-            if self._engine is not None:
+            if self._pool is not None:
                 return
             self.prepare_schema()
-            kwargs = self.settings.engine_kwargs()
-            if min_size is not None:
-                kwargs["pool_size"] = max(1, min_size)
-            if max_size is not None:
-                kwargs["max_overflow"] = max(0, max_size - kwargs["pool_size"])
-            self._engine = sa.create_engine(self.url, **kwargs)
+            pool: ConnectionPool[Connection[tuple[Any, ...]]] = ConnectionPool(
+                libpq_conninfo(self.url), name="aiecs-sync",
+                **self.settings.pool_kwargs(min_size, max_size),
+            )
+            pool.open()
+            self._pool = pool
 
     def init_database_schema(self) -> bool:
         self.prepare_schema()
         return True
 
     def disconnect(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            engine.dispose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def close(self) -> None:
         self.disconnect()
@@ -79,24 +81,27 @@ class SyncDatabaseManager(ManagerBase):
     ) -> None:
         self.disconnect()
 
-    def _ready(self) -> sa.Engine:
-        if self._engine is None:
+    def _ready(self) -> ConnectionPool[Connection[tuple[Any, ...]]]:
+        if self._pool is None:
             self.connect()
-        assert self._engine is not None
-        return self._engine
+        assert self._pool is not None
+        return self._pool
 
-    def _run(self, statement: sql.Statement) -> list[Row[Any]]:
-        engine = self._ready()
+    def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+        pool = self._ready()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
-                with engine.connect() as conn:
-                    result = conn.exec_driver_sql(statement.sql, dict(statement.params))
-                    rows = list(result.fetchall()) if result.returns_rows else []
+                with pool.connection() as conn:
+                    cur = conn.execute(statement.sql, statement.params)
+                    rows = cur.fetchall() if cur.description is not None else []
             except Exception as exc:
-                time.sleep(self.retry_delay(statement, exc, attempt, started))
+                delay = self.retry_delay(statement, exc, attempt, started)
+                if connection_lost(exc):
+                    pool.check()  # other idle connections are likely gone too
+                time.sleep(delay)
                 continue
             self.observe(statement, started, True)
             return rows
@@ -109,21 +114,19 @@ class SyncDatabaseManager(ManagerBase):
         return True
 
     def save_task_history_many(self, records: Iterable[Any]) -> int:
-        engine = self._ready()
+        pool = self._ready()
         statement = sql.Statement("save_task_history_many", sql.BULK_MERGE, idempotent=False)
         started = time.perf_counter()
         limit = self.settings.max_result_bytes
         count = 0
         try:
-            with engine.connect() as conn:
-                pg: Any = conn.connection.driver_connection
-                with pg.transaction(), pg.cursor() as cur:
-                    cur.execute(sql.BULK_STAGING)
-                    with cur.copy(sql.BULK_COPY) as copy:
-                        for record in records:
-                            copy.write_row(sql.bulk_row(count, record, max_result_bytes=limit))
-                            count += 1
-                    cur.execute(sql.BULK_MERGE)
+            with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute(sql.BULK_STAGING)
+                with cur.copy(sql.BULK_COPY) as copy:
+                    for record in records:
+                        copy.write_row(sql.bulk_row(count, record, max_result_bytes=limit))
+                        count += 1
+                cur.execute(sql.BULK_MERGE)
         except Exception as exc:
             self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
             raise
