@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import sqlalchemy as sa
+from psycopg.pq import ExecStatus
 from sqlalchemy.engine import URL
 
 from . import migrate
@@ -218,6 +219,12 @@ def _known_revision(revision: str) -> bool:
         return script.get_revision(revision) is not None
     except Exception:
         return False
+
+
+def returns_rows(cursor: Any) -> bool:
+    """Whether the statement just run returned rows (cheaper than building ``description``)."""
+    result = cursor.pgresult
+    return result is not None and result.status == ExecStatus.TUPLES_OK
 
 
 def connection_lost(exc: BaseException) -> bool:

@@ -162,6 +162,27 @@ def _convert(value: Any, path: str, depth: int, max_depth: int) -> Any:
     )
 
 
+def _plain(value: Any, depth_left: int) -> bool:
+    """Whether ``value`` is made only of exact JSON types (dicts with ``str`` keys, lists,
+    tuples, str, int, bool, None, finite floats) within the depth limit: the common case,
+    which the C encoder can take as it is. Strings are checked on the encoded text."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth_left <= 0:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item, depth_left - 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_plain(item, depth_left - 1) for item in value)
+    return False
+
+
 def encode_result(
     value: Any,
     *,
@@ -172,11 +193,25 @@ def encode_result(
     """The JSON text to store for ``value`` (``None`` stays ``None``: SQL ``NULL``)."""
     if value is None:
         return None
-    text = _ENCODER.encode(_convert(value, path, 0, max_depth))
-    # Cheap upper bound first: a UTF-8 character is at most 4 bytes.
-    if len(text) * 4 > max_bytes and len(text.encode("utf-8")) > max_bytes:
+    text: str | None = None
+    if _plain(value, max_depth):
+        # Fast path. NUL is escaped as \u0000 by the encoder, and a lone surrogate makes the
+        # UTF-8 encoding fail: either sends the value down the exact path below, which names
+        # the JSON path at fault (a literal backslash-u0000 in a string only costs that).
+        candidate = _ENCODER.encode(value)
+        if "\\u0000" not in candidate:
+            try:
+                size = len(candidate.encode("utf-8"))
+            except UnicodeEncodeError:
+                pass
+            else:
+                text = candidate
+    if text is None:
+        text = _ENCODER.encode(_convert(value, path, 0, max_depth))
+        size = len(text.encode("utf-8"))
+    if size > max_bytes:
         raise ValidationError(
-            f"{path}: encoded result is {len(text.encode('utf-8'))} bytes, over the limit of "
+            f"{path}: encoded result is {size} bytes, over the limit of "
             f"{max_bytes} bytes (raise max_result_bytes to store it)",
             field=path,
         )

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 
 from . import statements as sql
 from .config import libpq_conninfo
-from .core import ManagerBase, connection_lost
+from .core import ManagerBase, connection_lost, returns_rows
 from .domain import TaskStatus
 from .records import Page, StepRecord, TaskRecord
 
@@ -107,7 +107,7 @@ class DatabaseManager(ManagerBase):
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute(statement.sql, statement.params)
-                    rows = await cur.fetchall() if cur.description is not None else []
+                    rows = await cur.fetchall() if returns_rows(cur) else []
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import ValidationError
@@ -16,9 +16,9 @@ from .errors import ValidationError
 __all__ = ["Page", "StepRecord", "TaskRecord", "decode_cursor", "encode_cursor"]
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    """One task: its lifecycle status, error and timestamps."""
+class TaskRecord(NamedTuple):
+    """One task: its lifecycle status, error and timestamps. (A named tuple: immutable and
+    cheap to build, which matters when a listing returns thousands.)"""
 
     user_id: str
     task_id: str
@@ -31,9 +31,8 @@ class TaskRecord:
     finished_at: dt.datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """One stored step of a task."""
+class StepRecord(NamedTuple):
+    """One stored step of a task (a named tuple, like :class:`TaskRecord`)."""
 
     user_id: str
     task_id: str

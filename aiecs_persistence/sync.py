@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 
 from . import statements as sql
 from .config import libpq_conninfo
-from .core import ManagerBase, connection_lost
+from .core import ManagerBase, connection_lost, returns_rows
 from .domain import TaskStatus
 from .records import Page, StepRecord, TaskRecord
 
@@ -96,7 +96,7 @@ class SyncDatabaseManager(ManagerBase):
             try:
                 with pool.connection() as conn:
                     cur = conn.execute(statement.sql, statement.params)
-                    rows = cur.fetchall() if cur.description is not None else []
+                    rows = cur.fetchall() if returns_rows(cur) else []
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):

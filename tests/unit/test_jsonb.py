@@ -97,3 +97,30 @@ def test_depth_and_size_limits():
     assert encode_result("é" * 40, max_bytes=100)  # 80 bytes + quotes
     with pytest.raises(ValidationError):
         encode_result("é" * 60, max_bytes=100)  # 120 bytes
+
+
+@pytest.mark.parametrize("value", [
+    {"a": [1, 2.5, "x", None, True, {"b": (3, 4)}]},
+    {"text": "a literal backslash-u0000: \\u0000 stays as typed"},
+    ["é", "日本", "emoji 🎉", {"k": -0.0}],
+    {"n": 10**30, "deep": [[[[["x"]]]]]},
+])
+def test_fast_path_gives_the_exact_paths_text(value):
+    """Plain values skip the conversion walk; the text must be what the walk would give."""
+    from aiecs_persistence.jsonb import _ENCODER
+
+    assert encode_result(value) == _ENCODER.encode(to_jsonable(value))
+    assert json.loads(encode_result(value)) == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize(("value", "path"), [
+    ({"ok": "fine", "bad": "nul\x00here"}, "result.bad"),
+    ({"list": ["ok", "lone \ud800 surrogate"]}, "result.list[1]"),
+    ({"key\x00": 1}, 'result["key\\u0000"]'),
+    ({"f": float("nan")}, "result.f"),
+    ({1: "int key"}, "result"),
+])
+def test_fast_path_still_names_the_path(value, path):
+    with pytest.raises(ValidationError) as caught:
+        encode_result(value)
+    assert caught.value.field == path

@@ -1,0 +1,493 @@
+"""aiecs-persistence against raw psycopg 3, same server, same schema, same run.
+
+    .venv/bin/python benchmarks/run.py                # full size (about 3 minutes)
+    .venv/bin/python benchmarks/run.py --scale 0.01   # a quick smoke run (CI)
+
+The server is ``--url``, else ``AIECS_DATABASE_URL``, else the embedded PostgreSQL. A fresh
+database (``aiecs_bench`` unless ``--database``) is created on it, migrated, filled by the
+benchmark itself (seeded, deterministic) and dropped at the end (``--keep`` keeps it).
+
+Every case prints our figure, the raw-psycopg baseline measured in the same run, their ratio
+and whether the target is met (ratios, not absolute times, are the targets: the machines are
+noisy). Latency cases alternate ours and the baseline call by call, so drift hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from rich.console import Console
+from rich.table import Table
+
+from aiecs_persistence import DatabaseManager, SyncDatabaseManager, TaskStepResult, migrate
+from aiecs_persistence.config import libpq_conninfo, normalize_url, resolve_url
+from aiecs_persistence.records import encode_cursor
+
+console = Console(width=120)
+COLUMNS = ("user_id, task_id, step, step_name, result, completed, message, status, "
+           "error_code, error_message")
+INSERT_STEP = (f"INSERT INTO task_history ({COLUMNS}) VALUES "
+               "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s::task_status, %s::error_code, %s)")
+LOAD = ("SELECT step, step_name, result, completed, message, status, error_code, "
+        "error_message, updated_at FROM task_history WHERE user_id = %s AND task_id = %s "
+        "ORDER BY step")
+LIST_FIRST = ("SELECT user_id, task_id, status, error_code, error_message, created_at, "
+              "updated_at, started_at, finished_at FROM tasks WHERE user_id = %s "
+              "ORDER BY updated_at DESC, task_id DESC LIMIT %s")
+LIST_AFTER = ("SELECT user_id, task_id, status, error_code, error_message, created_at, "
+              "updated_at, started_at, finished_at FROM tasks WHERE user_id = %s "
+              "AND (updated_at, task_id) < (%s, %s) "
+              "ORDER BY updated_at DESC, task_id DESC LIMIT %s")
+ROUNDS = 3
+STEP_NAMES = ("search.web", "fetch.page", "llm.plan", "llm.generate", "parse.pdf",
+              "tool.python", "store.vector", "report.write")
+
+
+@dataclass
+class Result:
+    case: str
+    ours: str
+    baseline: str
+    ratio: float | None
+    target: str
+    ok: bool | None
+    note: str = ""
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def step_result(rng: random.Random, step: int) -> TaskStepResult:
+    name = STEP_NAMES[step % len(STEP_NAMES)]
+    if rng.random() < 0.1:
+        return TaskStepResult(name, None, False, f"{name} failed", "failed", "E003",
+                              "tool raised ValueError")
+    payload = {"tokens": rng.randint(20, 4000), "score": round(rng.random(), 4),
+               "summary": "lorem ipsum dolor sit amet " * rng.randint(1, 4)}
+    return TaskStepResult(name, payload, True, f"{name} done", "completed")
+
+
+Record = tuple[str, str, int, TaskStepResult]
+
+
+def records(user: str, tasks: int, steps: int, seed: int, start: int = 0) -> Iterator[Record]:
+    rng = random.Random(seed)
+    for t in range(start, start + tasks):
+        for s in range(steps):
+            yield user, f"task-{t}", s, step_result(rng, s)
+
+
+def raw_row(user: str, task: str, step: int, r: TaskStepResult) -> tuple[Any, ...]:
+    return (user, task, step, r.step, json.dumps(r.result), r.completed, r.message, r.status,
+            r.error_code, r.error_message)
+
+
+def one(row: tuple[Any, ...] | None, whole: bool = False) -> Any:
+    """The single value (or, with ``whole``, the row) of a one-row query."""
+    if row is None:
+        raise RuntimeError("expected a row")
+    return row if whole else row[0]
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def fmt_ms(samples: list[float]) -> str:
+    return f"{median_ms(samples):.3f} ms"
+
+
+def latency_result(case: str, ours: list[float], base: list[float], limit: float,
+                   note: str = "") -> Result:
+    ratio = statistics.median(ours) / statistics.median(base)
+    return Result(case, fmt_ms(ours), fmt_ms(base), ratio, f"median ≤ {limit}×",
+                  ratio <= limit, note)
+
+
+# -- the cases ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, url: Any, scale: float, report: Callable[[Result], None]) -> None:
+        self.url = url
+        self.conninfo = libpq_conninfo(url)
+        self.scale = scale
+        self.report = report
+
+    def n(self, full: int, minimum: int = 10) -> int:
+        return max(minimum, int(full * self.scale))
+
+    async def create_tasks(self, conn: psycopg.AsyncConnection[Any], user: str, count: int,
+                           spaced: bool = False) -> None:
+        async with conn.cursor() as cur, cur.copy(
+            "COPY tasks (user_id, task_id, status, created_at, updated_at) FROM STDIN"
+        ) as copy:
+            base = time.time() - count - 10
+            for t in range(count):
+                when = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(base + t)) if (
+                    spaced) else "now"
+                await copy.write_row((user, f"task-{t}", "running", when, when))
+
+    async def single(self, db: DatabaseManager, conn: psycopg.AsyncConnection[Any]) -> None:
+        count = self.n(5000)
+        await self.create_tasks(conn, "single-base", count // 10 + 1)
+        data = list(records("x", count // 10 + 1, 10, seed=1))[:count]
+        ours: list[float] = []
+        base: list[float] = []
+        for i, (_, task, step, r) in enumerate(data):
+            t0 = time.perf_counter()
+            await db.save_task_history("single-ours", task, step, r)
+            t1 = time.perf_counter()
+            await conn.execute(INSERT_STEP, raw_row("single-base", task, step, r))
+            t2 = time.perf_counter()
+            if i >= 20:  # warm-up: psycopg prepares statements after 5 runs
+                ours.append(t1 - t0)
+                base.append(t2 - t1)
+        self.report(latency_result(f"single: save_task_history ×{count}, one coroutine",
+                                   ours, base, 1.5,
+                                   "ours upserts the task and the step in one statement"))
+
+    def blocking(self) -> None:
+        count = self.n(5000)
+        data = list(records("x", count // 10 + 1, 10, seed=2))[:count]
+        ours: list[float] = []
+        base: list[float] = []
+        with SyncDatabaseManager(url=self.url, auto_migrate=False) as db, psycopg.connect(
+            self.conninfo, autocommit=True
+        ) as conn:
+            with conn.cursor() as cur, cur.copy("COPY tasks (user_id, task_id) FROM STDIN") as cp:
+                for t in range(count // 10 + 1):
+                    cp.write_row(("block-base", f"task-{t}"))
+            for i, (_, task, step, r) in enumerate(data):
+                t0 = time.perf_counter()
+                db.save_task_history("block-ours", task, step, r)
+                t1 = time.perf_counter()
+                conn.execute(INSERT_STEP, raw_row("block-base", task, step, r))
+                t2 = time.perf_counter()
+                if i >= 20:
+                    ours.append(t1 - t0)
+                    base.append(t2 - t1)
+        self.report(latency_result(f"blocking: SyncDatabaseManager.save_task_history ×{count}",
+                                   ours, base, 1.5))
+
+    async def concurrent(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        total, workers = self.n(20_000, 64), 64
+        per = total // workers
+        rounds: dict[str, list[float]] = {"ours": [], "base": []}
+        for rnd in range(ROUNDS):
+            user = f"conc{rnd}"
+            await self.create_tasks(conn, f"{user}-base", workers)
+            data = [list(records("x", 1, per, seed=100 + w)) for w in range(workers)]
+            order = ("ours", "base") if rnd % 2 == 0 else ("base", "ours")
+            for who in order:
+                run = self._concurrent_ours if who == "ours" else self._concurrent_base
+                rounds[who].append(await run(f"{user}-{who}", data) * per * workers)
+        ours, base = max(rounds["ours"]), max(rounds["base"])
+        ratio = ours / base
+        self.report(Result(f"concurrent: {workers} coroutines, pool of 8, {per * workers} saves",
+                           f"{ours:,.0f} saves/s", f"{base:,.0f} saves/s", ratio, "≥ 0.8×",
+                           ratio >= 0.8, f"best of {ROUNDS} rounds each, alternating"))
+
+    async def _concurrent_ours(self, user: str, data: list[list[Record]]) -> float:
+        """1 / seconds for all the saves, 64 coroutines through our manager (pool of 8)."""
+        async with DatabaseManager(url=self.url, auto_migrate=False, pool_size=8,
+                                   max_overflow=0) as db:
+            async def worker(w: int) -> None:
+                for _, _, step, r in data[w]:
+                    await db.save_task_history(user, f"task-{w}", step, r)
+
+            await db.get_task("warm", "up")
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(w) for w in range(len(data))))
+            return 1 / (time.perf_counter() - t0)
+
+    async def _concurrent_base(self, user: str, data: list[list[Record]]) -> float:
+        """The same through psycopg_pool's AsyncConnectionPool and a plain INSERT."""
+        async with AsyncConnectionPool(self.conninfo, min_size=8, max_size=8,
+                                       kwargs={"autocommit": True}) as pool:
+            async def worker(w: int) -> None:
+                for _, _, step, r in data[w]:
+                    async with pool.connection() as c:
+                        await c.execute(INSERT_STEP, raw_row(user, f"task-{w}", step, r))
+
+            await pool.wait()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(w) for w in range(len(data))))
+            return 1 / (time.perf_counter() - t0)
+
+    async def bulk(self, db: DatabaseManager, conn: psycopg.AsyncConnection[Any]) -> None:
+        steps = self.n(200_000, 100)
+        tasks = steps // 10
+        rates: dict[str, list[float]] = {"ours": [], "base": []}
+        for rnd in range(ROUNDS):
+            data = list(records(f"bulk{rnd}", tasks, 10, seed=7 + rnd))
+            for who in ("ours", "base") if rnd % 2 == 0 else ("base", "ours"):
+                t0 = time.perf_counter()
+                if who == "ours":
+                    await db.save_task_history_many(data)
+                else:
+                    await self._copy_straight(conn, f"bulk{rnd}-base", tasks, data)
+                rates[who].append(len(data) / (time.perf_counter() - t0))
+        ours, base = max(rates["ours"]), max(rates["base"])
+        ratio = ours / base
+        self.report(Result(f"bulk: save_task_history_many of {steps:,} steps (10 per task)",
+                           f"{ours:,.0f} rows/s", f"{base:,.0f} rows/s", ratio, "≥ 0.6×",
+                           ratio >= 0.6,
+                           f"baseline: COPY into tasks, then task_history; best of {ROUNDS} "
+                           "rounds each, alternating"))
+
+    @staticmethod
+    async def _copy_straight(conn: psycopg.AsyncConnection[Any], user: str, tasks: int,
+                             data: list[Record]) -> None:
+        """The bulk baseline: COPY the tasks, then the steps, in one transaction."""
+        async with conn.transaction(), conn.cursor() as cur:
+            async with cur.copy("COPY tasks (user_id, task_id, status) FROM STDIN") as cp:
+                for t in range(tasks):
+                    await cp.write_row((user, f"task-{t}", "running"))
+            async with cur.copy(f"COPY task_history ({COLUMNS}) FROM STDIN") as cp:
+                for _, task, step, r in data:
+                    await cp.write_row(raw_row(user, task, step, r))
+
+    def memory(self) -> int:
+        """Run the 1M-step generator in a child process (a clean peak-RSS reading)."""
+        steps = self.n(1_000_000, 200)
+        done = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(steps)],
+            env=os.environ | {"AIECS_BENCH_URL": self.url.render_as_string(
+                hide_password=False)},
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"memory child failed:\n{done.stderr}")
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        grown = figures["grown_mb"]
+        self.report(Result(f"memory: save_task_history_many of {steps:,} steps from a generator",
+                           f"peak RSS +{grown:.1f} MB", "—", None, "growth < 150 MB",
+                           grown < 150,
+                           f"{figures['rows_per_s']:,.0f} rows/s; peak RSS "
+                           f"{figures['peak_mb']:.0f} MB (after warm-up "
+                           f"{figures['start_mb']:.0f} MB); "
+                           f"table now holds {figures['table_rows']:,} steps"))
+        return int(figures["tasks"])
+
+    async def read(self, db: DatabaseManager, conn: psycopg.AsyncConnection[Any],
+                   tasks: int) -> None:
+        reads = self.n(2000, 20)
+        rows = one(await (await conn.execute("SELECT count(*) FROM task_history")).fetchone())
+        rng = random.Random(3)
+        ours: list[float] = []
+        base: list[float] = []
+        for i in range(reads + 20):
+            task = f"task-{rng.randrange(tasks)}"
+            t0 = time.perf_counter()
+            a = await db.load_task_history("mem", task)
+            t1 = time.perf_counter()
+            b = await (await conn.execute(LOAD, ("mem", task))).fetchall()
+            t2 = time.perf_counter()
+            assert len(a) == len(b) == 20, (len(a), len(b))
+            if i >= 20:
+                ours.append(t1 - t0)
+                base.append(t2 - t1)
+        self.report(latency_result(
+            f"read: load_task_history of a 20-step task, table of {rows:,} steps",
+            ours, base, 1.5, "ours also builds upstream's dicts"))
+
+    async def listing(self, db: DatabaseManager, conn: psycopg.AsyncConnection[Any]) -> None:
+        count, page, reads = self.n(20_000, 200), 50, self.n(1000, 20)
+        await self.create_tasks(conn, "lister", count, spaced=True)
+        deep_at = count - 2 * page
+        when, task = one(await (await conn.execute(
+            "SELECT updated_at, task_id FROM tasks WHERE user_id = 'lister' "
+            "ORDER BY updated_at DESC, task_id DESC OFFSET %s LIMIT 1", [deep_at - 1],
+        )).fetchone(), whole=True)
+        cursor = encode_cursor(when, task)
+        samples: dict[str, list[float]] = {k: [] for k in ("of", "bf", "od", "bd")}
+        for i in range(reads + 20):
+            t0 = time.perf_counter()
+            first = await db.list_tasks("lister", limit=page)
+            t1 = time.perf_counter()
+            await (await conn.execute(LIST_FIRST, ("lister", page + 1))).fetchall()
+            t2 = time.perf_counter()
+            deep = await db.list_tasks("lister", limit=page, cursor=cursor)
+            t3 = time.perf_counter()
+            await (await conn.execute(LIST_AFTER, ("lister", when, task, page + 1))).fetchall()
+            t4 = time.perf_counter()
+            assert len(first.items) == len(deep.items) == page
+            if i >= 20:
+                for key, value in zip(samples, (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
+                                      strict=True):
+                    samples[key].append(value)
+        self.report(latency_result(f"listing: first page of {page}, user with {count:,} tasks",
+                                   samples["of"], samples["bf"], 1.5))
+        self.report(latency_result(f"listing: deep page (after {deep_at:,}), keyset",
+                                   samples["od"], samples["bd"], 1.5))
+        ratio = statistics.median(samples["od"]) / statistics.median(samples["of"])
+        self.report(Result("listing: deep page against our first page", fmt_ms(samples["od"]),
+                           fmt_ms(samples["of"]) + " (first)", ratio,
+                           "no more than the first (≤ 1.1×, noise)", ratio <= 1.1))
+
+    def retention(self, tasks: int) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            before = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
+            conn.execute(
+                "UPDATE tasks SET updated_at = now() - interval '40 days' "
+                "WHERE user_id = 'mem' AND split_part(task_id, '-', 2)::int % 2 = 0"
+            )
+        batches: list[float] = []
+        last = time.perf_counter()
+
+        def on_batch(_: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            batches.append(now - last)
+            last = now
+
+        with SyncDatabaseManager(url=self.url, auto_migrate=False) as db:
+            t0 = last = time.perf_counter()
+            deleted_tasks = db.cleanup_old_tasks(30, on_batch=on_batch)
+            elapsed = time.perf_counter() - t0
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            after = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
+        gone = before - after
+        longest = max(batches)
+        self.report(Result(
+            f"retention: cleanup_old_tasks, {gone:,} of {before:,} steps",
+            f"{gone / elapsed:,.0f} steps/s", "—", None, "no batch > 1 s", longest < 1.0,
+            f"{deleted_tasks:,} tasks in {len(batches)} batches of ≤ 1,000; "
+            f"longest batch (its locks' lifetime) {longest * 1000:.0f} ms",
+        ))
+
+
+def memory_child(steps: int) -> None:
+    url = os.environ["AIECS_BENCH_URL"]
+    tasks = steps // 20
+
+    async def main() -> dict[str, Any]:
+        async with DatabaseManager(url=url, auto_migrate=False) as db:
+            await db.save_task_history_many(records("warm", 1, 20, seed=0))
+            start_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            t0 = time.perf_counter()
+            saved = await db.save_task_history_many(records("mem", tasks, 20, seed=11))
+            elapsed = time.perf_counter() - t0
+            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with psycopg.connect(libpq_conninfo(url)) as conn:
+            rows = conn.execute("SELECT count(*) FROM task_history").fetchone()
+        return {"grown_mb": (peak_kb - start_kb) / 1024, "rows_per_s": saved / elapsed,
+                "peak_mb": peak_kb / 1024, "start_mb": start_kb / 1024,
+                "table_rows": rows[0] if rows else 0, "tasks": tasks}
+
+    print(json.dumps(asyncio.run(main())))
+
+
+# -- driver -------------------------------------------------------------------------------------
+
+
+def server_info(conninfo: str) -> str:
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    version = row[0] if row else "?"
+    return (f"PostgreSQL {version}; Python {platform.python_version()}; psycopg "
+            f"{psycopg.__version__}; {platform.system()} {platform.machine()}, "
+            f"{os.cpu_count()} CPUs")
+
+
+CASES = ("single", "blocking", "concurrent", "bulk", "memory", "read", "listing", "retention")
+
+
+async def run_all(bench: Bench, only: set[str]) -> None:
+    tasks = 0
+    async with DatabaseManager(url=bench.url, auto_migrate=False) as db:
+        conn = await psycopg.AsyncConnection.connect(bench.conninfo, autocommit=True)
+        try:
+            if "single" in only:
+                await bench.single(db, conn)
+            if "blocking" in only:
+                bench.blocking()
+            if "concurrent" in only:
+                await bench.concurrent(conn)
+            if "bulk" in only:
+                await bench.bulk(db, conn)
+            if only & {"memory", "read", "retention"}:
+                tasks = bench.memory()
+            if "read" in only:
+                await bench.read(db, conn, tasks)
+            if "listing" in only:
+                await bench.listing(db, conn)
+        finally:
+            await conn.close()
+    if "retention" in only:
+        bench.retention(tasks)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="server (default: AIECS_DATABASE_URL, else embedded)")
+    parser.add_argument("--database", default="aiecs_bench")
+    parser.add_argument("--scale", type=float, default=1.0, help="data sizes × this")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES),
+                        help="run these cases only (memory also runs for read, retention)")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return 0
+
+    server = normalize_url(resolve_url(url=args.url))
+    admin = libpq_conninfo(server)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{args.database}"')
+    url = server.set(database=args.database)
+    results: list[Result] = []
+    started = time.perf_counter()
+    try:
+        migrate.upgrade(url)
+        console.print(f"[bold]aiecs-persistence benchmark[/] (scale {args.scale}) — "
+                      f"{server_info(libpq_conninfo(url))}")
+
+        def report(result: Result) -> None:
+            results.append(result)
+            mark = "—" if result.ok is None else ("pass" if result.ok else "SHORT")
+            ratio = "" if result.ratio is None else f" ratio {result.ratio:.2f}"
+            console.print(f"  {result.case}: {result.ours} vs {result.baseline}{ratio} {mark}",
+                          highlight=False)
+
+        asyncio.run(run_all(Bench(url, args.scale, report), set(args.only)))
+    finally:
+        if not args.keep:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+    table = Table("case", "ours", "raw psycopg", "ratio", "target", "mark",
+                  title=f"results ({time.perf_counter() - started:.0f} s)")
+    for r in results:
+        table.add_row(r.case, r.ours, r.baseline, "—" if r.ratio is None else f"{r.ratio:.2f}×",
+                      r.target, "—" if r.ok is None else ("pass" if r.ok else "SHORT"))
+    console.print(table)
+    for r in results:
+        if r.note:
+            console.print(f"  {r.case}: {r.note}", highlight=False)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
