@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.engine import URL
 
@@ -130,34 +131,52 @@ class DatabaseManager(ManagerBase):
     async def save_task_history_many(
         self, records: Iterable[Any] | AsyncIterable[Any]
     ) -> int:
-        """Save many (user_id, task_id, step, step_result) records through ``COPY`` into a
-        staging table and one merge, in one transaction: all of them or none. The input is
-        streamed, so memory does not grow with the batch. Returns the number of records."""
+        """Save many (user_id, task_id, step, step_result) records in one transaction: all of
+        them or none. The input is streamed in chunks of ``BULK_CHUNK`` records, each COPYed
+        straight into ``task_history`` (merged instead when it re-saves existing steps), so
+        memory stays flat however long the input. Returns the number of records."""
         pool = await self._ready()
-        statement = sql.Statement("save_task_history_many", sql.BULK_MERGE, idempotent=False)
+        statement = sql.Statement("save_task_history_many", sql.BULK_COPY, idempotent=False)
         started = time.perf_counter()
-        limit = self.settings.max_result_bytes
-        count = 0
+        chunk = sql.BulkChunk(self.settings.max_result_bytes)
         try:
-            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                await cur.execute(sql.BULK_STAGING)
-                async with cur.copy(sql.BULK_COPY) as copy:
-                    if isinstance(records, AsyncIterable):
-                        async for record in records:
-                            await copy.write_row(sql.bulk_row(count, record,
-                                                              max_result_bytes=limit))
-                            count += 1
-                    else:
-                        for record in records:
-                            await copy.write_row(sql.bulk_row(count, record,
-                                                              max_result_bytes=limit))
-                            count += 1
-                await cur.execute(sql.BULK_MERGE)
+            async with pool.connection() as conn, conn.transaction():
+                if isinstance(records, AsyncIterable):
+                    async for record in records:
+                        if chunk.add(record):
+                            await self._write_chunk(conn, chunk)
+                else:
+                    for record in records:
+                        if chunk.add(record):
+                            await self._write_chunk(conn, chunk)
+                await self._write_chunk(conn, chunk)
         except Exception as exc:
             self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
             raise
         self.observe(statement, started, True)
-        return count
+        return chunk.seen
+
+    @staticmethod
+    async def _write_chunk(conn: AsyncConnection[tuple[Any, ...]], chunk: sql.BulkChunk
+                           ) -> None:
+        """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge."""
+        taken = chunk.take()
+        if taken is None:
+            return
+        rows, tasks = taken
+        async with conn.cursor() as cur:
+            await cur.execute(tasks.sql, tasks.params)
+            try:
+                async with conn.transaction(), cur.copy(sql.BULK_COPY) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+            except UniqueViolation:  # some steps exist already: merge this chunk
+                await cur.execute(sql.BULK_STAGING)
+                await cur.execute(sql.BULK_STAGING_CLEAR)
+                async with cur.copy(sql.BULK_STAGING_COPY) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+                await cur.execute(sql.BULK_MERGE)
 
     async def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""

@@ -353,35 +353,50 @@ def cleanup_batch(
 
 
 # -- bulk ---------------------------------------------------------------------------------------
+#
+# save_task_history_many streams its records in chunks, all in one transaction. For each chunk:
+# (1) its tasks are upserted (one statement, arrays as parameters); (2) inside a savepoint, its
+# steps are COPYed straight into task_history, which PostgreSQL loads in batches (multi-insert,
+# the fastest way in); (3) only when that meets an existing step (a re-save: unique violation)
+# is the savepoint rolled back and the chunk merged instead: COPY into a temporary staging table
+# and one INSERT ... ON CONFLICT DO UPDATE, which follows the state machine like a single save.
+# A chunk holds one row per step, the last given (so a step twice in a batch ends as the later).
+
+#: Records per chunk: bounds the client's memory (about 10 MB for typical results).
+BULK_CHUNK: Final = 10_000
+
+_BULK_COLUMNS: Final = (
+    "user_id, task_id, step, step_name, result, completed, message, status, error_code, "
+    "error_message"
+)
+
+BULK_TASKS: Final = """
+INSERT INTO tasks AS t (user_id, task_id, status)
+SELECT u, k, 'running'::task_status
+FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS x(u, k) ORDER BY 1, 2
+ON CONFLICT (user_id, task_id) DO UPDATE
+  SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
+  WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
+"""
+
+BULK_COPY: Final = f"COPY task_history ({_BULK_COLUMNS}) FROM STDIN"
 
 BULK_STAGING: Final = """
-CREATE TEMP TABLE aiecs_staging (
-  seq bigint, user_id text, task_id text, step integer, step_name text, result text,
+CREATE TEMP TABLE IF NOT EXISTS aiecs_staging (
+  user_id text, task_id text, step integer, step_name text, result text,
   completed boolean, message text, status text, error_code text, error_message text
 ) ON COMMIT DROP
 """
 
-BULK_COPY: Final = (
-    "COPY aiecs_staging (seq, user_id, task_id, step, step_name, result, completed, message, "
-    "status, error_code, error_message) FROM STDIN"
-)
+BULK_STAGING_CLEAR: Final = "TRUNCATE aiecs_staging"
 
-BULK_MERGE: Final = """
-WITH s AS (
-  SELECT DISTINCT ON (user_id, task_id, step) *
-  FROM aiecs_staging ORDER BY user_id, task_id, step, seq DESC
-), task AS (
-  INSERT INTO tasks AS t (user_id, task_id, status)
-  SELECT DISTINCT user_id, task_id, 'running'::task_status FROM s ORDER BY 1, 2
-  ON CONFLICT (user_id, task_id) DO UPDATE
-    SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
-    WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
-)
-INSERT INTO task_history AS h (user_id, task_id, step, step_name, result, completed, message,
-                               status, error_code, error_message)
+BULK_STAGING_COPY: Final = f"COPY aiecs_staging ({_BULK_COLUMNS}) FROM STDIN"
+
+BULK_MERGE: Final = f"""
+INSERT INTO task_history AS h ({_BULK_COLUMNS})
 SELECT user_id, task_id, step, step_name, result::jsonb, completed, message,
        status::task_status, error_code::error_code, error_message
-FROM s ORDER BY user_id, task_id, step
+FROM aiecs_staging ORDER BY user_id, task_id, step
 ON CONFLICT (user_id, task_id, step) DO UPDATE
   SET step_name = EXCLUDED.step_name, result = EXCLUDED.result,
       completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
@@ -390,8 +405,8 @@ ON CONFLICT (user_id, task_id, step) DO UPDATE
 
 
 def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]:
-    """One validated COPY row of ``save_task_history_many`` from a
-    (user_id, task_id, step, step_result) record."""
+    """One validated row (the columns of ``BULK_COPY``) of ``save_task_history_many`` from
+    its ``seq``-th (user_id, task_id, step, step_result) record."""
     where = f"records[{seq}]."
     try:
         user_id, task_id, step, step_result = record
@@ -403,7 +418,7 @@ def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]
     try:
         fields = step_fields(step_result, max_result_bytes=max_result_bytes, path=where)
         return (
-            seq, check_id(user_id, "user_id"), check_id(task_id, "task_id"),
+            check_id(user_id, "user_id"), check_id(task_id, "task_id"),
             check_step_index(step), fields["step_name"], fields["result"], fields["completed"],
             fields["message"], fields["status"], fields["error_code"], fields["error_message"],
         )
@@ -411,6 +426,35 @@ def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]
         if exc.field and not exc.field.startswith("records["):
             raise ValidationError(f"{where}{exc.message}", field=f"{where}{exc.field}") from None
         raise
+
+
+class BulkChunk:
+    """Validated rows of up to ``BULK_CHUNK`` records, one per step (the last given)."""
+
+    def __init__(self, max_result_bytes: int) -> None:
+        self.max_result_bytes = max_result_bytes
+        self.seen = 0  # records taken so far, over all chunks
+        self._rows: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+
+    def add(self, record: Any) -> bool:
+        """Validate and keep one record; True when the chunk is full."""
+        row = bulk_row(self.seen, record, max_result_bytes=self.max_result_bytes)
+        self._rows[row[0], row[1], row[2]] = row
+        self.seen += 1
+        return len(self._rows) >= BULK_CHUNK
+
+    def take(self) -> tuple[list[tuple[Any, ...]], Statement] | None:
+        """The chunk's rows in key order and the statement upserting its tasks; then empty."""
+        if not self._rows:
+            return None
+        rows = [self._rows[k] for k in sorted(self._rows)]
+        self._rows = {}
+        keys = sorted({(r[0], r[1]) for r in rows})
+        tasks = Statement(
+            "save_task_history_many", BULK_TASKS,
+            {"users": [k[0] for k in keys], "tasks": [k[1] for k in keys]}, idempotent=False,
+        )
+        return rows, tasks
 
 
 # -- reads --------------------------------------------------------------------------------------

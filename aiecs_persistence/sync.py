@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from psycopg import Connection
+from psycopg.errors import UniqueViolation
 from psycopg_pool import ConnectionPool
 from sqlalchemy.engine import URL
 
@@ -115,23 +116,41 @@ class SyncDatabaseManager(ManagerBase):
 
     def save_task_history_many(self, records: Iterable[Any]) -> int:
         pool = self._ready()
-        statement = sql.Statement("save_task_history_many", sql.BULK_MERGE, idempotent=False)
+        statement = sql.Statement("save_task_history_many", sql.BULK_COPY, idempotent=False)
         started = time.perf_counter()
-        limit = self.settings.max_result_bytes
-        count = 0
+        chunk = sql.BulkChunk(self.settings.max_result_bytes)
         try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                cur.execute(sql.BULK_STAGING)
-                with cur.copy(sql.BULK_COPY) as copy:
-                    for record in records:
-                        copy.write_row(sql.bulk_row(count, record, max_result_bytes=limit))
-                        count += 1
-                cur.execute(sql.BULK_MERGE)
+            with pool.connection() as conn, conn.transaction():
+                for record in records:
+                    if chunk.add(record):
+                        self._write_chunk(conn, chunk)
+                self._write_chunk(conn, chunk)
         except Exception as exc:
             self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
             raise
         self.observe(statement, started, True)
-        return count
+        return chunk.seen
+
+    @staticmethod
+    def _write_chunk(conn: Connection[tuple[Any, ...]], chunk: sql.BulkChunk) -> None:
+        """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge."""
+        taken = chunk.take()
+        if taken is None:
+            return
+        rows, tasks = taken
+        with conn.cursor() as cur:
+            cur.execute(tasks.sql, tasks.params)
+            try:
+                with conn.transaction(), cur.copy(sql.BULK_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            except UniqueViolation:  # some steps exist already: merge this chunk
+                cur.execute(sql.BULK_STAGING)
+                cur.execute(sql.BULK_STAGING_CLEAR)
+                with cur.copy(sql.BULK_STAGING_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(sql.BULK_MERGE)
 
     def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         return sql.task_record(self._run(sql.start_task(user_id, task_id))[0])

@@ -343,6 +343,37 @@ def test_bulk_is_all_or_nothing(db, counts):
         db.save_task_history_many([("u", "t")])
 
 
+def test_bulk_across_chunks_copies_new_steps_and_merges_resaves(db, psql, monkeypatch):
+    """Chunks of 7: new chunks go straight in by COPY, chunks meeting stored steps are merged,
+    a step given twice in different chunks ends as the later, and an illegal re-save (or bad
+    record) in a late chunk takes every earlier chunk back out."""
+    from aiecs_persistence import statements
+
+    monkeypatch.setattr(statements, "BULK_CHUNK", 7)
+    db.save_task_history("u", "t2", 3, TaskStepResult("op", "early", status="running"))
+    records = [("u", f"t{i // 10}", i % 10, done("op", i)) for i in range(40)]
+    records.append(("u", "t0", 1, TaskStepResult("op", "again", status="completed",
+                                                 completed=True)))
+    assert db.save_task_history_many(records) == 41
+    rows = psql.execute("SELECT task_id, step, status, result FROM task_history "
+                        "ORDER BY task_id, step").fetchall()
+    assert len(rows) == 40
+    assert ("t0", 1, "completed", "again") in rows  # the later save, from a later chunk
+    assert ("t2", 3, "completed", 23) in rows  # the stored running step, merged
+    assert psql.execute("SELECT count(*), min(status::text) FROM tasks").fetchone() == (
+        4, "running")
+
+    before = psql.execute("SELECT count(*), sum(hashtext(result::text)) FROM task_history"
+                          ).fetchone()
+    bad = [("u", f"n{i}", 0, done("op", i)) for i in range(20)]
+    bad.append(("u", "t0", 0, TaskStepResult("op", None, False, "", "pending")))
+    with pytest.raises(InvalidTransitionError):
+        db.save_task_history_many(bad)  # completed -> pending is illegal
+    assert psql.execute("SELECT count(*), sum(hashtext(result::text)) FROM task_history"
+                        ).fetchone() == before
+    assert psql.execute("SELECT count(*) FROM tasks").fetchone() == (4,)
+
+
 def test_bulk_keeps_the_last_save_of_a_step(db):
     n = db.save_task_history_many([
         ("u", "t", 0, TaskStepResult("op", 1, status="running")),
