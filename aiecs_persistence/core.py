@@ -53,8 +53,14 @@ class Settings:
     #: psycopg prepares a statement on a connection after this many runs of it; ``None``
     #: turns server-side prepared statements off (PgBouncer < 1.21 in transaction mode).
     prepare_threshold: int | None = 5
+    #: Behind a connection pooler in transaction mode (PgBouncer ``pool_mode = transaction``):
+    #: no server-side prepared statements, no session settings at connect; each call runs as
+    #: ``BEGIN; SET LOCAL`` the timeouts``; statement; COMMIT``, pipelined (docs/scaling.md).
+    transaction_pooling: bool = False
 
     def connect_args(self) -> dict[str, Any]:
+        if self.transaction_pooling:  # a pooler would refuse (or drop) startup options
+            return {"connect_timeout": self.connect_timeout}
         options = []
         if self.statement_timeout_ms is not None:
             options.append(f"-c statement_timeout={int(self.statement_timeout_ms)}")
@@ -72,10 +78,18 @@ class Settings:
         ``min_size``/``max_size`` override them), each in autocommit with the timeouts."""
         low = max(1, min_size if min_size is not None else self.pool_size)
         high = max(low, max_size if max_size is not None else self.pool_size + self.max_overflow)
-        kwargs = {"autocommit": True, "prepare_threshold": self.prepare_threshold,
-                  **self.connect_args()}
+        prepare = None if self.transaction_pooling else self.prepare_threshold
+        kwargs = {"autocommit": True, "prepare_threshold": prepare, **self.connect_args()}
         return {"min_size": low, "max_size": high, "timeout": self.pool_timeout,
                 "kwargs": kwargs, "open": False}
+
+    def local_timeouts(self) -> dict[str, str] | None:
+        """Parameters of ``statements.SET_LOCAL_TIMEOUTS`` under ``transaction_pooling``
+        (``0`` means no limit, as in PostgreSQL); None when timeouts travel at connect."""
+        if not self.transaction_pooling:
+            return None
+        return {"statement_timeout": str(int(self.statement_timeout_ms or 0)),
+                "lock_timeout": str(int(self.lock_timeout_ms or 0))}
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff before retry number ``attempt`` (1-based)."""

@@ -101,13 +101,19 @@ class DatabaseManager(ManagerBase):
 
     async def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
         pool = await self._ready()
+        local = self.settings.local_timeouts()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
                 async with pool.connection() as conn:
-                    cur = await conn.execute(statement.sql, statement.params)
+                    if local is None:
+                        cur = await conn.execute(statement.sql, statement.params)
+                    else:
+                        async with conn.pipeline(), conn.transaction():
+                            await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                            cur = await conn.execute(statement.sql, statement.params)
                     rows = await cur.fetchall() if returns_rows(cur) else []
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
@@ -141,6 +147,9 @@ class DatabaseManager(ManagerBase):
         chunk = sql.BulkChunk(self.settings.max_result_bytes)
         try:
             async with pool.connection() as conn, conn.transaction():
+                local = self.settings.local_timeouts()
+                if local is not None:
+                    await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
                 if isinstance(records, AsyncIterable):
                     async for record in records:
                         if chunk.add(record):

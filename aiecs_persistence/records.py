@@ -72,28 +72,31 @@ def encode_cursor(updated_at: dt.datetime, task_id: str, step: int | None = None
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _bad_cursor() -> ValidationError:
+    return ValidationError("cursor: not a cursor returned by this listing", field="cursor")
+
+
 def decode_cursor(cursor: str, *, with_step: bool) -> tuple[dt.datetime, str, int | None]:
     """The keyset position in ``cursor``; ``ValidationError`` when it was not made by us."""
-    bad = ValidationError("cursor: not a cursor returned by this listing", field="cursor")
     if not isinstance(cursor, str) or len(cursor) > 2048:
-        raise bad
+        raise _bad_cursor()
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         key = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise bad from None
+        raise _bad_cursor() from None
     if not isinstance(key, list) or len(key) != (3 if with_step else 2):
-        raise bad
+        raise _bad_cursor()
     stamp, task_id = key[0], key[1]
     step = key[2] if with_step else None
     if not isinstance(stamp, str) or not isinstance(task_id, str):
-        raise bad
+        raise _bad_cursor()
     if with_step and (not isinstance(step, int) or isinstance(step, bool)):
-        raise bad
+        raise _bad_cursor()
     try:
         when = dt.datetime.fromisoformat(stamp)
     except ValueError:
-        raise bad from None
+        raise _bad_cursor() from None
     if when.tzinfo is None:
-        raise bad
+        raise _bad_cursor()
     return when, task_id, step

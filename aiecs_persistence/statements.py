@@ -42,6 +42,13 @@ class Statement:
     idempotent: bool = True
 
 
+#: The timeouts for one transaction, when a transaction-mode pooler forbids session settings.
+SET_LOCAL_TIMEOUTS: Final = (
+    "SELECT set_config('statement_timeout', %(statement_timeout)s, true), "
+    "set_config('lock_timeout', %(lock_timeout)s, true)"
+)
+
+
 # -- argument checks ---------------------------------------------------------------------------
 
 

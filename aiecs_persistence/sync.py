@@ -90,13 +90,19 @@ class SyncDatabaseManager(ManagerBase):
 
     def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
         pool = self._ready()
+        local = self.settings.local_timeouts()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
                 with pool.connection() as conn:
-                    cur = conn.execute(statement.sql, statement.params)
+                    if local is None:
+                        cur = conn.execute(statement.sql, statement.params)
+                    else:
+                        with conn.pipeline(), conn.transaction():
+                            conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                            cur = conn.execute(statement.sql, statement.params)
                     rows = cur.fetchall() if returns_rows(cur) else []
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
@@ -121,6 +127,9 @@ class SyncDatabaseManager(ManagerBase):
         chunk = sql.BulkChunk(self.settings.max_result_bytes)
         try:
             with pool.connection() as conn, conn.transaction():
+                local = self.settings.local_timeouts()
+                if local is not None:
+                    conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
                 for record in records:
                     if chunk.add(record):
                         self._write_chunk(conn, chunk)
