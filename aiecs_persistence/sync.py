@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -122,23 +122,32 @@ class SyncDatabaseManager(ManagerBase):
 
     def save_task_history_many(self, records: Iterable[Any]) -> int:
         pool = self._ready()
-        statement = sql.Statement("save_task_history_many", sql.BULK_COPY, idempotent=False)
-        started = time.perf_counter()
-        chunk = sql.BulkChunk(self.settings.max_result_bytes)
-        try:
-            with pool.connection() as conn, conn.transaction():
-                local = self.settings.local_timeouts()
-                if local is not None:
-                    conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
-                for record in records:
-                    if chunk.add(record):
-                        self._write_chunk(conn, chunk)
-                self._write_chunk(conn, chunk)
-        except Exception as exc:
-            self.retry_delay(statement, exc, 1, started)  # not idempotent: always raises
-            raise
-        self.observe(statement, started, True)
-        return chunk.seen
+        # A list or tuple can be read again, so the whole transaction is retried after a
+        # transient failure (a deadlock with a concurrent writer, a lost connection).
+        statement = sql.Statement("save_task_history_many", sql.BULK_COPY,
+                                  idempotent=isinstance(records, Sequence))
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            chunk = sql.BulkChunk(self.settings.max_result_bytes)
+            try:
+                with pool.connection() as conn, conn.transaction():
+                    local = self.settings.local_timeouts()
+                    if local is not None:
+                        conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                    for record in records:
+                        if chunk.add(record):
+                            self._write_chunk(conn, chunk)
+                    self._write_chunk(conn, chunk)
+            except Exception as exc:
+                delay = self.retry_delay(statement, exc, attempt, started)
+                if connection_lost(exc):
+                    pool.check()
+                time.sleep(delay)
+                continue
+            self.observe(statement, started, True)
+            return chunk.seen
 
     @staticmethod
     def _write_chunk(conn: Connection[tuple[Any, ...]], chunk: sql.BulkChunk) -> None:
