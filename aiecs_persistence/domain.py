@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, Final
 
-from .errors import ValidationError
+from .errors import ValidationError, shown
 
 __all__ = [
     "STEP_FIELDS",
@@ -230,7 +230,7 @@ class TaskStepResult:
             return TaskStatus(self.status)
         except ValueError:
             raise ValidationError(
-                f"status: unknown status {self.status!r}; expected one of "
+                f"status: unknown status {shown(self.status)}; expected one of "
                 f"{', '.join(s.value for s in TaskStatus)}",
                 field="status",
             ) from None
@@ -244,7 +244,7 @@ class TaskStepResult:
             return ErrorCode(self.error_code)
         except ValueError:
             raise ValidationError(
-                f"error_code: unknown error code {self.error_code!r}; expected one of "
+                f"error_code: unknown error code {shown(self.error_code)}; expected one of "
                 f"{', '.join(c.value for c in ErrorCode)}",
                 field="error_code",
             ) from None
@@ -396,7 +396,7 @@ def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
         problems.append(f"message: must be a string, got {type(message).__name__}")
     if not isinstance(status, str) or status not in _STATUS_VALUES:
         problems.append(
-            f"status: unknown status {status!r}; expected one of "
+            f"status: unknown status {shown(status)}; expected one of "
             + ", ".join(s.value for s in TaskStatus)
         )
         status = None
@@ -404,7 +404,7 @@ def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
         not isinstance(error_code, str) or error_code not in _ERROR_CODE_VALUES
     ):
         problems.append(
-            f"error_code: unknown error code {error_code!r}; expected one of "
+            f"error_code: unknown error code {shown(error_code)}; expected one of "
             + ", ".join(c.value for c in ErrorCode)
             + " or None"
         )
@@ -418,7 +418,7 @@ def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
     # The rules.
     if completed != (status == TaskStatus.COMPLETED.value):
         problems.append(
-            f"completed: is {completed} but status is {status!r} (completed must be true "
+            f"completed: is {completed} but status is {shown(status)} (completed must be true "
             "exactly when status is 'completed')"
         )
     has_code = error_code is not None
@@ -436,12 +436,12 @@ def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
     unsuccessful = status in {s.value for s in UNSUCCESSFUL_STATUSES}
     if unsuccessful and not has_code:
         problems.append(
-            f"error_code: status {status!r} needs an error code (failed, timed_out and "
+            f"error_code: status {shown(status)} needs an error code (failed, timed_out and "
             "cancelled results carry one)"
         )
     elif has_code and not unsuccessful:
         problems.append(
-            f"error_code: status {status!r} must not carry an error code (only failed, "
+            f"error_code: status {shown(status)} must not carry an error code (only failed, "
             "timed_out and cancelled results do)"
         )
     return problems

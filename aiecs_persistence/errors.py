@@ -38,6 +38,7 @@ __all__ = [
     "ValidationError",
     "is_transient",
     "mask_password",
+    "shown",
     "translate",
 ]
 
@@ -136,6 +137,12 @@ class PermissionDeniedError(DatabaseError):
 
 class SchemaMismatchError(DatabaseError):
     """The database schema is not at the head revision, or its enums differ from Python's."""
+
+
+def shown(value: object, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters: hostile input must not flood messages."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # -- passwords ------------------------------------------------------------------------------

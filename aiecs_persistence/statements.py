@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Any, Final, TypeVar
 
 from .domain import UNSUCCESSFUL_STATUSES, ErrorCode, TaskStatus, TaskStepResult
-from .errors import InvalidTransitionError, ValidationError
+from .errors import InvalidTransitionError, ValidationError, shown
 from .jsonb import check_text, encode_result
 from .records import StepRecord, TaskRecord, decode_cursor, encode_cursor
 from .schema import ID_MAX_LENGTH
@@ -72,14 +72,16 @@ def check_step_index(value: Any) -> int:
             field="step",
         )
     if not 0 <= value <= STEP_MAX:
-        raise ValidationError(f"step: must be between 0 and {STEP_MAX}, got {value}", field="step")
+        raise ValidationError(
+            f"step: must be between 0 and {STEP_MAX}, got {shown(value)}", field="step"
+        )
     return value
 
 
-def check_limit(value: Any) -> int:
+def check_limit(value: Any, name: str = "limit") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMIT_MAX:
         raise ValidationError(
-            f"limit: must be an int between 1 and {LIMIT_MAX}, got {value!r}", field="limit"
+            f"{name}: must be an int between 1 and {LIMIT_MAX}, got {shown(value)}", field=name
         )
     return value
 
@@ -89,7 +91,7 @@ def _check_enum(enum: type[E], value: Any, name: str, what: str) -> E:
         return value if isinstance(value, enum) else enum(value)
     except ValueError:
         raise ValidationError(
-            f"{name}: unknown {what} {value!r}; expected one of "
+            f"{name}: unknown {what} {shown(value)}; expected one of "
             + ", ".join(str(m.value) for m in enum),
             field=name,
         ) from None
@@ -118,7 +120,15 @@ def check_time(value: Any, name: str) -> dt.datetime:
 def step_fields(step_result: Any, *, max_result_bytes: int, path: str = "") -> dict[str, Any]:
     """Normalise and validate one step result (ours, upstream's, any object with the seven
     fields, or a dict) into the columns of ``task_history``."""
-    result = TaskStepResult.from_object(step_result)
+    try:
+        result = TaskStepResult.from_object(step_result)
+    except ValidationError as exc:
+        name = exc.field or "step_result"
+        if not name.startswith("step_result"):
+            name = f"step_result.{name}"
+            message = exc.message.removeprefix(f"{exc.field}: ")
+            raise ValidationError(f"{path}{name}: {message}", field=f"{path}{name}") from None
+        raise
     problems = result.problems()
     if problems:
         first = problems[0].split(":", 1)[0]
@@ -348,7 +358,7 @@ def cleanup_batch(
         isinstance(days_old, float) and not math.isfinite(days_old)
     ) or days_old < 0:
         raise ValidationError(
-            f"days_old: must be a non-negative number of days, got {days_old!r}",
+            f"days_old: must be a non-negative number of days, got {shown(days_old)}",
             field="days_old",
         )
     cutoff = now - dt.timedelta(days=days_old)
@@ -438,6 +448,16 @@ def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]
         if exc.field and not exc.field.startswith("records["):
             raise ValidationError(f"{where}{exc.message}", field=f"{where}{exc.field}") from None
         raise
+
+
+def check_records(records: Any) -> None:
+    """``save_task_history_many``'s argument: an iterable (sync or async) of records."""
+    iterable = hasattr(records, "__iter__") or hasattr(records, "__aiter__")
+    if not iterable or isinstance(records, str | bytes | bytearray | Mapping):
+        raise ValidationError(
+            f"records: must be an iterable of (user_id, task_id, step, step_result), got "
+            f"{type(records).__name__}", field="records",
+        )
 
 
 class BulkChunk:
@@ -693,7 +713,7 @@ def report(since: Any = None, until: Any = None, top: Any = 10) -> Statement:
     return Statement("report", REPORT, {
         "since": None if since is None else check_time(since, "since"),
         "until": None if until is None else check_time(until, "until"),
-        "top": check_limit(top),
+        "top": check_limit(top, "top"),
     })
 
 

@@ -279,7 +279,7 @@ def test_bad_arguments_name_the_field_and_write_nothing(db, counts, args, field)
     (TaskStepResult(" ", 1), "step_result.step"),
     (TaskStepResult("op", 1, status="success"), "step_result.status"),
     (TaskStepResult("op", 1, status="failed", error_code="E003"), "step_result.error_message"),
-    ({"step": "op"}, "result"),
+    ({"step": "op"}, "step_result.result"),
     (42, "step_result"),
 ])
 def test_inconsistent_results_are_rejected_before_the_database(db, counts, step_result, field):
