@@ -136,6 +136,9 @@ def is_blank(text: str) -> bool:
     return not text.strip(BLANK_CHARS)
 
 
+_UNSUCCESSFUL_VALUES: Final = frozenset(s.value for s in UNSUCCESSFUL_STATUSES)
+
+
 def _enum_value(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
@@ -433,7 +436,7 @@ def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
             "error_code: an error message is set but the error code is missing "
             "(error code and error message go together)"
         )
-    unsuccessful = status in {s.value for s in UNSUCCESSFUL_STATUSES}
+    unsuccessful = status in _UNSUCCESSFUL_VALUES
     if unsuccessful and not has_code:
         problems.append(
             f"error_code: status {shown(status)} needs an error code (failed, timed_out and "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -159,13 +159,12 @@ class DatabaseManager(ManagerBase):
                         await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
                     if isinstance(records, AsyncIterable):
                         async for record in records:
-                            if chunk.add(record):
-                                await self._write_chunk(conn, chunk)
+                            if chunk.add(record) and (taken := chunk.take()):
+                                await self._write_chunk(conn, *taken)
+                        if taken := chunk.take():
+                            await self._write_chunk(conn, *taken)
                     else:
-                        for record in records:
-                            if chunk.add(record):
-                                await self._write_chunk(conn, chunk)
-                    await self._write_chunk(conn, chunk)
+                        await self._write_chunks(conn, chunk, iter(records))
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
@@ -175,14 +174,25 @@ class DatabaseManager(ManagerBase):
             self.observe(statement, started, True)
             return chunk.seen
 
+    @classmethod
+    async def _write_chunks(cls, conn: AsyncConnection[tuple[Any, ...]],
+                            chunk: sql.BulkChunk, source: Iterator[Any]) -> None:
+        """Validate each chunk in a worker thread while the server loads the previous one."""
+        pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
+        try:
+            while (taken := await pending) is not None:
+                pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
+                await cls._write_chunk(conn, *taken)
+        finally:
+            if not pending.done():  # a write failed: let the builder finish, drop its chunk
+                await asyncio.wait([pending])
+            if not pending.cancelled():
+                pending.exception()  # retrieved, so asyncio does not report it
+
     @staticmethod
-    async def _write_chunk(conn: AsyncConnection[tuple[Any, ...]], chunk: sql.BulkChunk
-                           ) -> None:
+    async def _write_chunk(conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
+                           tasks: sql.Statement) -> None:
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge."""
-        taken = chunk.take()
-        if taken is None:
-            return
-        rows, tasks = taken
         async with conn.cursor() as cur:
             await cur.execute(tasks.sql, tasks.params)
             try:

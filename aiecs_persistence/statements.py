@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeVar
@@ -474,6 +474,15 @@ class BulkChunk:
         self._rows[row[0], row[1], row[2]] = row
         self.seen += 1
         return len(self._rows) >= BULK_CHUNK
+
+    def fill(self, records: Iterator[Any]) -> tuple[list[tuple[Any, ...]], Statement] | None:
+        """Take records until the chunk is full or ``records`` runs out, then ``take()``. The
+        managers call it in a worker thread, validating one chunk while the server loads the
+        previous one."""
+        for record in records:
+            if self.add(record):
+                break
+        return self.take()
 
     def take(self) -> tuple[list[tuple[Any, ...]], Statement] | None:
         """The chunk's rows in key order and the statement upserting its tasks; then empty."""

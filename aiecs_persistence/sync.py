@@ -10,6 +10,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -137,10 +138,12 @@ class SyncDatabaseManager(ManagerBase):
                     local = self.settings.local_timeouts()
                     if local is not None:
                         conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
-                    for record in records:
-                        if chunk.add(record):
-                            self._write_chunk(conn, chunk)
-                    self._write_chunk(conn, chunk)
+                    source = iter(records)
+                    with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
+                        pending = builder.submit(chunk.fill, source)
+                        while (taken := pending.result()) is not None:
+                            pending = builder.submit(chunk.fill, source)  # the next, meanwhile
+                            self._write_chunk(conn, *taken)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
@@ -151,12 +154,9 @@ class SyncDatabaseManager(ManagerBase):
             return chunk.seen
 
     @staticmethod
-    def _write_chunk(conn: Connection[tuple[Any, ...]], chunk: sql.BulkChunk) -> None:
+    def _write_chunk(conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
+                     tasks: sql.Statement) -> None:
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge."""
-        taken = chunk.take()
-        if taken is None:
-            return
-        rows, tasks = taken
         with conn.cursor() as cur:
             cur.execute(tasks.sql, tasks.params)
             try:

@@ -87,7 +87,14 @@ pidfile = {directory}/pgbouncer.pid
         path.chmod(0o666)
     command = [PGBOUNCER, str(directory / "pgbouncer.ini")]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
-        command[1:1] = ["-u", "nobody"]  # PgBouncer refuses to run as root
+        # PgBouncer refuses to run as root. Behind a Unix socket (the embedded server), run it
+        # as the socket directory's owner, the only user that may enter that directory.
+        user = "nobody"
+        if str(host).startswith("/"):
+            import pwd
+
+            user = pwd.getpwuid(Path(str(host)).stat().st_uid).pw_name
+        command[1:1] = ["-u", user]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     probe = server.set(drivername="postgresql", host="127.0.0.1", port=port, query={})
