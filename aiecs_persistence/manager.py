@@ -141,8 +141,8 @@ class DatabaseManager(ManagerBase):
         them or none. The input is streamed in chunks of ``BULK_CHUNK`` records, each COPYed
         straight into ``task_history`` (merged instead when it re-saves existing steps), so
         memory stays flat however long the input. Returns the number of records."""
-        pool = await self._ready()
         sql.check_records(records)
+        pool = await self._ready()
         # A list or tuple can be read again, so the whole transaction is retried after a
         # transient failure (a deadlock with a concurrent writer, a lost connection).
         statement = sql.Statement("save_task_history_many", sql.BULK_COPY,

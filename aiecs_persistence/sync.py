@@ -122,8 +122,8 @@ class SyncDatabaseManager(ManagerBase):
         return True
 
     def save_task_history_many(self, records: Iterable[Any]) -> int:
-        pool = self._ready()
         sql.check_records(records)
+        pool = self._ready()
         # A list or tuple can be read again, so the whole transaction is retried after a
         # transient failure (a deadlock with a concurrent writer, a lost connection).
         statement = sql.Statement("save_task_history_many", sql.BULK_COPY,
