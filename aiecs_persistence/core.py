@@ -32,6 +32,10 @@ from .jsonb import DEFAULT_MAX_BYTES
 from .statements import Statement
 
 log: Final = logging.getLogger("aiecs_persistence")
+#: How long a task this manager saved to counts as freshly active (seconds).
+TOUCH_TTL: Final = 1.0
+#: How many such tasks a manager remembers (the oldest is forgotten first).
+TOUCH_MAX: Final = 10_000
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ class ManagerBase:
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         self.settings = Settings(**settings)
+        self._touched: dict[tuple[str, str], float] = {}
+        self._touched_lock = threading.Lock()
         self._db_config = db_config
         self._url_arg = url
         self._url: URL | None = None
@@ -178,6 +184,30 @@ class ManagerBase:
         if not status.ok:
             raise SchemaMismatchError(status.describe())
         return status
+
+    # -- tasks this manager touched lately (the save's fast path) -------------------------
+
+    def _recently_touched(self, user_id: str, task_id: str) -> bool:
+        """Whether a save of this manager touched the task less than ``TOUCH_TTL`` ago, so
+        its activity is fresh and the next save may write the step alone. Activity
+        (``tasks.updated_at``) is therefore recorded to within two seconds."""
+        touched = self._touched.get((user_id, task_id))
+        return touched is not None and time.monotonic() - touched < TOUCH_TTL
+
+    def _touch(self, user_id: str, task_id: str) -> None:
+        with self._touched_lock:
+            self._touched.pop((user_id, task_id), None)
+            self._touched[user_id, task_id] = time.monotonic()
+            if len(self._touched) > TOUCH_MAX:
+                del self._touched[next(iter(self._touched))]
+
+    def _forget_touched(self, user_id: str | None = None, task_id: str | None = None) -> None:
+        """Forget one task (or, with no argument, every task)."""
+        with self._touched_lock:
+            if user_id is None or task_id is None:
+                self._touched.clear()
+            else:
+                self._touched.pop((user_id, task_id), None)
 
     # -- errors and retries ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,7 @@ from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, connection_lost, returns_rows
 from .domain import TaskStatus
+from .errors import ValidationError
 from .records import Page, StepRecord, TaskRecord
 
 __all__ = ["DatabaseManager"]
@@ -130,8 +132,18 @@ class DatabaseManager(ManagerBase):
         self, user_id: str, task_id: str, step: int, step_result: Any
     ) -> bool:
         """Record one step (idempotent on user_id, task_id, step); one atomic round trip."""
-        await self._run(sql.save_step(user_id, task_id, step, step_result,
-                                      max_result_bytes=self.settings.max_result_bytes))
+        statement = sql.save_step(user_id, task_id, step, step_result,
+                                  max_result_bytes=self.settings.max_result_bytes)
+        if self._recently_touched(user_id, task_id):
+            try:
+                await self._run(replace(statement, sql=sql.SAVE_STEP_ONLY))
+                return True
+            except ValidationError as exc:  # the task is gone: create it again
+                if exc.sqlstate != sql.FOREIGN_KEY_VIOLATION:
+                    raise
+                self._forget_touched(user_id, task_id)
+        await self._run(statement)
+        self._touch(user_id, task_id)
         return True
 
     async def save_task_history_many(
@@ -234,6 +246,7 @@ class DatabaseManager(ManagerBase):
         ``dry_run``, would be). ``on_batch`` is called with each batch's count."""
         batch = self.settings.cleanup_batch_size
         now = dt.datetime.now(dt.UTC)
+        self._forget_touched()
         statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
         if dry_run:
             return int((await self._run(statement))[0][0])

@@ -159,7 +159,26 @@ _STEP_COLUMNS: Final = (
     "step_name, result, completed, message, status, error_code, error_message"
 )
 
-SAVE_STEP: Final = """
+_STEP_INSERT: Final = """
+INSERT INTO task_history AS h (user_id, task_id, step, step_name, result, completed, message,
+                               status, error_code, error_message)
+"""
+_STEP_VALUES: Final = """
+  %(user_id)s, %(task_id)s, %(step)s, %(step_name)s, %(result)s::jsonb, %(completed)s,
+  %(message)s, %(status)s::task_status, %(error_code)s::error_code, %(error_message)s
+"""
+_STEP_CONFLICT: Final = """
+ON CONFLICT (user_id, task_id, step) DO UPDATE
+  SET step_name = EXCLUDED.step_name, result = EXCLUDED.result,
+      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
+      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
+"""
+
+# The task comes first: the main query reads the CTE (count(*) runs it to completion), so a
+# save waits for a concurrent writer's hold on the task *before* it holds its step. Unread, a
+# data-modifying CTE runs after the main query, and a save holding its new step while waiting
+# for the task deadlocked with a bulk load holding the task while waiting for that step.
+SAVE_STEP: Final = f"""
 WITH task AS (
   INSERT INTO tasks AS t (user_id, task_id, status)
   SELECT %(user_id)s, %(task_id)s, 'running'
@@ -170,16 +189,17 @@ WITH task AS (
   ON CONFLICT (user_id, task_id) DO UPDATE
     SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
     WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
+  RETURNING 1
 )
-INSERT INTO task_history AS h (user_id, task_id, step, step_name, result, completed, message,
-                               status, error_code, error_message)
-VALUES (%(user_id)s, %(task_id)s, %(step)s, %(step_name)s, %(result)s::jsonb, %(completed)s,
-        %(message)s, %(status)s::task_status, %(error_code)s::error_code, %(error_message)s)
-ON CONFLICT (user_id, task_id, step) DO UPDATE
-  SET step_name = EXCLUDED.step_name, result = EXCLUDED.result,
-      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
-      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
-"""
+{_STEP_INSERT}SELECT {_STEP_VALUES}FROM (SELECT count(*) FROM task) AS task_first
+{_STEP_CONFLICT}"""
+
+#: ``SAVE_STEP`` without the task part, for a task this manager touched less than a second ago
+#: (``ManagerBase._recently_touched``): the step's foreign key then proves the task exists, and
+#: a violation (the task was deleted meanwhile) sends the save down the full path again.
+SAVE_STEP_ONLY: Final = f"{_STEP_INSERT}VALUES ({_STEP_VALUES}){_STEP_CONFLICT}"
+#: SQLSTATE foreign_key_violation.
+FOREIGN_KEY_VIOLATION: Final = "23503"
 
 
 def save_step(

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,7 @@ from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, connection_lost, returns_rows
 from .domain import TaskStatus
+from .errors import ValidationError
 from .records import Page, StepRecord, TaskRecord
 
 __all__ = ["SyncDatabaseManager"]
@@ -117,8 +119,18 @@ class SyncDatabaseManager(ManagerBase):
     # -- writes ------------------------------------------------------------------------------
 
     def save_task_history(self, user_id: str, task_id: str, step: int, step_result: Any) -> bool:
-        self._run(sql.save_step(user_id, task_id, step, step_result,
-                                max_result_bytes=self.settings.max_result_bytes))
+        statement = sql.save_step(user_id, task_id, step, step_result,
+                                  max_result_bytes=self.settings.max_result_bytes)
+        if self._recently_touched(user_id, task_id):
+            try:
+                self._run(replace(statement, sql=sql.SAVE_STEP_ONLY))
+                return True
+            except ValidationError as exc:  # the task is gone: create it again
+                if exc.sqlstate != sql.FOREIGN_KEY_VIOLATION:
+                    raise
+                self._forget_touched(user_id, task_id)
+        self._run(statement)
+        self._touch(user_id, task_id)
         return True
 
     def save_task_history_many(self, records: Iterable[Any]) -> int:
@@ -190,6 +202,7 @@ class SyncDatabaseManager(ManagerBase):
     ) -> int:
         batch = self.settings.cleanup_batch_size
         now = dt.datetime.now(dt.UTC)
+        self._forget_touched()
         statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
         if dry_run:
             return int(self._run(statement)[0][0])

@@ -461,3 +461,19 @@ def test_performance_report_and_repr(db):
     assert report["count"] == 2 and report["errors"] == 1
     assert 0 < report["min_time"] <= report["avg_time"] <= report["max_time"]
     assert "connected=True" in repr(db.manager)
+
+
+def test_a_task_deleted_under_a_busy_writer_is_created_again(db, psql):
+    """Saves within a second of the last one write the step alone (the task is known to be
+    fresh); when the task was deleted meanwhile, the foreign key says so and the save takes
+    the full path, creating the task again."""
+    db.save_task_history("u", "t", 0, done("op"))
+    db.save_task_history("u", "t", 1, done("op"))  # the fast path
+    psql.execute("DELETE FROM tasks WHERE task_id = 't'")
+    assert db.save_task_history("u", "t", 2, done("op")) is True
+    assert psql.execute("SELECT status::text FROM tasks WHERE task_id = 't'").fetchall() == [
+        ("running",)]
+    assert [e["step"] for e in db.load_task_history("u", "t")] == [2]
+    db.finish_task("u", "t", "completed")
+    db.save_task_history("u", "t", 3, done("op"))  # a late step leaves the end as it is
+    assert db.check_task_status("u", "t") == TaskStatus.COMPLETED
