@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -25,11 +25,12 @@ from .errors import (
     PersistenceError,
     RetryExhaustedError,
     SchemaMismatchError,
+    ValidationError,
     is_transient,
     translate,
 )
 from .jsonb import DEFAULT_MAX_BYTES
-from .statements import Statement
+from .statements import FOREIGN_KEY_VIOLATION, SAVE_STEP_ONLY, Statement, save_step
 
 log: Final = logging.getLogger("aiecs_persistence")
 #: How long a task this manager saved to counts as freshly active (seconds).
@@ -200,6 +201,24 @@ class ManagerBase:
             self._touched[user_id, task_id] = time.monotonic()
             if len(self._touched) > TOUCH_MAX:
                 del self._touched[next(iter(self._touched))]
+
+    def _save_statements(
+        self, user_id: Any, task_id: Any, step: Any, step_result: Any
+    ) -> tuple[Statement, Statement | None]:
+        """The full save, and the step-only one when this manager touched the task less than
+        ``TOUCH_TTL`` ago (None otherwise)."""
+        full = save_step(user_id, task_id, step, step_result,
+                         max_result_bytes=self.settings.max_result_bytes)
+        fresh = self._recently_touched(user_id, task_id)
+        return full, replace(full, sql=SAVE_STEP_ONLY) if fresh else None
+
+    def _task_was_gone(self, exc: ValidationError, user_id: str, task_id: str) -> bool:
+        """After a step-only save failed: whether its task had been deleted meanwhile (then
+        it is forgotten, and the caller saves again the full way)."""
+        if exc.sqlstate != FOREIGN_KEY_VIOLATION:
+            return False
+        self._forget_touched(user_id, task_id)
+        return True
 
     def _forget_touched(self, user_id: str | None = None, task_id: str | None = None) -> None:
         """Forget one task (or, with no argument, every task)."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
@@ -28,6 +27,8 @@ from .errors import ValidationError
 from .records import Page, StepRecord, TaskRecord
 
 __all__ = ["DatabaseManager"]
+
+T = TypeVar("T")
 
 
 class DatabaseManager(ManagerBase):
@@ -101,22 +102,19 @@ class DatabaseManager(ManagerBase):
         assert self._pool is not None
         return self._pool
 
-    async def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+    async def _with_retries(
+        self, statement: sql.Statement,
+        work: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[T]],
+    ) -> T:
+        """``work`` on a pooled connection, retried by ``retry_delay``'s policy."""
         pool = await self._ready()
-        local = self.settings.local_timeouts()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
                 async with pool.connection() as conn:
-                    if local is None:
-                        cur = await conn.execute(statement.sql, statement.params)
-                    else:
-                        async with conn.pipeline(), conn.transaction():
-                            await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
-                            cur = await conn.execute(statement.sql, statement.params)
-                    rows = await cur.fetchall() if returns_rows(cur) else []
+                    result = await work(conn)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
@@ -124,7 +122,21 @@ class DatabaseManager(ManagerBase):
                 await asyncio.sleep(delay)
                 continue
             self.observe(statement, started, True)
-            return rows
+            return result
+
+    async def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+        local = self.settings.local_timeouts()
+
+        async def execute(conn: AsyncConnection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            if local is None:
+                cur = await conn.execute(statement.sql, statement.params)
+            else:
+                async with conn.pipeline(), conn.transaction():
+                    await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                    cur = await conn.execute(statement.sql, statement.params)
+            return await cur.fetchall() if returns_rows(cur) else []
+
+        return await self._with_retries(statement, execute)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -132,17 +144,15 @@ class DatabaseManager(ManagerBase):
         self, user_id: str, task_id: str, step: int, step_result: Any
     ) -> bool:
         """Record one step (idempotent on user_id, task_id, step); one atomic round trip."""
-        statement = sql.save_step(user_id, task_id, step, step_result,
-                                  max_result_bytes=self.settings.max_result_bytes)
-        if self._recently_touched(user_id, task_id):
+        full, fast = self._save_statements(user_id, task_id, step, step_result)
+        if fast is not None:
             try:
-                await self._run(replace(statement, sql=sql.SAVE_STEP_ONLY))
+                await self._run(fast)
                 return True
-            except ValidationError as exc:  # the task is gone: create it again
-                if exc.sqlstate != sql.FOREIGN_KEY_VIOLATION:
+            except ValidationError as exc:
+                if not self._task_was_gone(exc, user_id, task_id):
                     raise
-                self._forget_touched(user_id, task_id)
-        await self._run(statement)
+        await self._run(full)
         self._touch(user_id, task_id)
         return True
 
@@ -154,37 +164,25 @@ class DatabaseManager(ManagerBase):
         straight into ``task_history`` (merged instead when it re-saves existing steps), so
         memory stays flat however long the input. Returns the number of records."""
         sql.check_records(records)
-        pool = await self._ready()
-        # A list or tuple can be read again, so the whole transaction is retried after a
-        # transient failure (a deadlock with a concurrent writer, a lost connection).
-        statement = sql.Statement("save_task_history_many", sql.BULK_COPY,
-                                  idempotent=isinstance(records, Sequence))
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.perf_counter()
+        statement = sql.bulk_statement(records)
+
+        async def load(conn: AsyncConnection[tuple[Any, ...]]) -> int:
             chunk = sql.BulkChunk(self.settings.max_result_bytes)
-            try:
-                async with pool.connection() as conn, conn.transaction():
-                    local = self.settings.local_timeouts()
-                    if local is not None:
-                        await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
-                    if isinstance(records, AsyncIterable):
-                        async for record in records:
-                            if chunk.add(record) and (taken := chunk.take()):
-                                await self._write_chunk(conn, *taken)
-                        if taken := chunk.take():
+            async with conn.transaction():
+                local = self.settings.local_timeouts()
+                if local is not None:
+                    await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                if isinstance(records, AsyncIterable):
+                    async for record in records:
+                        if chunk.add(record) and (taken := chunk.take()):
                             await self._write_chunk(conn, *taken)
-                    else:
-                        await self._write_chunks(conn, chunk, iter(records))
-            except Exception as exc:
-                delay = self.retry_delay(statement, exc, attempt, started)
-                if connection_lost(exc):
-                    await pool.check()
-                await asyncio.sleep(delay)
-                continue
-            self.observe(statement, started, True)
+                    if taken := chunk.take():
+                        await self._write_chunk(conn, *taken)
+                else:
+                    await self._write_chunks(conn, chunk, iter(records))
             return chunk.seen
+
+        return await self._with_retries(statement, load)
 
     @classmethod
     async def _write_chunks(cls, conn: AsyncConnection[tuple[Any, ...]],

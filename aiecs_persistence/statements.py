@@ -480,6 +480,14 @@ def check_records(records: Any) -> None:
         )
 
 
+def bulk_statement(records: Any) -> Statement:
+    """The bulk path's identity for retries and metrics: a list or tuple can be read again,
+    so the whole transaction may be retried after a transient failure (a deadlock with a
+    concurrent writer, a lost connection); a generator cannot."""
+    return Statement("save_task_history_many", BULK_COPY,
+                     idempotent=isinstance(records, Sequence))
+
+
 class BulkChunk:
     """Validated rows of up to ``BULK_CHUNK`` records, one per step (the last given)."""
 

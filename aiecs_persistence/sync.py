@@ -9,11 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import Connection
 from psycopg.errors import UniqueViolation
@@ -28,6 +27,8 @@ from .errors import ValidationError
 from .records import Page, StepRecord, TaskRecord
 
 __all__ = ["SyncDatabaseManager"]
+
+T = TypeVar("T")
 
 
 class SyncDatabaseManager(ManagerBase):
@@ -91,22 +92,17 @@ class SyncDatabaseManager(ManagerBase):
         assert self._pool is not None
         return self._pool
 
-    def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+    def _with_retries(self, statement: sql.Statement,
+                      work: Callable[[Connection[tuple[Any, ...]]], T]) -> T:
+        """``work`` on a pooled connection, retried by ``retry_delay``'s policy."""
         pool = self._ready()
-        local = self.settings.local_timeouts()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
             try:
                 with pool.connection() as conn:
-                    if local is None:
-                        cur = conn.execute(statement.sql, statement.params)
-                    else:
-                        with conn.pipeline(), conn.transaction():
-                            conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
-                            cur = conn.execute(statement.sql, statement.params)
-                    rows = cur.fetchall() if returns_rows(cur) else []
+                    result = work(conn)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
@@ -114,56 +110,56 @@ class SyncDatabaseManager(ManagerBase):
                 time.sleep(delay)
                 continue
             self.observe(statement, started, True)
-            return rows
+            return result
+
+    def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+        local = self.settings.local_timeouts()
+
+        def execute(conn: Connection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            if local is None:
+                cur = conn.execute(statement.sql, statement.params)
+            else:
+                with conn.pipeline(), conn.transaction():
+                    conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                    cur = conn.execute(statement.sql, statement.params)
+            return cur.fetchall() if returns_rows(cur) else []
+
+        return self._with_retries(statement, execute)
 
     # -- writes ------------------------------------------------------------------------------
 
     def save_task_history(self, user_id: str, task_id: str, step: int, step_result: Any) -> bool:
-        statement = sql.save_step(user_id, task_id, step, step_result,
-                                  max_result_bytes=self.settings.max_result_bytes)
-        if self._recently_touched(user_id, task_id):
+        full, fast = self._save_statements(user_id, task_id, step, step_result)
+        if fast is not None:
             try:
-                self._run(replace(statement, sql=sql.SAVE_STEP_ONLY))
+                self._run(fast)
                 return True
-            except ValidationError as exc:  # the task is gone: create it again
-                if exc.sqlstate != sql.FOREIGN_KEY_VIOLATION:
+            except ValidationError as exc:
+                if not self._task_was_gone(exc, user_id, task_id):
                     raise
-                self._forget_touched(user_id, task_id)
-        self._run(statement)
+        self._run(full)
         self._touch(user_id, task_id)
         return True
 
     def save_task_history_many(self, records: Iterable[Any]) -> int:
         sql.check_records(records)
-        pool = self._ready()
-        # A list or tuple can be read again, so the whole transaction is retried after a
-        # transient failure (a deadlock with a concurrent writer, a lost connection).
-        statement = sql.Statement("save_task_history_many", sql.BULK_COPY,
-                                  idempotent=isinstance(records, Sequence))
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.perf_counter()
+        statement = sql.bulk_statement(records)
+
+        def load(conn: Connection[tuple[Any, ...]]) -> int:
             chunk = sql.BulkChunk(self.settings.max_result_bytes)
-            try:
-                with pool.connection() as conn, conn.transaction():
-                    local = self.settings.local_timeouts()
-                    if local is not None:
-                        conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
-                    source = iter(records)
-                    with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
-                        pending = builder.submit(chunk.fill, source)
-                        while (taken := pending.result()) is not None:
-                            pending = builder.submit(chunk.fill, source)  # the next, meanwhile
-                            self._write_chunk(conn, *taken)
-            except Exception as exc:
-                delay = self.retry_delay(statement, exc, attempt, started)
-                if connection_lost(exc):
-                    pool.check()
-                time.sleep(delay)
-                continue
-            self.observe(statement, started, True)
+            with conn.transaction():
+                local = self.settings.local_timeouts()
+                if local is not None:
+                    conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                source = iter(records)
+                with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
+                    pending = builder.submit(chunk.fill, source)
+                    while (taken := pending.result()) is not None:
+                        pending = builder.submit(chunk.fill, source)  # the next, meanwhile
+                        self._write_chunk(conn, *taken)
             return chunk.seen
+
+        return self._with_retries(statement, load)
 
     @staticmethod
     def _write_chunk(conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
