@@ -13,23 +13,56 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from . import embedded as embedded_server
 from . import migrate
 from .config import libpq_conninfo, normalize_url, resolve_url, safe_url
-from .core import is_engine_error
-from .errors import PersistenceError, ValidationError, mask_password, translate
+from .errors import PersistenceError, ValidationError, mask_password
+from .sqlstates import classify, translate
+
+
+class _Commands(TyperGroup):
+    r"""The command group, and the one place where failures become one line and an exit code:
+    ``PersistenceError``\ s and driver errors print ``error [E00x]: …`` (the traceback too with
+    ``--verbose``) and exit 4 for invalid input, else 3. Anything else is a bug: it is raised."""
+
+    def invoke(self, ctx: Any) -> Any:  # ctx: the Context of the click that typer bundles
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if isinstance(exc, PersistenceError):
+                error = exc
+            elif classify(exc) is not None:
+                error = translate(exc)
+            else:
+                raise
+            if isinstance(ctx.obj, Options) and ctx.obj.verbose:
+                err.print(mask_password(traceback.format_exc()), markup=False, highlight=False)
+            err.print(f"error [{error.code.value}]: {error}", markup=False, highlight=False)
+            code = EXIT_INPUT if isinstance(error, ValidationError) else EXIT_DATABASE
+            raise typer.Exit(code) from None
+
+
+@dataclass
+class Options:
+    """The options of the group, kept in the click context (``ctx.obj``)."""
+
+    verbose: bool = False
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="aiecs-persistence: task execution history in PostgreSQL.",
     no_args_is_help=True,
     add_completion=False,
@@ -41,9 +74,7 @@ app.add_typer(embedded_app, name="embedded")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-T = TypeVar("T")
 EXIT_CHECK_FAILED, EXIT_DATABASE, EXIT_INPUT = 1, 3, 4
-_state = {"verbose": False}
 
 UrlOption = Annotated[
     str | None,
@@ -51,23 +82,6 @@ UrlOption = Annotated[
                  help="Database URL (default: the embedded PostgreSQL)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _run(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except Exception as exc:
-        if isinstance(exc, PersistenceError):
-            error = exc
-        elif is_engine_error(exc):
-            error = translate(exc)
-        else:
-            raise
-        if _state["verbose"]:
-            err.print(mask_password(traceback.format_exc()), markup=False, highlight=False)
-        err.print(f"error [{error.code.value}]: {error}", markup=False, highlight=False)
-        code = EXIT_INPUT if isinstance(error, ValidationError) else EXIT_DATABASE
-        raise typer.Exit(code) from None
 
 
 def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
@@ -79,9 +93,10 @@ def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show details.")] = False,
 ) -> None:
-    _state["verbose"] = verbose
+    ctx.obj = Options(verbose=verbose)
     # The library logs failures itself; on the command line they are already the one-line
     # error, so its log records only show with --verbose.
     package_log = logging.getLogger("aiecs_persistence")
@@ -94,9 +109,9 @@ def main_options(
 @app.command()
 def upgrade(revision: str = "head", url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Migrate the database to REVISION (default: head)."""
-    target = _run(lambda: resolve_url(url=url))
-    _run(lambda: migrate.upgrade(target, revision))
-    now = _run(lambda: migrate.current(target))
+    target = resolve_url(url=url)
+    migrate.upgrade(target, revision)
+    now = migrate.current(target)
     _emit({"revision": now, "url": safe_url(target)}, as_json,
           f"{safe_url(target)}: at revision {now}")
 
@@ -104,17 +119,17 @@ def upgrade(revision: str = "head", url: UrlOption = None, as_json: JsonOption =
 @app.command()
 def downgrade(revision: str, url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Migrate the database down to REVISION (`base` removes everything)."""
-    target = _run(lambda: resolve_url(url=url))
-    _run(lambda: migrate.downgrade(target, revision))
-    now = _run(lambda: migrate.current(target))
+    target = resolve_url(url=url)
+    migrate.downgrade(target, revision)
+    now = migrate.current(target)
     _emit({"revision": now}, as_json, f"{safe_url(target)}: at revision {now or 'base'}")
 
 
 @app.command()
 def current(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Print the revision the database is at."""
-    target = _run(lambda: resolve_url(url=url))
-    status = _run(lambda: migrate.inspect(target))
+    target = resolve_url(url=url)
+    status = migrate.inspect(target)
     _emit({"current": status.current, "head": status.head, "at_head": status.at_head},
           as_json, f"{status.current or 'base (empty)'} (head: {status.head})")
 
@@ -122,8 +137,8 @@ def current(url: UrlOption = None, as_json: JsonOption = False) -> None:
 @app.command()
 def check(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Exit non-zero unless the database is at head and its enums match the code."""
-    target = _run(lambda: resolve_url(url=url))
-    status = _run(lambda: migrate.inspect(target))
+    target = resolve_url(url=url)
+    status = migrate.inspect(target)
     _emit({"ok": status.ok, "current": status.current, "head": status.head,
            "enum_problems": list(status.enum_problems)}, as_json, status.describe())
     if not status.ok:
@@ -136,7 +151,7 @@ def sql(
     start: Annotated[str | None, typer.Option(help="Start revision (default: empty).")] = None,
 ) -> None:
     """Print the SQL of an upgrade, for a DBA to review and apply (offline)."""
-    sys.stdout.write(_run(lambda: migrate.offline_sql(revision, start=start)))
+    sys.stdout.write(migrate.offline_sql(revision, start=start))
 
 
 @contextmanager
@@ -144,8 +159,8 @@ def _manager(url: str | None) -> Iterator[Any]:
     """A connected blocking manager; it never migrates (that is `upgrade`'s job)."""
     from .sync import SyncDatabaseManager
 
-    db = SyncDatabaseManager(url=_run(lambda: resolve_url(url=url)), auto_migrate=False)
-    _run(db.connect)
+    db = SyncDatabaseManager(url=resolve_url(url=url), auto_migrate=False)
+    db.connect()
     try:
         yield db
     finally:
@@ -163,7 +178,7 @@ def tasks(
 ) -> None:
     """List a user's tasks, newest activity first."""
     with _manager(url) as db:
-        page = _run(lambda: db.list_tasks(user_id, status=status or None, limit=limit))
+        page = db.list_tasks(user_id, status=status or None, limit=limit)
     rows = [{"task_id": t.task_id, "status": t.status.value,
              "error_code": t.error_code.value if t.error_code else None,
              "updated_at": t.updated_at.isoformat()} for t in page]
@@ -181,7 +196,7 @@ def history(user_id: str, task_id: str, url: UrlOption = None, as_json: JsonOpti
             ) -> None:
     """The steps of one task: index, name, status, error and its meaning, message, time."""
     with _manager(url) as db:
-        steps = _run(lambda: db.load_task_history(user_id, task_id))
+        steps = db.load_task_history(user_id, task_id)
     if as_json:
         out.print_json(json.dumps(steps, default=str))
         return
@@ -242,9 +257,9 @@ def report(
 
     start, end = _when(since, "--since"), _when(until, "--until")
     with _manager(url) as db:
-        data = _run(lambda: db.report(start, end, top))
+        data = db.report(start, end, top)
     if plot is not None:
-        _run(lambda: presentation.plot(data, plot))
+        presentation.plot(data, plot)
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -264,13 +279,13 @@ def cleanup(
     """Delete tasks (and their steps) with no activity for the given time, in batches."""
     days = _days(older_than)
     with _manager(url) as db:
-        due = _run(lambda: db.cleanup_old_tasks(days, dry_run=True))
+        due = db.cleanup_old_tasks(days, dry_run=True)
         count = due
         if not dry_run:
             with _progress(as_json) as progress:
                 bar = progress.add_task("deleting tasks", total=due)
-                count = _run(lambda: db.cleanup_old_tasks(
-                    days, on_batch=lambda n: progress.advance(bar, n)))
+                count = db.cleanup_old_tasks(
+                    days, on_batch=lambda n: progress.advance(bar, n))
     verb = "would delete" if dry_run else "deleted"
     _emit({"tasks": count, "dry_run": dry_run, "older_than_days": days}, as_json,
           f"{verb} {count} task(s) with no activity for {older_than}")
@@ -299,13 +314,13 @@ def grant(
 
     from . import roles
 
-    wanted = _run(lambda: roles.Roles(owner, writer, reader))
-    target = _run(lambda: resolve_url(url=url))
-    with _run(lambda: psycopg.connect(libpq_conninfo(target), autocommit=True)) as conn:
+    wanted = roles.Roles(owner, writer, reader)
+    target = resolve_url(url=url)
+    with psycopg.connect(libpq_conninfo(target), autocommit=True) as conn:
         if print_only:
-            statements = _run(lambda: roles.grant_statements(conn, wanted))
+            statements = roles.grant_statements(conn, wanted)
         else:
-            statements = _run(lambda: roles.grant(conn, wanted))
+            statements = roles.grant(conn, wanted)
     if print_only:
         sys.stdout.write("".join(f"{s};\n" for s in statements))
         return
@@ -335,15 +350,15 @@ def import_legacy(
 
     if (from_url is None) == (from_jsonl is None):
         raise typer.BadParameter("give exactly one of --from-url and --from-jsonl")
-    target = _run(lambda: resolve_url(url=url))
-    with _run(lambda: psycopg.connect(libpq_conninfo(target), autocommit=True)) as conn:
+    target = resolve_url(url=url)
+    with psycopg.connect(libpq_conninfo(target), autocommit=True) as conn:
         if from_jsonl is not None:
-            total, rows = _run(lambda: legacy.read_jsonl(from_jsonl))
+            total, rows = legacy.read_jsonl(from_jsonl)
             summary = _import(conn, total, rows, timezone, as_json)
         else:
-            source_url = _run(lambda: libpq_conninfo(from_url or ""))
-            with _run(lambda: psycopg.connect(source_url)) as source:
-                total, rows = _run(lambda: legacy.read_database(source, table))
+            source_url = libpq_conninfo(from_url or "")
+            with psycopg.connect(source_url) as source:
+                total, rows = legacy.read_database(source, table)
                 summary = _import(conn, total, rows, timezone, as_json)
     data = summary.as_dict()
     reasons = "".join(f"\n  {n:>7}  {r}" for r, n in summary.reasons.items())
@@ -358,8 +373,8 @@ def _import(conn: Any, total: int, rows: Any, timezone: str | None, quiet: bool)
 
     with _progress(quiet) as progress:
         bar = progress.add_task("copying upstream rows", total=total)
-        return _run(lambda: legacy.import_rows(
-            conn, rows, timezone=timezone, on_rows=lambda n: progress.advance(bar, n)))
+        return legacy.import_rows(
+            conn, rows, timezone=timezone, on_rows=lambda n: progress.advance(bar, n))
 
 
 @app.command()
@@ -374,13 +389,13 @@ def demo(url: Annotated[str | None, typer.Option(
     from . import report as presentation
     from .manager import DatabaseManager
 
-    server = _run(lambda: url or embedded_server.ensure_running())
-    where = safe_url(_run(lambda: normalize_url(server)))
+    server = url or embedded_server.ensure_running()
+    where = safe_url(normalize_url(server))
     if url is None:
         out.print(f"embedded PostgreSQL, data in {embedded_server.data_dir()}",
                   markup=False, highlight=False)
-    target = _run(lambda: scenario.fresh_database(server))
-    _run(lambda: migrate.upgrade(target))
+    target = scenario.fresh_database(server)
+    migrate.upgrade(target)
     out.print(f"database {scenario.DEMO_DATABASE} on {where}: migrated to "
               f"{migrate.head()}", markup=False, highlight=False)
 
@@ -391,7 +406,7 @@ def demo(url: Annotated[str | None, typer.Option(
                          for o in outcomes]
             return outcomes, histories, await db.report()
 
-    outcomes, histories, data = _run(lambda: asyncio.run(workload()))
+    outcomes, histories, data = asyncio.run(workload())
     summary = Table("task", "status", "what happened", title=f"tasks of {scenario.DEMO_USER}")
     for o in outcomes:
         summary.add_row(o.task_id, o.status.value, o.note)
@@ -416,13 +431,13 @@ def embedded_status(as_json: JsonOption = False) -> None:
 @embedded_app.command("url")
 def embedded_url() -> None:
     """Start the embedded server if needed and print its URL."""
-    out.print(_run(embedded_server.ensure_running), markup=False, highlight=False)
+    out.print(embedded_server.ensure_running(), markup=False, highlight=False)
 
 
 @embedded_app.command("stop")
 def embedded_stop() -> None:
     """Stop the embedded server."""
-    stopped = _run(embedded_server.stop)
+    stopped = embedded_server.stop()
     out.print("stopped" if stopped else "not running")
 
 

@@ -15,22 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import sqlalchemy as sa
 from psycopg.pq import ExecStatus
 from sqlalchemy.engine import URL
 
 from . import migrate
 from .config import resolve_url, safe_url
-from .errors import (
-    PersistenceError,
-    RetryExhaustedError,
-    SchemaMismatchError,
-    ValidationError,
-    is_transient,
-    translate,
-)
+from .errors import RetryExhaustedError, SchemaMismatchError, ValidationError
 from .jsonb import DEFAULT_MAX_BYTES
-from .statements import FOREIGN_KEY_VIOLATION, SAVE_STEP_ONLY, Statement, save_step
+from .sqlstates import FOREIGN_KEY_VIOLATION, classify, translate
+from .statements import BULK_CHUNK, SAVE_STEP_ONLY, Statement, save_step
 
 log: Final = logging.getLogger("aiecs_persistence")
 #: How long a task this manager saved to counts as freshly active (seconds).
@@ -55,6 +48,8 @@ class Settings:
     max_result_bytes: int = DEFAULT_MAX_BYTES
     auto_migrate: bool = True
     cleanup_batch_size: int = 1_000
+    #: Records per chunk of ``save_task_history_many`` (each chunk is validated, then COPYed).
+    bulk_chunk_size: int = BULK_CHUNK
     #: psycopg prepares a statement on a connection after this many runs of it; ``None``
     #: turns server-side prepared statements off (PgBouncer < 1.21 in transaction mode).
     prepare_threshold: int | None = 5
@@ -102,30 +97,42 @@ class Settings:
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
+@dataclass
+class OperationStats:
+    """Calls of one operation: how many, how many failed, and their durations (seconds)."""
+
+    count: int = 0
+    errors: int = 0
+    total: float = 0.0
+    fastest: float = float("inf")
+    slowest: float = 0.0
+
+    def add(self, seconds: float, ok: bool) -> None:
+        self.count += 1
+        self.errors += 0 if ok else 1
+        self.total += seconds
+        self.fastest = min(self.fastest, seconds)
+        self.slowest = max(self.slowest, seconds)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"count": self.count, "errors": self.errors, "avg_time": self.total / self.count,
+                "min_time": self.fastest, "max_time": self.slowest}
+
+
 class Metrics:
     """Per-operation counters and latency statistics (the seed's monitoring report)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stats: dict[str, list[float]] = {}
+        self._stats: dict[str, OperationStats] = {}
 
     def record(self, operation: str, seconds: float, ok: bool) -> None:
         with self._lock:
-            # count, errors, total, min, max
-            s = self._stats.setdefault(operation, [0, 0, 0.0, float("inf"), 0.0])
-            s[0] += 1
-            s[1] += 0 if ok else 1
-            s[2] += seconds
-            s[3] = min(s[3], seconds)
-            s[4] = max(s[4], seconds)
+            self._stats.setdefault(operation, OperationStats()).add(seconds, ok)
 
     def report(self) -> dict[str, dict[str, float]]:
         with self._lock:
-            return {
-                op: {"count": s[0], "errors": s[1], "avg_time": s[2] / s[0],
-                     "min_time": s[3], "max_time": s[4]}
-                for op, s in self._stats.items()
-            }
+            return {op: stats.as_dict() for op, stats in self._stats.items()}
 
 
 class ManagerBase:
@@ -173,7 +180,7 @@ class ManagerBase:
         raise ``SchemaMismatchError`` unless the schema is at head with matching enums."""
         status = migrate.inspect(self.url)
         if not status.at_head and self.settings.auto_migrate:
-            if status.current is not None and not _known_revision(status.current):
+            if status.current is not None and not migrate.is_known_revision(status.current):
                 raise SchemaMismatchError(
                     f"the database is at revision {status.current}, which this version of "
                     "aiecs-persistence does not know (newer code migrated it?); upgrade "
@@ -239,8 +246,8 @@ class ManagerBase:
         ``max_attempts`` times in all. Database errors are raised as their
         ``PersistenceError``; anything else (our own ``ValidationError``) as it is.
         """
-        engine_error = is_engine_error(exc) and not isinstance(exc, PersistenceError)
-        if engine_error and statement.idempotent and is_transient(exc) and (
+        kind = classify(exc)
+        if kind is not None and kind.transient and statement.idempotent and (
             attempt < self.settings.max_attempts
         ):
             delay = self.settings.backoff(attempt)
@@ -251,7 +258,7 @@ class ManagerBase:
             )
             return delay
         self.observe(statement, started, False)
-        if not engine_error:
+        if kind is None:
             raise exc
         err = translate(exc, operation=statement.name)
         if isinstance(err, RetryExhaustedError):
@@ -263,6 +270,7 @@ class ManagerBase:
         raise err from None
 
     def observe(self, statement: Statement, started: float, ok: bool) -> None:
+        """Record one call (since ``started``, a ``perf_counter`` time) in the metrics."""
         elapsed = time.perf_counter() - started
         self.metrics.record(statement.name, elapsed, ok)
         if ok and log.isEnabledFor(logging.DEBUG):
@@ -274,31 +282,7 @@ class ManagerBase:
         return self.metrics.report()
 
 
-def _known_revision(revision: str) -> bool:
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(migrate.alembic_config())
-    try:
-        return script.get_revision(revision) is not None
-    except Exception:
-        return False
-
-
 def returns_rows(cursor: Any) -> bool:
     """Whether the statement just run returned rows (cheaper than building ``description``)."""
     result = cursor.pgresult
     return result is not None and result.status == ExecStatus.TUPLES_OK
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the connection itself broke (the pool should be checked)."""
-    return type(exc).__name__ in {"OperationalError", "InterfaceError"} or (
-        (getattr(exc, "sqlstate", None) or "").startswith(("08", "57P"))
-    )
-
-
-def is_engine_error(exc: BaseException) -> bool:
-    """Exceptions the managers translate (driver or SQLAlchemy)."""
-    return isinstance(exc, sa.exc.SQLAlchemyError | OSError) or type(exc).__module__.startswith(
-        "psycopg"
-    )

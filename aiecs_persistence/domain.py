@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, Final
 
+from .codes import ErrorCode
 from .errors import ValidationError, shown
 
 __all__ = [
@@ -73,43 +74,6 @@ UNSUCCESSFUL_STATUSES: Final = frozenset(
     {TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED}
 )
 
-
-class ErrorCode(Enum):
-    """The seed's error codes, E001-E007, in order."""
-
-    VALIDATION_ERROR = "E001"
-    TIMEOUT_ERROR = "E002"
-    EXECUTION_ERROR = "E003"
-    CANCELLED_ERROR = "E004"
-    RETRY_EXHAUSTED = "E005"
-    DATABASE_ERROR = "E006"
-    DSL_EVALUATION_ERROR = "E007"
-
-    @property
-    def category(self) -> str:
-        """``client`` (E001), ``timeout`` (E002), ``execution`` (E003) or ``system``."""
-        return _CATEGORIES.get(self, "system")
-
-    @property
-    def description(self) -> str:
-        """The seed's description, e.g. ``"Parameter validation error"``."""
-        return _DESCRIPTIONS[self]
-
-
-_CATEGORIES: Final[Mapping[ErrorCode, str]] = {
-    ErrorCode.VALIDATION_ERROR: "client",
-    ErrorCode.TIMEOUT_ERROR: "timeout",
-    ErrorCode.EXECUTION_ERROR: "execution",
-}
-_DESCRIPTIONS: Final[Mapping[ErrorCode, str]] = {
-    ErrorCode.VALIDATION_ERROR: "Parameter validation error",
-    ErrorCode.TIMEOUT_ERROR: "Execution timeout error",
-    ErrorCode.EXECUTION_ERROR: "Execution error",
-    ErrorCode.CANCELLED_ERROR: "Cancellation error",
-    ErrorCode.RETRY_EXHAUSTED: "Retry exhausted error",
-    ErrorCode.DATABASE_ERROR: "Database error",
-    ErrorCode.DSL_EVALUATION_ERROR: "DSL evaluation error",
-}
 
 #: The seed's seven fields of a step result, in ``dict()`` order.
 STEP_FIELDS: Final = (

@@ -56,7 +56,6 @@ DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
 #: Default limit of nesting (objects and arrays inside each other).
 DEFAULT_MAX_DEPTH: Final = 200
 
-_SCALARS: Final = (str, int, float, bool, type(None))
 _ENCODER: Final = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
 )

@@ -2,35 +2,33 @@
 
 Revision ``0002_adopt_upstream`` adopts an upstream ``task_history`` table found *in the same
 database*. This module brings rows from another database, or from a JSON lines export, into
-``legacy_task_history`` and then runs that revision's adoption again, so both routes follow
-exactly the same rules: every row is adopted or set aside in ``legacy_task_history_rejects``
-with its reason, and nothing is deleted.
+``legacy_task_history`` and then runs the adoption rules (``adoption.py``; revision 0002 keeps
+a frozen copy of the same rules): every row is adopted or set aside in
+``legacy_task_history_rejects`` with its reason, and nothing is deleted.
 
 Re-running is harmless: a source row already present in ``legacy_task_history`` (same user,
 task, step, result, time and status, counted with multiplicity) is not copied again, and the
 adoption itself skips what it already wrote. The whole import is one transaction under the
-migrations' advisory lock: it either lands entirely or not at all. The adoption briefly turns
-off the transition trigger on ``tasks`` (to write tasks in their final state), which takes a
-lock that makes concurrent writers wait until the import commits.
+migrations' advisory lock: it either lands entirely or not at all. It takes no table lock:
+concurrent writers go on, except that one saving to a task being adopted waits for the
+import to commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from .adoption import adoption_sql
 from .errors import ValidationError
-from .migrate import ADVISORY_LOCK_KEY, alembic_config
+from .migrate import ADVISORY_LOCK_KEY
 
 __all__ = ["ImportSummary", "import_rows", "read_database", "read_jsonl"]
 
-#: The adopting revision whose SQL is run again.
-ADOPTING_REVISION: Final = "0002_adopt_upstream"
 #: ``legacy_task_history`` as 0001 leaves a renamed upstream table (created if missing).
 LEGACY_TABLE: Final = """
 CREATE TABLE IF NOT EXISTS legacy_task_history (
@@ -71,7 +69,6 @@ _SET_ASIDE: Final = """
 SELECT reason, count(*) FROM legacy_task_history_rejects
 WHERE legacy_id = ANY(%s) GROUP BY reason ORDER BY count(*) DESC, reason
 """
-_ZONE: Final = re.compile(r"[A-Za-z0-9_+\-/]+")
 _FIELDS: Final = ("user_id", "task_id", "step", "result", "timestamp", "status")
 
 Row = tuple[str, str, int, str, dt.datetime, str]
@@ -97,19 +94,6 @@ class ImportSummary:
                 "reasons": dict(self.reasons)}
 
 
-def _adoption_sql(timezone: str | None) -> str:
-    from alembic.script import ScriptDirectory
-
-    if timezone is not None and not _ZONE.fullmatch(timezone):
-        raise ValidationError(f"timezone: {timezone!r} is not a time zone name",
-                              field="timezone")
-    module = ScriptDirectory.from_config(alembic_config()).get_revision(
-        ADOPTING_REVISION
-    ).module
-    zone = "current_setting('TimeZone')" if timezone is None else f"'{timezone}'"
-    return str(module.ADOPT).replace("__TZ__", zone)
-
-
 def import_rows(
     connection: Any, rows: Iterable[Row], *, timezone: str | None = None,
     on_rows: Callable[[int], object] | None = None,
@@ -117,7 +101,7 @@ def import_rows(
     """Copy upstream rows into ``legacy_task_history`` and adopt them, in one transaction on
     the psycopg ``connection`` (a migrated database; its role must own ``tasks``).
     ``on_rows(n)`` is called as rows are copied."""
-    adopt = _adoption_sql(timezone)
+    adopt = adoption_sql(timezone)
     summary = ImportSummary()
     with connection.transaction(), connection.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])

@@ -3,14 +3,34 @@
 Same method names, arguments and return shapes as upstream (see the contract, §5), on
 psycopg 3 and its connection pool (``psycopg_pool``): every call checks a connection out of
 the pool, so concurrent coroutines never share one.
+
+This file is also the source of the blocking ``SyncDatabaseManager``: ``sync.py`` is generated
+from it by ``tools/async_to_sync.py`` (``async``/``await`` dropped, asyncio's pieces swapped
+for threading's). Write every change of the managers here, once, then run that script. Lines
+between ``# [async]`` and ``# [end]`` stay out of the blocking manager; lines between
+``# [sync]`` and ``# [end]`` are commented here and are the blocking manager's own.
 """
 
 from __future__ import annotations
 
+# [async]
 import asyncio
+
+# [end]
 import datetime as dt
+
+# [sync]
+# import threading
+# [end]
 import time
+
+# [async]
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
+
+# [sync]
+# from collections.abc import Callable, Iterable, Iterator, Mapping
+# from concurrent.futures import ThreadPoolExecutor
+# [end]
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,10 +41,11 @@ from sqlalchemy.engine import URL
 
 from . import statements as sql
 from .config import libpq_conninfo
-from .core import ManagerBase, connection_lost, returns_rows
+from .core import ManagerBase, returns_rows
 from .domain import TaskStatus
 from .errors import ValidationError
 from .records import Page, StepRecord, TaskRecord
+from .sqlstates import connection_lost
 
 __all__ = ["DatabaseManager"]
 
@@ -53,6 +74,7 @@ class DatabaseManager(ManagerBase):
 
     @property
     def connected(self) -> bool:
+        """Whether the pool is open (``connect`` was called and ``disconnect`` was not)."""
         return self._pool is not None
 
     async def connect(self, min_size: int | None = None, max_size: int | None = None) -> None:
@@ -62,6 +84,8 @@ class DatabaseManager(ManagerBase):
     async def init_connection_pool(
         self, min_size: int | None = None, max_size: int | None = None
     ) -> None:
+        """Upstream's name of ``connect``: open the pool (once; later calls do nothing) after
+        making sure the schema is at head."""
         async with self._lock:
             if self._pool is not None:
                 return
@@ -79,11 +103,13 @@ class DatabaseManager(ManagerBase):
         return True
 
     async def disconnect(self) -> None:
+        """Close the pool and its connections (a later call connects again)."""
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
     async def close(self) -> None:
+        """Alias of ``disconnect``."""
         await self.disconnect()
 
     async def __aenter__(self) -> DatabaseManager:
@@ -156,38 +182,40 @@ class DatabaseManager(ManagerBase):
         self._touch(user_id, task_id)
         return True
 
-    async def save_task_history_many(
-        self, records: Iterable[Any] | AsyncIterable[Any]
-    ) -> int:
+    async def save_task_history_many(self, records: Iterable[Any] | AsyncIterable[Any]) -> int:
         """Save many (user_id, task_id, step, step_result) records in one transaction: all of
-        them or none. The input is streamed in chunks of ``BULK_CHUNK`` records, each COPYed
-        straight into ``task_history`` (merged instead when it re-saves existing steps), so
-        memory stays flat however long the input. Returns the number of records."""
+        them or none. The input is streamed in chunks of ``bulk_chunk_size`` records, each
+        COPYed straight into ``task_history`` (merged instead when it re-saves existing
+        steps), so memory stays flat however long the input. Returns the number of records."""
         sql.check_records(records)
         statement = sql.bulk_statement(records)
 
         async def load(conn: AsyncConnection[tuple[Any, ...]]) -> int:
-            chunk = sql.BulkChunk(self.settings.max_result_bytes)
+            chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size)
             async with conn.transaction():
                 local = self.settings.local_timeouts()
                 if local is not None:
                     await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                # [async]
                 if isinstance(records, AsyncIterable):
                     async for record in records:
                         if chunk.add(record) and (taken := chunk.take()):
                             await self._write_chunk(conn, *taken)
                     if taken := chunk.take():
                         await self._write_chunk(conn, *taken)
-                else:
-                    await self._write_chunks(conn, chunk, iter(records))
+                    return chunk.seen
+                # [end]
+                await self._write_chunks(conn, chunk, iter(records))
             return chunk.seen
 
         return await self._with_retries(statement, load)
 
     @classmethod
-    async def _write_chunks(cls, conn: AsyncConnection[tuple[Any, ...]],
-                            chunk: sql.BulkChunk, source: Iterator[Any]) -> None:
+    async def _write_chunks(
+        cls, conn: AsyncConnection[tuple[Any, ...]], chunk: sql.BulkChunk, source: Iterator[Any]
+    ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
+        # [async]
         pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
         try:
             while (taken := await pending) is not None:
@@ -198,10 +226,18 @@ class DatabaseManager(ManagerBase):
                 await asyncio.wait([pending])
             if not pending.cancelled():
                 pending.exception()  # retrieved, so asyncio does not report it
+        # [sync]
+        # with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
+        #     pending = builder.submit(chunk.fill, source)
+        #     while (taken := pending.result()) is not None:
+        #         pending = builder.submit(chunk.fill, source)  # the next, meanwhile
+        #         cls._write_chunk(conn, *taken)
+        # [end]
 
     @staticmethod
-    async def _write_chunk(conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
-                           tasks: sql.Statement) -> None:
+    async def _write_chunk(
+        conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement
+    ) -> None:
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge."""
         async with conn.cursor() as cur:
             await cur.execute(tasks.sql, tasks.params)
@@ -247,10 +283,12 @@ class DatabaseManager(ManagerBase):
         self._forget_touched()
         statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
         if dry_run:
-            return int((await self._run(statement))[0][0])
+            rows = await self._run(statement)
+            return int(rows[0][0])
         total = 0
         while True:
-            deleted = int((await self._run(statement))[0][0])
+            rows = await self._run(statement)
+            deleted = int(rows[0][0])
             total += deleted
             if on_batch is not None:
                 on_batch(deleted)
@@ -259,8 +297,9 @@ class DatabaseManager(ManagerBase):
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def report(self, since: dt.datetime | None = None, until: dt.datetime | None = None,
-                       top: int = 10) -> dict[str, Any]:
+    async def report(
+        self, since: dt.datetime | None = None, until: dt.datetime | None = None, top: int = 10
+    ) -> dict[str, Any]:
         """Failures by error code and category, busiest steps and per-day counts of the steps
         created in ``[since, until)``, read through the reporting views."""
         return sql.report_data(await self._run(sql.report(since, until, top)))
@@ -275,6 +314,7 @@ class DatabaseManager(ManagerBase):
         return record.status if record else TaskStatus.PENDING
 
     async def get_task(self, user_id: str, task_id: str) -> TaskRecord | None:
+        """The task's record (status, error, timestamps), or None when it is unknown."""
         rows = await self._run(sql.get_task(user_id, task_id))
         return sql.task_record(rows[0]) if rows else None
 
@@ -282,15 +322,17 @@ class DatabaseManager(ManagerBase):
         """``[{"task_id", "last_updated", "status"}]``, newest first (upstream's shape)."""
         return sql.user_task_rows(await self._run(sql.user_tasks(user_id, limit)))
 
-    async def list_tasks(self, user_id: str, *, limit: int = 100, **filters: Any
-                         ) -> Page[TaskRecord]:
+    async def list_tasks(
+        self, user_id: str, *, limit: int = 100, **filters: Any
+    ) -> Page[TaskRecord]:
         """A page of a user's tasks, newest first. Filters: ``status``, ``error_code`` (one
         or several), ``step_name``, ``since``/``until`` (activity time), ``cursor``."""
         statement = sql.list_tasks(user_id, limit=limit, **filters)
         return Page(*sql.task_page(await self._run(statement), limit))
 
-    async def list_steps(self, user_id: str, *, limit: int = 100, **filters: Any
-                         ) -> Page[StepRecord]:
+    async def list_steps(
+        self, user_id: str, *, limit: int = 100, **filters: Any
+    ) -> Page[StepRecord]:
         """A page of a user's steps, newest first. Filters: ``task_id``, ``status``,
         ``error_code``, ``step_name``, ``since``/``until``, ``cursor``."""
         statement = sql.list_steps(user_id, limit=limit, **filters)

@@ -25,7 +25,8 @@ from sqlalchemy.engine import URL, Connection
 
 from .config import normalize_url
 from .domain import ErrorCode, TaskStatus
-from .errors import DatabaseError, SchemaMismatchError, translate
+from .errors import DatabaseError, SchemaMismatchError
+from .sqlstates import translate
 
 __all__ = [
     "ENUMS",
@@ -36,6 +37,7 @@ __all__ = [
     "downgrade",
     "head",
     "inspect",
+    "is_known_revision",
     "offline_sql",
     "upgrade",
 ]
@@ -82,6 +84,17 @@ def head() -> str:
     if len(heads) != 1:
         raise DatabaseError(f"the migrations have {len(heads)} heads; expected exactly one")
     return heads[0]
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of the shipped migrations (a database migrated by newer
+    code is at a revision this version does not know)."""
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:  # Alembic's "no such revision" (ResolutionError is one)
+        return False
 
 
 @contextmanager

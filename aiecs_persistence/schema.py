@@ -67,11 +67,15 @@ metadata: Final = MetaData(naming_convention=NAMING_CONVENTION)
 #: must stay well under PostgreSQL's ~2.7 kB limit.
 ID_MAX_LENGTH: Final = 255
 
+# Native enums whose labels are the Python enums' values; through the ORM a column reads back
+# as the Python member (``TaskStatus.RUNNING``), not as its string.
 task_status_enum: Final = ENUM(
-    *(s.value for s in TaskStatus), name="task_status", metadata=metadata, create_type=True
+    TaskStatus, name="task_status", metadata=metadata, create_type=True,
+    values_callable=lambda members: [m.value for m in members],
 )
 error_code_enum: Final = ENUM(
-    *(c.value for c in ErrorCode), name="error_code", metadata=metadata, create_type=True
+    ErrorCode, name="error_code", metadata=metadata, create_type=True,
+    values_callable=lambda members: [m.value for m in members],
 )
 
 _UNSUCCESSFUL_SQL: Final = "('failed', 'timed_out', 'cancelled')"
@@ -106,6 +110,27 @@ def _error_checks() -> list[CheckConstraint]:
     ]
 
 
+class _TaskKey:
+    """The key every per-task table starts with (``user_id`` is also the distribution column
+    on Citus, see docs/scaling.md)."""
+
+    user_id: Mapped[str] = mapped_column(Text, sort_order=-2)
+    task_id: Mapped[str] = mapped_column(Text, sort_order=-2)
+
+
+class _Outcome:
+    """Status, error and activity times: shared by a task and each of its steps. (The
+    ``sort_order`` keeps each table's column order as the migrations create it.)"""
+
+    status: Mapped[TaskStatus] = mapped_column(
+        task_status_enum, server_default=text("'pending'::task_status"), sort_order=1
+    )
+    error_code: Mapped[ErrorCode | None] = mapped_column(error_code_enum, sort_order=1)
+    error_message: Mapped[str | None] = mapped_column(Text, sort_order=1)
+    created_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW, sort_order=2)
+    updated_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW, sort_order=2)
+
+
 class ErrorCodeRow(Base):
     """The ``error_codes`` catalog: one row per ``ErrorCode``, for reports to join."""
 
@@ -122,7 +147,7 @@ class ErrorCodeRow(Base):
     description: Mapped[str] = mapped_column(Text)
 
 
-class Task(Base):
+class Task(_TaskKey, _Outcome, Base):
     """One row per (user_id, task_id): the task's lifecycle."""
 
     __tablename__ = "tasks"
@@ -140,20 +165,11 @@ class Task(Base):
         Index("ix_tasks_updated_at", "updated_at"),
     )
 
-    user_id: Mapped[str] = mapped_column(Text)
-    task_id: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(
-        task_status_enum, server_default=text("'pending'::task_status")
-    )
-    error_code: Mapped[str | None] = mapped_column(error_code_enum)
-    error_message: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
-    updated_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
-    started_at: Mapped[dt.datetime | None] = mapped_column(_TZ)
-    finished_at: Mapped[dt.datetime | None] = mapped_column(_TZ)
+    started_at: Mapped[dt.datetime | None] = mapped_column(_TZ, sort_order=3)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(_TZ, sort_order=3)
 
 
-class TaskHistory(Base):
+class TaskHistory(_TaskKey, _Outcome, Base):
     """One row per step of a task (``step`` is its 0-based position)."""
 
     __tablename__ = "task_history"
@@ -175,20 +191,11 @@ class TaskHistory(Base):
               postgresql_where=text("error_code IS NOT NULL")),
     )
 
-    user_id: Mapped[str] = mapped_column(Text)
-    task_id: Mapped[str] = mapped_column(Text)
     step: Mapped[int] = mapped_column(Integer)
     step_name: Mapped[str] = mapped_column(Text)
     result: Mapped[Any | None] = mapped_column(JSONB)
     completed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     message: Mapped[str] = mapped_column(Text, server_default=text("''"))
-    status: Mapped[str] = mapped_column(
-        task_status_enum, server_default=text("'pending'::task_status")
-    )
-    error_code: Mapped[str | None] = mapped_column(error_code_enum)
-    error_message: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
-    updated_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
 
 
 #: Rows that set aside upstream history could not be adopted (see migration 0002).

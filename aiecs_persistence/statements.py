@@ -153,26 +153,39 @@ def step_fields(step_result: Any, *, max_result_bytes: int, path: str = "") -> d
     }
 
 
+# -- columns: named once, so no statement depends on the tables' physical column order --------
+
+#: A task as read back: ``TaskRecord``'s fields, in its order.
+TASK_COLUMNS: Final = tuple(TaskRecord._fields)
+#: A step's key.
+STEP_KEY: Final = ("user_id", "task_id", "step")
+#: A step result's columns (the seed's fields; its ``step`` name is stored as ``step_name``).
+RESULT_COLUMNS: Final = (
+    "step_name", "result", "completed", "message", "status", "error_code", "error_message"
+)
+#: What a save writes to ``task_history``, in this order (parameters and COPY rows alike).
+STEP_COLUMNS: Final = STEP_KEY + RESULT_COLUMNS
+#: The casts a column's text parameter needs.
+_CASTS: Final = {"result": "::jsonb", "status": "::task_status", "error_code": "::error_code"}
+
+
+def _names(columns: Sequence[str], alias: str = "") -> str:
+    return ", ".join(f"{alias}{c}" for c in columns)
+
+
+def _cast(columns: Sequence[str], template: str = "%({})s") -> str:
+    """Each column as ``template`` (a parameter by default) with its cast."""
+    return ", ".join(template.format(c) + _CASTS.get(c, "") for c in columns)
+
+
 # -- writes -----------------------------------------------------------------------------------
 
-_STEP_COLUMNS: Final = (
-    "step_name, result, completed, message, status, error_code, error_message"
+_STEP_INSERT: Final = f"INSERT INTO task_history AS h ({_names(STEP_COLUMNS)})\n"
+_STEP_VALUES: Final = _cast(STEP_COLUMNS)
+_STEP_CONFLICT: Final = (
+    "\nON CONFLICT (user_id, task_id, step) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in RESULT_COLUMNS) + "\n"
 )
-
-_STEP_INSERT: Final = """
-INSERT INTO task_history AS h (user_id, task_id, step, step_name, result, completed, message,
-                               status, error_code, error_message)
-"""
-_STEP_VALUES: Final = """
-  %(user_id)s, %(task_id)s, %(step)s, %(step_name)s, %(result)s::jsonb, %(completed)s,
-  %(message)s, %(status)s::task_status, %(error_code)s::error_code, %(error_message)s
-"""
-_STEP_CONFLICT: Final = """
-ON CONFLICT (user_id, task_id, step) DO UPDATE
-  SET step_name = EXCLUDED.step_name, result = EXCLUDED.result,
-      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
-      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
-"""
 
 # The task comes first: the main query reads the CTE (count(*) runs it to completion), so a
 # save waits for a concurrent writer's hold on the task *before* it holds its step. Unread, a
@@ -191,15 +204,13 @@ WITH task AS (
     WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
   RETURNING 1
 )
-{_STEP_INSERT}SELECT {_STEP_VALUES}FROM (SELECT count(*) FROM task) AS task_first
-{_STEP_CONFLICT}"""
+{_STEP_INSERT}SELECT {_STEP_VALUES}
+FROM (SELECT count(*) FROM task) AS task_first{_STEP_CONFLICT}"""
 
 #: ``SAVE_STEP`` without the task part, for a task this manager touched less than a second ago
 #: (``ManagerBase._recently_touched``): the step's foreign key then proves the task exists, and
 #: a violation (the task was deleted meanwhile) sends the save down the full path again.
 SAVE_STEP_ONLY: Final = f"{_STEP_INSERT}VALUES ({_STEP_VALUES}){_STEP_CONFLICT}"
-#: SQLSTATE foreign_key_violation.
-FOREIGN_KEY_VIOLATION: Final = "23503"
 
 
 def save_step(
@@ -224,10 +235,10 @@ def save_step(
     return Statement("save_task_history", SAVE_STEP, params)
 
 
-START_TASK: Final = """
+START_TASK: Final = f"""
 INSERT INTO tasks AS t (user_id, task_id, status) VALUES (%(user_id)s, %(task_id)s, 'running')
 ON CONFLICT (user_id, task_id) DO UPDATE SET status = 'running'
-RETURNING *
+RETURNING {_names(TASK_COLUMNS)}
 """
 
 
@@ -241,20 +252,20 @@ def start_task(user_id: Any, task_id: Any) -> Statement:
 
 # An UPDATE, not an upsert: PostgreSQL runs BEFORE INSERT triggers before ON CONFLICT is
 # resolved, and an unknown task is pending, from which only a cancel may end it.
-FINISH_TASK: Final = """
+FINISH_TASK: Final = f"""
 UPDATE tasks SET status = %(status)s::task_status, error_code = %(error_code)s::error_code,
                  error_message = %(error_message)s
 WHERE user_id = %(user_id)s AND task_id = %(task_id)s
-RETURNING *
+RETURNING {_names(TASK_COLUMNS)}
 """
 
-FINISH_UNKNOWN_AS_CANCELLED: Final = """
+FINISH_UNKNOWN_AS_CANCELLED: Final = f"""
 INSERT INTO tasks AS t (user_id, task_id, status, error_code, error_message)
 VALUES (%(user_id)s, %(task_id)s, 'cancelled', %(error_code)s::error_code, %(error_message)s)
 ON CONFLICT (user_id, task_id) DO UPDATE
   SET status = 'cancelled', error_code = EXCLUDED.error_code,
       error_message = EXCLUDED.error_message
-RETURNING *
+RETURNING {_names(TASK_COLUMNS)}
 """
 
 
@@ -399,13 +410,9 @@ def cleanup_batch(
 # and one INSERT ... ON CONFLICT DO UPDATE, which follows the state machine like a single save.
 # A chunk holds one row per step, the last given (so a step twice in a batch ends as the later).
 
-#: Records per chunk: bounds the client's memory (about 10 MB for typical results).
+#: Records per chunk by default (the ``bulk_chunk_size`` setting): bounds the client's memory
+#: (about 10 MB for typical results).
 BULK_CHUNK: Final = 10_000
-
-_BULK_COLUMNS: Final = (
-    "user_id, task_id, step, step_name, result, completed, message, status, error_code, "
-    "error_message"
-)
 
 BULK_TASKS: Final = """
 INSERT INTO tasks AS t (user_id, task_id, status)
@@ -421,33 +428,29 @@ ON CONFLICT (user_id, task_id) DO UPDATE
   WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
 """
 
-BULK_COPY: Final = f"COPY task_history ({_BULK_COLUMNS}) FROM STDIN"
+BULK_COPY: Final = f"COPY task_history ({_names(STEP_COLUMNS)}) FROM STDIN"
 
-BULK_STAGING: Final = """
-CREATE TEMP TABLE IF NOT EXISTS aiecs_staging (
-  user_id text, task_id text, step integer, step_name text, result text,
-  completed boolean, message text, status text, error_code text, error_message text
-) ON COMMIT DROP
-"""
+#: Staging columns are text (cast by the merge), but for these.
+_STAGING_TYPES: Final = {"step": "integer", "completed": "boolean"}
+BULK_STAGING: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS aiecs_staging ("
+    + ", ".join(f"{c} {_STAGING_TYPES.get(c, 'text')}" for c in STEP_COLUMNS)
+    + ") ON COMMIT DROP"
+)
 
 BULK_STAGING_CLEAR: Final = "TRUNCATE aiecs_staging"
 
-BULK_STAGING_COPY: Final = f"COPY aiecs_staging ({_BULK_COLUMNS}) FROM STDIN"
+BULK_STAGING_COPY: Final = f"COPY aiecs_staging ({_names(STEP_COLUMNS)}) FROM STDIN"
 
-BULK_MERGE: Final = f"""
-INSERT INTO task_history AS h ({_BULK_COLUMNS})
-SELECT user_id, task_id, step, step_name, result::jsonb, completed, message,
-       status::task_status, error_code::error_code, error_message
-FROM aiecs_staging ORDER BY user_id, task_id, step
-ON CONFLICT (user_id, task_id, step) DO UPDATE
-  SET step_name = EXCLUDED.step_name, result = EXCLUDED.result,
-      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
-      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
-"""
+BULK_MERGE: Final = (
+    f"{_STEP_INSERT}SELECT {_cast(STEP_COLUMNS, '{}')}\n"
+    "FROM aiecs_staging ORDER BY user_id, task_id, step"
+    f"{_STEP_CONFLICT}"
+)
 
 
 def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]:
-    """One validated row (the columns of ``BULK_COPY``) of ``save_task_history_many`` from
+    """One validated row (``STEP_COLUMNS``) of ``save_task_history_many`` from
     its ``seq``-th (user_id, task_id, step, step_result) record."""
     where = f"records[{seq}]."
     try:
@@ -460,9 +463,8 @@ def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]
     try:
         fields = step_fields(step_result, max_result_bytes=max_result_bytes, path=where)
         return (
-            check_id(user_id, "user_id"), check_id(task_id, "task_id"),
-            check_step_index(step), fields["step_name"], fields["result"], fields["completed"],
-            fields["message"], fields["status"], fields["error_code"], fields["error_message"],
+            check_id(user_id, "user_id"), check_id(task_id, "task_id"), check_step_index(step),
+            *(fields[c] for c in RESULT_COLUMNS),
         )
     except ValidationError as exc:
         if exc.field and not exc.field.startswith("records["):
@@ -489,10 +491,11 @@ def bulk_statement(records: Any) -> Statement:
 
 
 class BulkChunk:
-    """Validated rows of up to ``BULK_CHUNK`` records, one per step (the last given)."""
+    """Validated rows of up to ``size`` records, one per step (the last given)."""
 
-    def __init__(self, max_result_bytes: int) -> None:
+    def __init__(self, max_result_bytes: int, size: int = BULK_CHUNK) -> None:
         self.max_result_bytes = max_result_bytes
+        self.size = size
         self.seen = 0  # records taken so far, over all chunks
         self._rows: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
@@ -501,7 +504,7 @@ class BulkChunk:
         row = bulk_row(self.seen, record, max_result_bytes=self.max_result_bytes)
         self._rows[row[0], row[1], row[2]] = row
         self.seen += 1
-        return len(self._rows) >= BULK_CHUNK
+        return len(self._rows) >= self.size
 
     def fill(self, records: Iterator[Any]) -> tuple[list[tuple[Any, ...]], Statement] | None:
         """Take records until the chunk is full or ``records`` runs out, then ``take()``. The
@@ -529,7 +532,7 @@ class BulkChunk:
 # -- reads --------------------------------------------------------------------------------------
 
 LOAD_HISTORY: Final = f"""
-SELECT step, {_STEP_COLUMNS}, updated_at
+SELECT step, {_names(RESULT_COLUMNS)}, updated_at
 FROM task_history WHERE user_id = %(user_id)s AND task_id = %(task_id)s
 ORDER BY step
 """
@@ -559,7 +562,10 @@ def history_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     return out
 
 
-GET_TASK: Final = "SELECT * FROM tasks WHERE user_id = %(user_id)s AND task_id = %(task_id)s"
+GET_TASK: Final = (
+    f"SELECT {_names(TASK_COLUMNS)} FROM tasks "
+    "WHERE user_id = %(user_id)s AND task_id = %(task_id)s"
+)
 
 
 def get_task(user_id: Any, task_id: Any) -> Statement:
@@ -574,14 +580,9 @@ def get_task(user_id: Any, task_id: Any) -> Statement:
 _STATUS: Final[dict[str, TaskStatus]] = {s.value: s for s in TaskStatus}
 _CODE: Final[dict[str, ErrorCode]] = {c.value: c for c in ErrorCode}
 
-_TASK_COLUMNS: Final = (
-    "user_id, task_id, status, error_code, error_message, created_at, updated_at, "
-    "started_at, finished_at"
-)
-
-
 def task_record(row: Sequence[Any]) -> TaskRecord:
-    user_id, task_id, status, code, message, created, updated, started, finished = row[:9]
+    """A row of ``TASK_COLUMNS`` as a record."""
+    user_id, task_id, status, code, message, created, updated, started, finished = row
     return TaskRecord(
         user_id, task_id, _STATUS[status], _CODE[code] if code else None, message,
         created, updated, started, finished,
@@ -651,7 +652,7 @@ def list_tasks(
         params["c_time"], params["c_task"], _ = decode_cursor(cursor, with_step=False)
         where.append("(t.updated_at, t.task_id) < (%(c_time)s, %(c_task)s)")
     sql = (
-        f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE t.user_id = %(user_id)s "
+        f"SELECT {_names(TASK_COLUMNS, 't.')} FROM tasks t WHERE t.user_id = %(user_id)s "
         + "".join(f" AND {w}" for w in where)
         + " ORDER BY t.updated_at DESC, t.task_id DESC LIMIT %(limit)s"
     )
@@ -688,7 +689,7 @@ def list_steps(
         )
         where.append("(h.updated_at, h.task_id, h.step) < (%(c_time)s, %(c_task)s, %(c_step)s)")
     sql = (
-        f"SELECT h.user_id, h.task_id, h.step, {_STEP_COLUMNS}, h.created_at, h.updated_at "
+        f"SELECT {_names(STEP_COLUMNS, 'h.')}, h.created_at, h.updated_at "
         "FROM task_history h WHERE h.user_id = %(user_id)s"
         + "".join(f" AND {w}" for w in where)
         + " ORDER BY h.updated_at DESC, h.task_id DESC, h.step DESC LIMIT %(limit)s"
@@ -714,7 +715,9 @@ def step_page(rows: Sequence[Sequence[Any]], limit: int) -> tuple[list[StepRecor
 
 REPORT: Final = """
 WITH h AS (
-  SELECT * FROM step_details
+  SELECT user_id, task_id, step_name, status, error_code, error_name, error_category,
+         created_at
+  FROM step_details
   WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
     AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')
 )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import NullPool, create_engine
@@ -24,6 +25,10 @@ from aiecs_persistence.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE
 from aiecs_persistence.schema import metadata
 
 config = context.config
+# `alembic` from a checkout reads alembic.ini: apply its logging sections (the programmatic API,
+# aiecs_persistence.migrate, has no file and leaves logging to the application).
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 x_args = context.get_x_argument(as_dictionary=True)
 LOCK_TIMEOUT = x_args.get("lock_timeout", "10s")
 if not re.fullmatch(r"\d+(ms|s|min)?", LOCK_TIMEOUT):
@@ -72,10 +77,6 @@ def _migrate(connection: Connection) -> None:
 
 
 def run_online() -> None:
-    given = config.attributes.get("connection")
-    if given is not None:
-        _migrate(given)
-        return
     url = config.get_main_option("sqlalchemy.url") or resolve_url()
     engine = create_engine(url, poolclass=NullPool)
     try:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from aiecs_persistence import migrate
+from aiecs_persistence.config import libpq_conninfo
 
 from .database import Server, find_server, temporary_database
 
@@ -68,7 +69,7 @@ def empty_db_url(pg: Server) -> Iterator[URL]:
 
 def conninfo(url: URL) -> str:
     """A libpq URI for psycopg (the way psql or any other writer would connect)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return libpq_conninfo(url)
 
 
 @pytest.fixture

@@ -343,13 +343,21 @@ def test_bulk_is_all_or_nothing(db, counts):
         db.save_task_history_many([("u", "t")])
 
 
-def test_bulk_across_chunks_copies_new_steps_and_merges_resaves(db, psql, monkeypatch):
+@pytest.fixture
+def small_chunks(kind, db_url):
+    driven = make_manager(kind, url=db_url, bulk_chunk_size=7)
+    driven.connect()
+    try:
+        yield driven
+    finally:
+        close(driven)
+
+
+def test_bulk_across_chunks_copies_new_steps_and_merges_resaves(small_chunks, psql):
     """Chunks of 7: new chunks go straight in by COPY, chunks meeting stored steps are merged,
     a step given twice in different chunks ends as the later, and an illegal re-save (or bad
     record) in a late chunk takes every earlier chunk back out."""
-    from aiecs_persistence import statements
-
-    monkeypatch.setattr(statements, "BULK_CHUNK", 7)
+    db = small_chunks
     db.save_task_history("u", "t2", 3, TaskStepResult("op", "early", status="running"))
     records = [("u", f"t{i // 10}", i % 10, done("op", i)) for i in range(40)]
     records.append(("u", "t0", 1, TaskStepResult("op", "again", status="completed",

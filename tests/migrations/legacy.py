@@ -44,6 +44,15 @@ class LegacyData:
             self.adopted += 1
 
 
+def create_upstream(conn, data: LegacyData) -> None:
+    """Upstream's table, holding ``data``, on the psycopg ``conn`` (autocommit)."""
+    conn.execute(UPSTREAM_DDL)
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO task_history (user_id, task_id, step, result, timestamp, status) "
+            "VALUES (%s, %s, %s, %s, %s, %s)", data.rows)
+
+
 def step_result(name, status, code=None, message=None, result=None):
     return {"step": name, "result": result, "completed": status == "completed",
             "message": f"{name} {status}", "status": status, "error_code": code,

@@ -9,18 +9,14 @@ import psycopg
 from aiecs_persistence import migrate
 
 from ..conftest import conninfo
-from .legacy import UPSTREAM_DDL, build
+from .legacy import build, create_upstream
 
 
 def test_upgrade_adopts_upstream_history(empty_db_url):
     data = build()
     assert len(data.rows) > 2000
     with psycopg.connect(conninfo(empty_db_url), autocommit=True) as conn:
-        conn.execute(UPSTREAM_DDL)
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO task_history (user_id, task_id, step, result, timestamp, status) "
-                "VALUES (%s, %s, %s, %s, %s, %s)", data.rows)
+        create_upstream(conn, data)
 
     migrate.upgrade(empty_db_url, options={"legacy_timezone": "America/New_York"})
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 from aiecs_persistence import (
     DatabaseError,
@@ -14,7 +16,8 @@ from aiecs_persistence import (
     SchemaMismatchError,
     ValidationError,
 )
-from aiecs_persistence.errors import is_transient, mask_password, translate
+from aiecs_persistence.errors import mask_password
+from aiecs_persistence.sqlstates import is_transient, translate
 
 
 def test_hierarchy_and_codes():
@@ -35,17 +38,20 @@ class Diag:
         self.message_detail = kw.get("detail")
 
 
-class FakeDriverError(Exception):
-    """Shaped like a psycopg error: sqlstate and diag."""
+class FakeDriverError(psycopg.DatabaseError):
+    """A psycopg error as the server would raise it, with its SQLSTATE and diagnostics."""
 
     def __init__(self, sqlstate, **kw):
         super().__init__(kw.get("primary", "boom"))
         self.sqlstate = sqlstate
-        self.diag = Diag(**kw)
+        self._fake_diag = Diag(**kw)
+
+    @property
+    def diag(self):
+        return self._fake_diag
 
 
-class OperationalError(Exception):
-    sqlstate = None
+OperationalError = psycopg.OperationalError
 
 
 @pytest.mark.parametrize(("state", "cls"), [
@@ -74,9 +80,8 @@ def test_constraint_and_transition_are_carried():
 
 
 def test_sqlalchemy_wrapper_is_unwrapped():
-    class Wrapper(Exception):
-        def __init__(self, orig):
-            self.orig = orig
+    def Wrapper(orig):
+        return sa.exc.DBAPIError("SELECT 1", None, orig)
 
     assert isinstance(translate(Wrapper(FakeDriverError("57014"))), QueryTimeoutError)
     assert is_transient(Wrapper(OperationalError("server closed the connection")))

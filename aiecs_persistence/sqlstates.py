@@ -1,0 +1,184 @@
+"""How driver exceptions become :class:`~aiecs_persistence.errors.PersistenceError`\\ s: one
+table, the one place that reads psycopg's (or SQLAlchemy's) exceptions.
+
+Each failure is classified once, by its SQLSTATE (exact, else its two-character class, as
+PostgreSQL's error classes go) or, for failures with no SQLSTATE (a broken connection, a pool
+timeout), by its exception class. The :class:`Kind` says which exception the caller gets,
+whether the failure is worth retrying, and whether the connection itself broke.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from .errors import (
+    DatabaseError,
+    InvalidTransitionError,
+    PermissionDeniedError,
+    PersistenceError,
+    QueryTimeoutError,
+    RetryExhaustedError,
+    ValidationError,
+)
+
+__all__ = [
+    "FOREIGN_KEY_VIOLATION",
+    "INVALID_TRANSITION",
+    "Kind",
+    "classify",
+    "connection_lost",
+    "is_transient",
+    "translate",
+]
+
+#: The SQLSTATE raised by the status-transition triggers (class ``AE``: aiecs).
+INVALID_TRANSITION: Final = "AE001"
+#: SQLSTATE foreign_key_violation.
+FOREIGN_KEY_VIOLATION: Final = "23503"
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What a failure means to the managers."""
+
+    #: The exception the caller receives.
+    error: type[PersistenceError]
+    #: Worth retrying (idempotent statements only, a bounded number of times).
+    transient: bool = False
+    #: The connection broke: the pool's other idle connections are suspect too.
+    lost: bool = False
+
+
+_LOST: Final = Kind(RetryExhaustedError, transient=True, lost=True)
+_RETRY: Final = Kind(RetryExhaustedError, transient=True)
+_OTHER: Final = Kind(DatabaseError)
+
+#: SQLSTATE, exact or two-character class, → kind. Anything else is a ``DatabaseError``.
+BY_SQLSTATE: Final[Mapping[str, Kind]] = {
+    INVALID_TRANSITION: Kind(InvalidTransitionError),
+    "57014": Kind(QueryTimeoutError),  # query_canceled: statement_timeout
+    "55P03": Kind(QueryTimeoutError),  # lock_not_available: lock_timeout
+    "42501": Kind(PermissionDeniedError),  # insufficient_privilege
+    "22": Kind(ValidationError),  # data_exception
+    "23": Kind(ValidationError),  # integrity_constraint_violation
+    "40001": _RETRY,  # serialization_failure
+    "40P01": _RETRY,  # deadlock_detected
+    "53300": _RETRY,  # too_many_connections
+    "57P01": _LOST,  # admin_shutdown
+    "57P02": _LOST,  # crash_shutdown
+    "57P03": _LOST,  # cannot_connect_now
+    "08": _LOST,  # connection_exception
+}
+
+#: Exceptions without a SQLSTATE, by class (the first match wins).
+BY_CLASS: Final[tuple[tuple[type[BaseException], Kind], ...]] = (
+    (PoolTimeout, Kind(QueryTimeoutError)),  # no connection free within pool_timeout
+    (psycopg.OperationalError, _LOST),  # the server went away mid-call
+    (psycopg.InterfaceError, _LOST),  # the connection was already closed
+    (psycopg.Error, _OTHER),
+    (OSError, _OTHER),
+)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception behind a SQLAlchemy wrapper, else ``exc``. (SQLAlchemy is
+    looked at only when something imported it: otherwise no exception can be one of its.)"""
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy is not None and isinstance(exc, sqlalchemy.DBAPIError):
+        return exc.orig if isinstance(exc.orig, BaseException) else exc
+    return exc
+
+
+def _sqlstate(driver: BaseException) -> str | None:
+    return driver.sqlstate if isinstance(driver, psycopg.Error) else None
+
+
+def classify(exc: BaseException) -> Kind | None:
+    """The kind of a driver (or SQLAlchemy) failure; None for anything else (a
+    ``PersistenceError`` of our own, or a bug), which the managers let through untouched."""
+    if isinstance(exc, PersistenceError):
+        return None
+    sqlalchemy = sys.modules.get("sqlalchemy.exc")
+    wrapped = sqlalchemy is not None and isinstance(exc, sqlalchemy.SQLAlchemyError)
+    if wrapped and getattr(exc, "connection_invalidated", False):
+        return _LOST
+    driver = _driver_error(exc)
+    state = _sqlstate(driver)
+    if state is not None:
+        return BY_SQLSTATE.get(state) or BY_SQLSTATE.get(state[:2]) or _OTHER
+    for cls, kind in BY_CLASS:
+        if isinstance(driver, cls):
+            return kind
+    return _OTHER if wrapped else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure worth retrying."""
+    kind = classify(exc)
+    return kind is not None and kind.transient
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself broke (the pool should be checked)."""
+    kind = classify(exc)
+    return kind is not None and kind.lost
+
+
+def _diag(driver: BaseException, name: str) -> str | None:
+    if not isinstance(driver, psycopg.Error):
+        return None
+    value = getattr(driver.diag, name, None)
+    return value if isinstance(value, str) else None
+
+
+def _primary_message(driver: BaseException) -> str:
+    text = _diag(driver, "message_primary")
+    if text:
+        return text
+    first = str(driver).strip().splitlines()
+    return first[0] if first else type(driver).__name__
+
+
+_TRANSITION_DETAIL: Final = re.compile(r"from (?P<from>\w+) to (?P<to>\w+)")
+
+
+def translate(exc: BaseException, *, operation: str = "database operation") -> PersistenceError:
+    """The :class:`PersistenceError` for a driver or SQLAlchemy exception (ours pass as they
+    are). It keeps the SQLSTATE and the constraint name; its message names the constraint (or
+    the column) and never contains a password."""
+    if isinstance(exc, PersistenceError):
+        return exc
+    kind = classify(exc) or _OTHER
+    driver = _driver_error(exc)
+    state = _sqlstate(driver)
+    primary = _primary_message(driver)
+    constraint = _diag(driver, "constraint_name")
+    error = kind.error
+    if error is InvalidTransitionError:
+        match = _TRANSITION_DETAIL.search(_diag(driver, "message_detail") or primary)
+        return InvalidTransitionError(
+            f"{operation}: {primary}",
+            from_status=match.group("from") if match else None,
+            to_status=match.group("to") if match else None,
+            constraint=constraint, sqlstate=state,
+        )
+    if error is ValidationError:
+        where = f" [constraint {constraint}]" if constraint and constraint not in primary else ""
+        return ValidationError(
+            f"{operation}: {primary}{where}",
+            field=_diag(driver, "column_name") or constraint, constraint=constraint,
+            sqlstate=state,
+        )
+    if error is QueryTimeoutError and state is not None:
+        return QueryTimeoutError(f"{operation}: {primary} (SQLSTATE {state})", sqlstate=state)
+    if error in (QueryTimeoutError, PermissionDeniedError, RetryExhaustedError):
+        return error(f"{operation}: {primary}", sqlstate=state)
+    suffix = f" (SQLSTATE {state})" if state else ""
+    return DatabaseError(f"{operation}: {primary}{suffix}", sqlstate=state)
