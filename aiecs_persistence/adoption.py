@@ -77,7 +77,7 @@ SELECT f.*,
       THEN 'user_id or task_id empty or longer than 255 characters'
     WHEN f.step < 0 THEN 'step index: negative step'
     WHEN f.obj IS NULL THEN 'result: not a step result object'
-    WHEN f.step_name IS NULL OR btrim(f.step_name, E' \t\n\r\f\v') = ''
+    WHEN f.step_name IS NULL OR btrim(f.step_name, E' \t\n\r\f\x0B') = ''
       THEN 'step name: missing or blank'
     WHEN f.status IS NULL
       OR f.status NOT IN (SELECT unnest(enum_range(NULL::task_status))::text)

@@ -18,10 +18,12 @@ from .errors import ValidationError, shown
 
 __all__ = [
     "STEP_FIELDS",
+    "STEP_RULES",
     "UNSUCCESSFUL_STATUSES",
     "ErrorCode",
     "TaskStatus",
     "TaskStepResult",
+    "broken_rules",
     "check_step_fields",
     "is_blank",
     "migrate_record",
@@ -87,7 +89,7 @@ STEP_FIELDS: Final = (
 )
 
 #: The whitespace that makes a step name blank. The database CHECK constraint strips exactly
-#: these characters (``btrim(step_name, E' \t\n\r\f\v')``), so Python and SQL agree on every
+#: these characters (``btrim(step_name, E' \t\n\r\f\x0B')``), so Python and SQL agree on every
 #: string, whatever the server's locale.
 BLANK_CHARS: Final = " \t\n\r\f\v"
 
@@ -337,6 +339,27 @@ def migrate_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return migrated
 
 
+#: The consistency rules of a step, by the name of the CHECK constraint that enforces each
+#: (``ck_task_history_<rule>``).
+STEP_RULES: Final = ("step_name", "completed_flag", "error_pair", "error_iff_unsuccessful")
+
+
+def broken_rules(
+    step: str, completed: bool, status: str, error_code: str | None, error_message: str | None
+) -> set[str]:
+    """The ``STEP_RULES`` that well-typed step fields break: the one statement of each rule on
+    the Python side (the schema's CHECKs state them for PostgreSQL; a property test feeds both
+    the same values)."""
+    has_code = error_code is not None
+    rules = {
+        "step_name": not is_blank(step),
+        "completed_flag": completed == (status == TaskStatus.COMPLETED.value),
+        "error_pair": has_code == bool(error_message),
+        "error_iff_unsuccessful": has_code == (status in _UNSUCCESSFUL_VALUES),
+    }
+    return {name for name, holds in rules.items() if not holds}
+
+
 def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
     """The consistency rules of contract §3 applied to a step's seven fields.
 
@@ -345,8 +368,8 @@ def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
     is 'completed')"``. The CHECK constraints of the schema enforce the same rules.
     """
     problems: list[str] = []
-    step = fields.get("step")
-    completed = fields.get("completed")
+    step: Any = fields.get("step")
+    completed: Any = fields.get("completed")
     message = fields.get("message")
     status = _enum_value(fields.get("status"))
     error_code = _enum_value(fields.get("error_code"))
@@ -382,31 +405,29 @@ def check_step_fields(fields: Mapping[str, Any]) -> list[str]:
     if problems:
         return problems
 
-    # The rules.
-    if completed != (status == TaskStatus.COMPLETED.value):
+    broken = broken_rules(step, completed, status, error_code, error_message)
+    if "completed_flag" in broken:
         problems.append(
             f"completed: is {completed} but status is {shown(status)} (completed must be true "
             "exactly when status is 'completed')"
         )
     has_code = error_code is not None
-    has_message = bool(error_message)
-    if has_code and not has_message:
+    if "error_pair" in broken and has_code:
         problems.append(
             "error_message: an error code is set but the error message is empty "
             "(error code and error message go together)"
         )
-    elif has_message and not has_code:
+    elif "error_pair" in broken:
         problems.append(
             "error_code: an error message is set but the error code is missing "
             "(error code and error message go together)"
         )
-    unsuccessful = status in _UNSUCCESSFUL_VALUES
-    if unsuccessful and not has_code:
+    if "error_iff_unsuccessful" in broken and not has_code:
         problems.append(
             f"error_code: status {shown(status)} needs an error code (failed, timed_out and "
             "cancelled results carry one)"
         )
-    elif has_code and not unsuccessful:
+    elif "error_iff_unsuccessful" in broken:
         problems.append(
             f"error_code: status {shown(status)} must not carry an error code (only failed, "
             "timed_out and cancelled results do)"

@@ -180,7 +180,8 @@ class TaskHistory(_TaskKey, _Outcome, Base):
             ["user_id", "task_id"], ["tasks.user_id", "tasks.task_id"], ondelete="CASCADE"
         ),
         CheckConstraint("step >= 0", name="step_index"),
-        CheckConstraint(r"btrim(step_name, E' \t\n\r\f\v') <> ''", name="step_name"),
+        # The whitespace of domain.BLANK_CHARS (PostgreSQL spells \v as \x0B).
+        CheckConstraint(r"btrim(step_name, E' \t\n\r\f\x0B') <> ''", name="step_name"),
         CheckConstraint("completed = (status = 'completed')", name="completed_flag"),
         *_error_checks(),
         # Step queries of one user, newest first, keyset on (updated_at, task_id, step).
@@ -215,9 +216,17 @@ ERROR_CODE_ROWS: Final = tuple(
 
 # -- functions, triggers and views ----------------------------------------------------------
 
-TRANSITION_FUNCTION: Final = """
-CREATE FUNCTION aiecs_status_transition_allowed(from_status task_status, to_status task_status)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+# The functions name every object of ours with its schema (``@S@``, the schema they are created
+# in) and run with a pinned ``search_path``: a role that can create objects earlier on a
+# caller's search_path cannot replace what they call, and they work under the empty
+# search_path that pg_dump and pg_restore use. ``in_current_schema`` renders ``@S@`` inside the
+# database, so the offline SQL of a migration works in whatever schema it is applied to.
+PINNED_SEARCH_PATH: Final = "SET search_path = pg_catalog, pg_temp"
+
+TRANSITION_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_status_transition_allowed(
+  from_status @S@.task_status, to_status @S@.task_status)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE {PINNED_SEARCH_PATH} AS $$
   SELECT from_status = to_status
       OR (from_status = 'pending' AND to_status IN ('running', 'cancelled'))
       OR (from_status = 'running'
@@ -225,10 +234,11 @@ RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$
 """
 
-TASKS_TRIGGER_FUNCTION: Final = """
-CREATE FUNCTION aiecs_tasks_before_write() RETURNS trigger LANGUAGE plpgsql AS $$
+TASKS_TRIGGER_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_before_write() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
 DECLARE
-  previous task_status;
+  previous @S@.task_status;
 BEGIN
   -- A task comes into existence pending: an INSERT is checked as a move from pending.
   IF TG_OP = 'INSERT' THEN
@@ -239,7 +249,7 @@ BEGIN
       NEW.updated_at := now();
     END IF;
   END IF;
-  IF NOT aiecs_status_transition_allowed(previous, NEW.status) THEN
+  IF NOT @S@.aiecs_status_transition_allowed(previous, NEW.status) THEN
     RAISE EXCEPTION 'illegal status transition for task %/%: % -> %',
         NEW.user_id, NEW.task_id, previous, NEW.status
       USING ERRCODE = 'AE001',
@@ -263,10 +273,11 @@ END
 $$
 """
 
-HISTORY_TRIGGER_FUNCTION: Final = """
-CREATE FUNCTION aiecs_task_history_before_update() RETURNS trigger LANGUAGE plpgsql AS $$
+HISTORY_TRIGGER_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_task_history_before_update() RETURNS trigger
+LANGUAGE plpgsql {PINNED_SEARCH_PATH} AS $$
 BEGIN
-  IF NOT aiecs_status_transition_allowed(OLD.status, NEW.status) THEN
+  IF NOT @S@.aiecs_status_transition_allowed(OLD.status, NEW.status) THEN
     RAISE EXCEPTION 'illegal status transition for step % of task %/%: % -> %',
         OLD.step, OLD.user_id, OLD.task_id, OLD.status, NEW.status
       USING ERRCODE = 'AE001',
@@ -284,6 +295,15 @@ BEGIN
 END
 $$
 """
+
+
+def in_current_schema(ddl: str) -> str:
+    """``ddl`` as a DO block that replaces ``@S@`` by the current schema (quoted)."""
+    return (
+        "DO $aiecs$ BEGIN EXECUTE replace($ddl$" + ddl
+        + "$ddl$, '@S@', quote_ident(current_schema())); END $aiecs$"
+    )
+
 
 TASKS_TRIGGER: Final = """
 CREATE TRIGGER tr_tasks_status_transition BEFORE INSERT OR UPDATE ON tasks
@@ -338,9 +358,9 @@ VIEW_NAMES: Final = ("step_details", "task_summary", "failures_by_day")
 
 #: Everything that is not a table, in creation order (``metadata.create_all`` runs these too).
 DDL_STATEMENTS: Final = (
-    TRANSITION_FUNCTION,
-    TASKS_TRIGGER_FUNCTION,
-    HISTORY_TRIGGER_FUNCTION,
+    in_current_schema(TRANSITION_FUNCTION),
+    in_current_schema(TASKS_TRIGGER_FUNCTION),
+    in_current_schema(HISTORY_TRIGGER_FUNCTION),
     TASKS_TRIGGER,
     HISTORY_TRIGGER,
     STEP_DETAILS_VIEW,

@@ -33,8 +33,7 @@ def test_import_legacy_adopts_as_revision_0002_does(pg, empty_db_url):
     # Route 1: upstream's table in the database itself, adopted by revision 0002.
     with psycopg.connect(conninfo(empty_db_url), autocommit=True) as conn:
         create_upstream(conn, data)
-    migrate.upgrade(empty_db_url, options={"legacy_timezone": ZONE})
-    assert migrate.current(empty_db_url) == "0002_adopt_upstream" == migrate.head()
+    migrate.upgrade(empty_db_url, options={"legacy_timezone": ZONE})  # 0002 adopts on the way
     by_revision = contents(empty_db_url)
 
     # Route 2: the same rows imported into a migrated database by the package's rules.
