@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else is an implementation detail.
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .domain import ErrorCode, TaskStatus, TaskStepResult
@@ -37,6 +38,10 @@ __all__ = [
     "ValidationError",
 ]
 __version__ = "0.1.0"
+
+# A library logs, the application decides where to: nothing is printed unless it configures
+# logging ("aiecs_persistence" logs retries at WARNING, each call at DEBUG).
+logging.getLogger("aiecs_persistence").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from .manager import DatabaseManager

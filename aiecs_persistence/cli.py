@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 
 from . import embedded as embedded_server
 from . import migrate
-from .config import libpq_conninfo, normalize_url, resolve_url, safe_url
+from .config import connect, normalize_url, resolve_url, safe_url
 from .errors import PersistenceError, ValidationError, mask_password
 from .sqlstates import classify, translate
 
@@ -310,13 +310,12 @@ def grant(
 ) -> None:
     """Create the least-privilege roles and grant them exactly what they need (idempotent;
     re-run after each upgrade). See docs/operations.md."""
-    import psycopg
 
     from . import roles
 
     wanted = roles.Roles(owner, writer, reader)
     target = resolve_url(url=url)
-    with psycopg.connect(libpq_conninfo(target), autocommit=True) as conn:
+    with connect(target) as conn:
         if print_only:
             statements = roles.grant_statements(conn, wanted)
         else:
@@ -344,20 +343,18 @@ def import_legacy(
 ) -> None:
     """Adopt upstream AIECS history from another database or a JSON lines export (every row
     adopted or set aside with its reason; re-running adds nothing)."""
-    import psycopg
 
     from . import legacy
 
     if (from_url is None) == (from_jsonl is None):
         raise typer.BadParameter("give exactly one of --from-url and --from-jsonl")
     target = resolve_url(url=url)
-    with psycopg.connect(libpq_conninfo(target), autocommit=True) as conn:
+    with connect(target) as conn:
         if from_jsonl is not None:
             total, rows = legacy.read_jsonl(from_jsonl)
             summary = _import(conn, total, rows, timezone, as_json)
         else:
-            source_url = libpq_conninfo(from_url or "")
-            with psycopg.connect(source_url) as source:
+            with connect(from_url or "", autocommit=False) as source:
                 total, rows = legacy.read_database(source, table)
                 summary = _import(conn, total, rows, timezone, as_json)
     data = summary.as_dict()

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ValidationError
 
+if TYPE_CHECKING:
+    import psycopg
+
 __all__ = [
     "DATABASE_URL_ENV",
+    "DEFAULT_CONNECT_TIMEOUT",
     "TEST_DATABASE_URL_ENV",
+    "connect",
+    "libpq_conninfo",
     "normalize_url",
     "resolve_url",
     "safe_url",
+    "with_connect_timeout",
 ]
 
 DATABASE_URL_ENV: Final = "AIECS_DATABASE_URL"
@@ -37,7 +44,7 @@ def normalize_url(url: str | URL) -> URL:
     for psycopg 3. Anything else raises ``ValidationError`` (the message hides the password)."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ValidationError(
             f"url: {safe_text(str(url))!r} is not a database URL; expected "
             "postgresql://user:password@host:port/database",
@@ -109,8 +116,39 @@ def safe_text(text: str) -> str:
     return mask_password(text)
 
 
+#: Seconds to wait for a connection when the URL does not say (``?connect_timeout=N``).
+DEFAULT_CONNECT_TIMEOUT: Final = 10
+
+
+def with_connect_timeout(url: str | URL, seconds: float | None = None) -> URL:
+    """``url`` with a ``connect_timeout``: ``seconds`` when given, else the URL's own, else
+    ``DEFAULT_CONNECT_TIMEOUT`` (libpq would wait for ever for a server that never answers)."""
+    parsed = normalize_url(url)
+    if seconds is None and "connect_timeout" in parsed.query:
+        return parsed
+    timeout = DEFAULT_CONNECT_TIMEOUT if seconds is None else seconds
+    return parsed.update_query_dict({"connect_timeout": str(max(1, round(timeout)))})
+
+
 def libpq_conninfo(url: str | URL) -> str:
-    """The URL in the form psycopg's ``connect`` takes (password included: never log it)."""
+    """The URL in the form psycopg's ``connect`` takes, with a connect timeout (see
+    ``with_connect_timeout``). The password is included: never log it."""
     return (
-        normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with_connect_timeout(url).set(drivername="postgresql")
+        .render_as_string(hide_password=False)
     )
+
+
+def connect(url: str | URL, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A plain psycopg connection to ``url`` (for the command line's one-off work), opened
+    within its connect timeout; failing to connect is one clear error
+    (``sqlstates.connect_error``)."""
+    import psycopg
+
+    from .sqlstates import connect_error
+
+    target = with_connect_timeout(url)
+    try:
+        return psycopg.connect(libpq_conninfo(target), autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise connect_error(exc, safe_url(target)) from None

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -19,7 +20,8 @@ from psycopg.pq import ExecStatus
 from sqlalchemy.engine import URL
 
 from . import migrate
-from .config import resolve_url, safe_url
+from .config import resolve_url, safe_url, with_connect_timeout
+from .deadline import arm
 from .errors import RetryExhaustedError, SchemaMismatchError, ValidationError
 from .jsonb import DEFAULT_MAX_BYTES
 from .sqlstates import FOREIGN_KEY_VIOLATION, classify, translate
@@ -39,7 +41,8 @@ class Settings:
     pool_size: int = 4
     max_overflow: int = 4
     pool_timeout: float = 30.0
-    connect_timeout: int = 10
+    #: Seconds to wait for a new connection; None: the URL's ``connect_timeout``, else 10.
+    connect_timeout: int | None = None
     statement_timeout_ms: int | None = 30_000
     lock_timeout_ms: int | None = 10_000
     max_attempts: int = 4
@@ -53,33 +56,41 @@ class Settings:
     #: psycopg prepares a statement on a connection after this many runs of it; ``None``
     #: turns server-side prepared statements off (PgBouncer < 1.21 in transaction mode).
     prepare_threshold: int | None = 5
+    #: Added to the server's ``statement_timeout`` to make a call's client-side deadline
+    #: (deadline.py): a call whose server never answers ends this long after its statement
+    #: should have been cancelled, with ``QueryTimeoutError``.
+    deadline_grace_ms: int = 1_000
     #: Behind a connection pooler in transaction mode (PgBouncer ``pool_mode = transaction``):
     #: no server-side prepared statements, no session settings at connect; each call runs as
     #: ``BEGIN; SET LOCAL`` the timeouts``; statement; COMMIT``, pipelined (docs/scaling.md).
     transaction_pooling: bool = False
 
-    def connect_args(self) -> dict[str, Any]:
+    def connect_args(self, url_options: str | None = None) -> dict[str, Any]:
+        """psycopg's connection arguments; ``url_options``, the URL's own ``options``
+        (``-c search_path=…``), come first, then our timeouts (which win a conflict)."""
+        timeout = {} if self.connect_timeout is None else {"connect_timeout": self.connect_timeout}
         if self.transaction_pooling:  # a pooler would refuse (or drop) startup options
-            return {"connect_timeout": self.connect_timeout}
-        options = []
+            return timeout
+        options = [url_options] if url_options else []
         if self.statement_timeout_ms is not None:
             options.append(f"-c statement_timeout={int(self.statement_timeout_ms)}")
         if self.lock_timeout_ms is not None:
             options.append(f"-c lock_timeout={int(self.lock_timeout_ms)}")
-        args: dict[str, Any] = {"connect_timeout": self.connect_timeout}
+        args: dict[str, Any] = dict(timeout)
         if options:
             args["options"] = " ".join(options)
         return args
 
-    def pool_kwargs(self, min_size: int | None = None, max_size: int | None = None
-                    ) -> dict[str, Any]:
+    def pool_kwargs(self, min_size: int | None = None, max_size: int | None = None,
+                    url_options: str | None = None) -> dict[str, Any]:
         """Arguments of psycopg_pool's ``ConnectionPool``/``AsyncConnectionPool``: at least
         ``pool_size`` connections, up to ``pool_size + max_overflow`` (upstream's
         ``min_size``/``max_size`` override them), each in autocommit with the timeouts."""
         low = max(1, min_size if min_size is not None else self.pool_size)
         high = max(low, max_size if max_size is not None else self.pool_size + self.max_overflow)
         prepare = None if self.transaction_pooling else self.prepare_threshold
-        kwargs = {"autocommit": True, "prepare_threshold": prepare, **self.connect_args()}
+        kwargs = {"autocommit": True, "prepare_threshold": prepare,
+                  **self.connect_args(url_options)}
         return {"min_size": low, "max_size": high, "timeout": self.pool_timeout,
                 "kwargs": kwargs, "open": False}
 
@@ -90,6 +101,12 @@ class Settings:
             return None
         return {"statement_timeout": str(int(self.statement_timeout_ms or 0)),
                 "lock_timeout": str(int(self.lock_timeout_ms or 0))}
+
+    def deadline(self, statements: int) -> float | None:
+        """Seconds a call of ``statements`` statements may take, or None (no timeout)."""
+        if not self.statement_timeout_ms:
+            return None
+        return (self.statement_timeout_ms * statements + self.deadline_grace_ms) / 1000
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff before retry number ``attempt`` (1-based)."""
@@ -173,12 +190,19 @@ class ManagerBase:
     def connected(self) -> bool:
         raise NotImplementedError
 
+    def _pool_kwargs(self, min_size: int | None, max_size: int | None) -> dict[str, Any]:
+        """The pool's arguments for this manager's URL (its ``options`` kept)."""
+        options = self.url.query.get("options")
+        given = options if isinstance(options, str) else " ".join(options or ())
+        return self.settings.pool_kwargs(min_size, max_size, given or None)
+
     # -- schema ------------------------------------------------------------------------------
 
     def prepare_schema(self) -> migrate.SchemaStatus:
         """Bring an empty (or older) database to head when ``auto_migrate``; else, or after,
         raise ``SchemaMismatchError`` unless the schema is at head with matching enums."""
-        status = migrate.inspect(self.url)
+        url = with_connect_timeout(self.url, self.settings.connect_timeout)
+        status = migrate.inspect(url)
         if not status.at_head and self.settings.auto_migrate:
             if status.current is not None and not migrate.is_known_revision(status.current):
                 raise SchemaMismatchError(
@@ -187,8 +211,8 @@ class ManagerBase:
                     "aiecs-persistence"
                 )
             log.info("migrating %s to %s", safe_url(self.url), status.head)
-            migrate.upgrade(self.url)
-            status = migrate.inspect(self.url)
+            migrate.upgrade(url)
+            status = migrate.inspect(url)
         if not status.ok:
             raise SchemaMismatchError(status.describe())
         return status
@@ -251,7 +275,8 @@ class ManagerBase:
             attempt < self.settings.max_attempts
         ):
             delay = self.settings.backoff(attempt)
-            log.warning(
+            log.log(
+                logging.WARNING if attempt == 1 else logging.DEBUG,
                 "%s: transient failure (attempt %d of %d), retrying in %.3fs: %s",
                 statement.name, attempt, self.settings.max_attempts, delay,
                 translate(exc).message,
@@ -266,8 +291,20 @@ class ManagerBase:
                 f"{statement.name}: gave up after {attempt} attempt(s): {err.message}",
                 attempts=attempt, sqlstate=err.sqlstate,
             )
-        log.error("%s failed: %s", statement.name, err.message)
+        # The caller receives the error: it is theirs to log, not ours (DEBUG only).
+        log.debug("%s failed: %s", statement.name, err.message)
         raise err from None
+
+    def _deadline(
+        self, conn: Any, statement: Statement, statements: int | None = None
+    ) -> AbstractContextManager[object]:
+        """The client-side deadline of ``statement`` on ``conn`` (or of ``statements``
+        statements): ``with manager._deadline(conn, statement): …``."""
+        count = statements if statements is not None else statement.statements
+        seconds = None if count is None else self.settings.deadline(count)
+        if seconds is None:
+            return nullcontext()
+        return arm(conn.pgconn.socket, seconds, statement.name)
 
     def observe(self, statement: Statement, started: float, ok: bool) -> None:
         """Record one call (since ``started``, a ``perf_counter`` time) in the metrics."""

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from sqlalchemy.engine import URL
 
-from .config import libpq_conninfo, normalize_url
+from .config import connect, normalize_url
 from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import InvalidTransitionError
 
@@ -28,10 +28,8 @@ DEMO_USER: Final = "demo-user"
 
 def fresh_database(server_url: str | URL) -> URL:
     """Drop and re-create ``aiecs_demo`` on the server; return its URL."""
-    import psycopg
-
     url = normalize_url(server_url)
-    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+    with connect(url) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
     return url.set(database=DEMO_DATABASE)

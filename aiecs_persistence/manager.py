@@ -92,7 +92,7 @@ class DatabaseManager(ManagerBase):
             await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
             pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-async",
-                **self.settings.pool_kwargs(min_size, max_size),
+                **self._pool_kwargs(min_size, max_size),
             )
             await pool.open()
             self._pool = pool
@@ -140,7 +140,8 @@ class DatabaseManager(ManagerBase):
             started = time.perf_counter()
             try:
                 async with pool.connection() as conn:
-                    result = await work(conn)
+                    with self._deadline(conn, statement):
+                        result = await work(conn)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
@@ -164,6 +165,12 @@ class DatabaseManager(ManagerBase):
 
         return await self._with_retries(statement, execute)
 
+    async def _set_local_timeouts(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
+        """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
+        local = self.settings.local_timeouts()
+        if local is not None:
+            await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+
     # -- writes ------------------------------------------------------------------------------
 
     async def save_task_history(
@@ -178,7 +185,12 @@ class DatabaseManager(ManagerBase):
             except ValidationError as exc:
                 if not self._task_was_gone(exc, user_id, task_id):
                     raise
-        await self._run(full)
+        try:
+            await self._run(full)
+        except ValidationError as exc:
+            if not self._task_was_gone(exc, user_id, task_id):
+                raise
+            await self._run(full)  # a cleanup deleted the task under this save: create it again
         self._touch(user_id, task_id)
         return True
 
@@ -193,9 +205,7 @@ class DatabaseManager(ManagerBase):
         async def load(conn: AsyncConnection[tuple[Any, ...]]) -> int:
             chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size)
             async with conn.transaction():
-                local = self.settings.local_timeouts()
-                if local is not None:
-                    await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                await self._set_local_timeouts(conn)
                 # [async]
                 if isinstance(records, AsyncIterable):
                     async for record in records:
@@ -210,9 +220,8 @@ class DatabaseManager(ManagerBase):
 
         return await self._with_retries(statement, load)
 
-    @classmethod
     async def _write_chunks(
-        cls, conn: AsyncConnection[tuple[Any, ...]], chunk: sql.BulkChunk, source: Iterator[Any]
+        self, conn: AsyncConnection[tuple[Any, ...]], chunk: sql.BulkChunk, source: Iterator[Any]
     ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
         # [async]
@@ -220,7 +229,7 @@ class DatabaseManager(ManagerBase):
         try:
             while (taken := await pending) is not None:
                 pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
-                await cls._write_chunk(conn, *taken)
+                await self._write_chunk(conn, *taken)
         finally:
             if not pending.done():  # a write failed: let the builder finish, drop its chunk
                 await asyncio.wait([pending])
@@ -231,14 +240,22 @@ class DatabaseManager(ManagerBase):
         #     pending = builder.submit(chunk.fill, source)
         #     while (taken := pending.result()) is not None:
         #         pending = builder.submit(chunk.fill, source)  # the next, meanwhile
-        #         cls._write_chunk(conn, *taken)
+        #         self._write_chunk(conn, *taken)
         # [end]
 
-    @staticmethod
     async def _write_chunk(
+        self, conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
+        tasks: sql.Statement,
+    ) -> None:
+        """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
+        under one client deadline."""
+        with self._deadline(conn, tasks, sql.CHUNK_STATEMENTS):
+            await self._write_chunk_now(conn, rows, tasks)
+
+    @staticmethod
+    async def _write_chunk_now(
         conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement
     ) -> None:
-        """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge."""
         async with conn.cursor() as cur:
             await cur.execute(tasks.sql, tasks.params)
             try:
@@ -277,22 +294,35 @@ class DatabaseManager(ManagerBase):
     ) -> int:
         """Delete tasks (and their steps) with no activity for ``days_old`` days, in bounded
         batches (each its own short transaction); returns how many tasks were deleted (or, with
-        ``dry_run``, would be). ``on_batch`` is called with each batch's count."""
-        batch = self.settings.cleanup_batch_size
-        now = dt.datetime.now(dt.UTC)
+        ``dry_run``, would be). ``on_batch`` is called with each batch's count. Activity
+        acknowledged after the call began is never deleted (see statements.py, retention)."""
+        start = await self._run(sql.cleanup_start(days_old))
+        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0])
         self._forget_touched()
-        statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
         if dry_run:
-            rows = await self._run(statement)
+            rows = await self._run(cleanup.count)
             return int(rows[0][0])
+
+        async def batch(conn: AsyncConnection[tuple[Any, ...]]) -> tuple[int, int]:
+            async with conn.transaction():
+                await self._set_local_timeouts(conn)
+                cur = await conn.execute(cleanup.lock.sql, cleanup.params)
+                keys = await cur.fetchall()
+                if not keys:
+                    return 0, 0
+                params = cleanup.locked(keys)
+                await conn.execute(sql.CLEANUP_LOCK_STEPS, params)
+                cur = await conn.execute(sql.CLEANUP_DELETE, params)
+                row = await cur.fetchone()
+            return len(keys), int(row[0]) if row else 0
+
         total = 0
         while True:
-            rows = await self._run(statement)
-            deleted = int(rows[0][0])
+            locked, deleted = await self._with_retries(cleanup.lock, batch)
             total += deleted
             if on_batch is not None:
                 on_batch(deleted)
-            if deleted < batch:
+            if locked < self.settings.cleanup_batch_size:
                 return total
 
     # -- reads -------------------------------------------------------------------------------

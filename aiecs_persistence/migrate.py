@@ -23,10 +23,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection
 
-from .config import normalize_url
+from .config import safe_url, with_connect_timeout
 from .domain import ErrorCode, TaskStatus
 from .errors import DatabaseError, SchemaMismatchError
-from .sqlstates import translate
+from .sqlstates import connect_error, translate
 
 __all__ = [
     "ENUMS",
@@ -73,7 +73,7 @@ def alembic_config(
     cfg.set_main_option("path_separator", "os")
     if url is not None:
         # ConfigParser interpolation: a literal % must be doubled.
-        rendered = normalize_url(url).render_as_string(hide_password=False)
+        rendered = with_connect_timeout(url).render_as_string(hide_password=False)
         cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     return cfg
 
@@ -98,10 +98,18 @@ def is_known_revision(revision: str) -> bool:
 
 
 @contextmanager
-def _engine(url: str | URL) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(normalize_url(url), poolclass=sa.NullPool)
+def connection(url: str | URL) -> Iterator[Connection]:
+    """A SQLAlchemy connection to ``url`` (no pool), opened within its connect timeout; a
+    failure to connect is one clear error (``sqlstates.connect_error``)."""
+    target = with_connect_timeout(url)
+    engine = sa.create_engine(target, poolclass=sa.NullPool)
     try:
-        yield engine
+        try:
+            conn = engine.connect()
+        except sa.exc.DBAPIError as exc:
+            raise connect_error(exc, safe_url(target)) from None
+        with conn:
+            yield conn
     finally:
         engine.dispose()
 
@@ -144,7 +152,7 @@ def current_revision(connection: Connection) -> str | None:
 def current(url: str | URL) -> str | None:
     """The revision the database is at (None for an empty database)."""
     try:
-        with _engine(url) as engine, engine.connect() as conn:
+        with connection(url) as conn:
             return current_revision(conn)
     except sa.exc.SQLAlchemyError as exc:
         raise translate(exc, operation="read the schema revision") from None
@@ -210,7 +218,7 @@ def inspect_connection(connection: Connection) -> SchemaStatus:
 def inspect(url: str | URL) -> SchemaStatus:
     """The schema's revision and enum drift, without changing anything."""
     try:
-        with _engine(url) as engine, engine.connect() as conn:
+        with connection(url) as conn:
             return inspect_connection(conn)
     except sa.exc.SQLAlchemyError as exc:
         raise translate(exc, operation="inspect the schema") from None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import psycopg
+import psycopg.errors
 from psycopg_pool import PoolTimeout
 
 from .errors import (
@@ -33,6 +34,7 @@ __all__ = [
     "INVALID_TRANSITION",
     "Kind",
     "classify",
+    "connect_error",
     "connection_lost",
     "is_transient",
     "translate",
@@ -80,6 +82,7 @@ BY_SQLSTATE: Final[Mapping[str, Kind]] = {
 #: Exceptions without a SQLSTATE, by class (the first match wins).
 BY_CLASS: Final[tuple[tuple[type[BaseException], Kind], ...]] = (
     (PoolTimeout, Kind(QueryTimeoutError)),  # no connection free within pool_timeout
+    (psycopg.errors.ConnectionTimeout, Kind(QueryTimeoutError)),  # connect_timeout expired
     (psycopg.OperationalError, _LOST),  # the server went away mid-call
     (psycopg.InterfaceError, _LOST),  # the connection was already closed
     (psycopg.Error, _OTHER),
@@ -182,3 +185,18 @@ def translate(exc: BaseException, *, operation: str = "database operation") -> P
         return error(f"{operation}: {primary}", sqlstate=state)
     suffix = f" (SQLSTATE {state})" if state else ""
     return DatabaseError(f"{operation}: {primary}{suffix}", sqlstate=state)
+
+
+def connect_error(exc: BaseException, where: str) -> PersistenceError:
+    """A failure to *open* a connection to ``where`` (a URL without its password): nothing
+    was lost mid-call and nothing is worth retrying at once. A connect timeout is a
+    ``QueryTimeoutError`` (E002); a refused connection, a wrong password or a missing database
+    a ``DatabaseError`` (E006), with the server's reason."""
+    if isinstance(exc, PersistenceError):
+        return exc
+    driver = _driver_error(exc)
+    reason = _primary_message(driver).removeprefix("connection failed: ")
+    if isinstance(driver, psycopg.errors.ConnectionTimeout):
+        return QueryTimeoutError(
+            f"cannot connect to {where}: no answer within the connect timeout ({reason})")
+    return DatabaseError(f"cannot connect to {where}: {reason}")

@@ -40,6 +40,9 @@ class Statement:
     sql: str
     params: Mapping[str, Any] = field(default_factory=dict)
     idempotent: bool = True
+    #: How many statements the call runs, each allowed ``statement_timeout``: its client
+    #: deadline (deadline.py). None: the call arms its own deadlines (the bulk path, per chunk).
+    statements: int | None = 1
 
 
 #: The timeouts for one transaction, when a transaction-mode pooler forbids session settings.
@@ -75,6 +78,14 @@ def check_step_index(value: Any) -> int:
         raise ValidationError(
             f"step: must be between 0 and {STEP_MAX}, got {shown(value)}", field="step"
         )
+    return value
+
+
+def check_filter_text(value: Any, name: str) -> str:
+    """A text filter: a string PostgreSQL can compare (no NUL, no lone surrogate)."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{name}: must be a string", field=name)
+    check_text(value, name)
     return value
 
 
@@ -360,31 +371,78 @@ def cancel_task(user_id: Any, task_id: Any, message: str = CANCEL_MESSAGE) -> St
     )
 
 
-CLEANUP_BATCH: Final = """
-WITH doomed AS (
-  SELECT user_id, task_id FROM tasks
-  WHERE updated_at < %(cutoff)s
-  ORDER BY updated_at
-  LIMIT %(batch_size)s
-  FOR UPDATE SKIP LOCKED
-), gone AS (
-  DELETE FROM tasks t USING doomed d
-  WHERE t.user_id = d.user_id AND t.task_id = d.task_id
+# -- retention --------------------------------------------------------------------------------
+#
+# A cleanup never deletes activity acknowledged after it began (after its first statement ran
+# on the server), whatever the age asked for (``--older-than 0h`` included). Timestamps cannot
+# say that alone: a save's timestamps are its transaction's start, so one that started before
+# the cleanup and committed after it looks old, and a save to a task touched less than a second
+# ago does not refresh the task's ``updated_at``. So the cleanup reads, once at its start, the
+# oldest transaction still running (the xmin horizon of a snapshot): a task whose row or any
+# step's row was written by a transaction at or after that horizon is kept, whatever its
+# timestamps. Each batch is one transaction of three statements: lock candidate tasks
+# (skipping those a writer holds), lock their steps (waiting for re-saves in flight), then
+# delete the candidates still inactive, with a fresh snapshot that sees every save committed
+# meanwhile. A save that reaches a task after it was locked waits, finds it gone and creates it
+# again. Rows written at or after the horizon are kept until a later cleanup, so a transaction
+# left open elsewhere in the cluster delays the removal of rows written after it began.
+
+#: The server's time and the xmin horizon (a 32-bit transaction id) when a cleanup begins.
+CLEANUP_START: Final = (
+    "SELECT now(), pg_snapshot_xmin(pg_current_snapshot())::text::bigint %% 4294967296"
+)
+
+
+def _written_since_horizon(alias: str) -> str:
+    # Transaction ids are 32 bits and wrap around, so "at or after the horizon" is a distance
+    # modulo 2^32: the row's, within the span from the horizon to the newest transaction this
+    # statement's snapshot can see. (A frozen row from billions of transactions ago could
+    # alias into that span, a few thousand ids wide: it is then kept until a later cleanup.)
+    return (
+        f"(({alias}.xmin::text::bigint - %(horizon)s + 4294967296) %% 4294967296 <= "
+        "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint %% 4294967296 "
+        "- %(horizon)s + 4294967296) %% 4294967296)"
+    )
+
+
+_INACTIVE: Final = f"""t.updated_at < %(cutoff)s
+  AND NOT {_written_since_horizon("t")}
+  AND NOT EXISTS (
+    SELECT FROM task_history h WHERE h.user_id = t.user_id AND h.task_id = t.task_id
+      AND {_written_since_horizon("h")})"""
+
+#: Count what a cleanup would delete (``dry_run``).
+COUNT_INACTIVE: Final = f"SELECT count(*) FROM tasks t WHERE {_INACTIVE}"
+
+#: Batch, statement 1: lock up to ``batch_size`` candidates, oldest first
+#: (``ix_tasks_updated_at``); a task a writer holds is skipped.
+CLEANUP_LOCK: Final = f"""
+SELECT t.user_id, t.task_id FROM tasks t WHERE {_INACTIVE}
+ORDER BY t.updated_at LIMIT %(batch_size)s
+FOR UPDATE SKIP LOCKED
+"""
+
+_LOCKED: Final = "unnest(%(users)s::text[], %(tasks)s::text[]) AS d(user_id, task_id)"
+
+#: Batch, statement 2: wait for steps of those tasks that a re-save holds.
+CLEANUP_LOCK_STEPS: Final = f"""
+SELECT FROM task_history h JOIN {_LOCKED} USING (user_id, task_id)
+ORDER BY h.user_id, h.task_id, h.step
+FOR UPDATE OF h
+"""
+
+#: Batch, statement 3: delete the candidates still inactive (steps go by ON DELETE CASCADE).
+CLEANUP_DELETE: Final = f"""
+WITH gone AS (
+  DELETE FROM tasks t USING {_LOCKED}
+  WHERE t.user_id = d.user_id AND t.task_id = d.task_id AND {_INACTIVE}
   RETURNING 1
 )
 SELECT count(*) FROM gone
 """
 
 
-COUNT_INACTIVE: Final = "SELECT count(*) FROM tasks WHERE updated_at < %(cutoff)s"
-
-
-def cleanup_batch(
-    days_old: Any, batch_size: int, now: dt.datetime, *, dry_run: bool = False
-) -> Statement:
-    """Delete up to ``batch_size`` tasks (their steps go with them) with no activity since
-    ``days_old`` days; served by ``ix_tasks_updated_at``. Run until it deletes fewer.
-    With ``dry_run``, count them instead (one statement, nothing deleted)."""
+def check_days_old(days_old: Any) -> float:
     if isinstance(days_old, bool) or not isinstance(days_old, int | float) or (
         isinstance(days_old, float) and not math.isfinite(days_old)
     ) or days_old < 0:
@@ -392,12 +450,47 @@ def cleanup_batch(
             f"days_old: must be a non-negative number of days, got {shown(days_old)}",
             field="days_old",
         )
-    cutoff = now - dt.timedelta(days=days_old)
-    if dry_run:
-        return Statement("cleanup_old_tasks", COUNT_INACTIVE, {"cutoff": cutoff})
-    return Statement(
-        "cleanup_old_tasks", CLEANUP_BATCH, {"cutoff": cutoff, "batch_size": batch_size}
-    )
+    return float(days_old)
+
+
+def cutoff(now: dt.datetime, days_old: float) -> dt.datetime:
+    """``now`` less ``days_old`` days; the first instant of year 1 when that is earlier (an age
+    of a million days is valid: nothing is that old)."""
+    earliest = dt.datetime.min.replace(tzinfo=dt.UTC)
+    if days_old >= (now - earliest).total_seconds() / 86_400:
+        return earliest
+    return now - dt.timedelta(days=days_old)
+
+
+def cleanup_start(days_old: Any) -> Statement:
+    """The statement a cleanup begins with (``days_old`` validated first)."""
+    check_days_old(days_old)
+    return Statement("cleanup_start", CLEANUP_START)
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """One cleanup call's statements, from its start (``CLEANUP_START``'s row)."""
+
+    params: Mapping[str, Any]
+
+    @classmethod
+    def starting(cls, days_old: Any, batch_size: int, start: Sequence[Any]) -> Cleanup:
+        now, horizon = start
+        return cls({"cutoff": cutoff(now, check_days_old(days_old)), "horizon": horizon,
+                    "batch_size": batch_size})
+
+    @property
+    def count(self) -> Statement:
+        return Statement("cleanup_old_tasks", COUNT_INACTIVE, self.params)
+
+    @property
+    def lock(self) -> Statement:
+        return Statement("cleanup_old_tasks", CLEANUP_LOCK, self.params, statements=3)
+
+    def locked(self, keys: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """Parameters of ``CLEANUP_LOCK_STEPS`` and ``CLEANUP_DELETE`` for the locked keys."""
+        return {**self.params, "users": [k[0] for k in keys], "tasks": [k[1] for k in keys]}
 
 
 # -- bulk ---------------------------------------------------------------------------------------
@@ -410,6 +503,9 @@ def cleanup_batch(
 # and one INSERT ... ON CONFLICT DO UPDATE, which follows the state machine like a single save.
 # A chunk holds one row per step, the last given (so a step twice in a batch ends as the later).
 
+#: Statements one chunk may run (tasks, COPY; or tasks, staging, clear, COPY, merge): its
+#: client deadline.
+CHUNK_STATEMENTS: Final = 5
 #: Records per chunk by default (the ``bulk_chunk_size`` setting): bounds the client's memory
 #: (about 10 MB for typical results).
 BULK_CHUNK: Final = 10_000
@@ -487,7 +583,7 @@ def bulk_statement(records: Any) -> Statement:
     so the whole transaction may be retried after a transient failure (a deadlock with a
     concurrent writer, a lost connection); a generator cannot."""
     return Statement("save_task_history_many", BULK_COPY,
-                     idempotent=isinstance(records, Sequence))
+                     idempotent=isinstance(records, Sequence), statements=None)
 
 
 class BulkChunk:
@@ -641,9 +737,7 @@ def list_tasks(
     params["user_id"] = check_id(user_id, "user_id")
     params["limit"] = check_limit(limit) + 1
     if step_name is not None:
-        if not isinstance(step_name, str):
-            raise ValidationError("step_name: must be a string", field="step_name")
-        params["step_name"] = step_name
+        params["step_name"] = check_filter_text(step_name, "step_name")
         where.append(
             "EXISTS (SELECT FROM task_history h WHERE h.user_id = t.user_id "
             "AND h.task_id = t.task_id AND h.step_name = %(step_name)s)"
@@ -679,9 +773,7 @@ def list_steps(
         params["task_id"] = check_id(task_id, "task_id")
         where.append("h.task_id = %(task_id)s")
     if step_name is not None:
-        if not isinstance(step_name, str):
-            raise ValidationError("step_name: must be a string", field="step_name")
-        params["step_name"] = step_name
+        params["step_name"] = check_filter_text(step_name, "step_name")
         where.append("h.step_name = %(step_name)s")
     if cursor is not None:
         params["c_time"], params["c_task"], params["c_step"] = decode_cursor(

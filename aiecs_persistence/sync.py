@@ -74,7 +74,7 @@ class SyncDatabaseManager(ManagerBase):
             self.prepare_schema()  # resolves self.url too
             pool: ConnectionPool[Connection[tuple[Any, ...]]] = ConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-sync",
-                **self.settings.pool_kwargs(min_size, max_size),
+                **self._pool_kwargs(min_size, max_size),
             )
             pool.open()
             self._pool = pool
@@ -121,7 +121,7 @@ class SyncDatabaseManager(ManagerBase):
             attempt += 1
             started = time.perf_counter()
             try:
-                with pool.connection() as conn:
+                with pool.connection() as conn, self._deadline(conn, statement):
                     result = work(conn)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
@@ -146,6 +146,12 @@ class SyncDatabaseManager(ManagerBase):
 
         return self._with_retries(statement, execute)
 
+    def _set_local_timeouts(self, conn: Connection[tuple[Any, ...]]) -> None:
+        """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
+        local = self.settings.local_timeouts()
+        if local is not None:
+            conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+
     # -- writes ------------------------------------------------------------------------------
 
     def save_task_history(
@@ -160,7 +166,12 @@ class SyncDatabaseManager(ManagerBase):
             except ValidationError as exc:
                 if not self._task_was_gone(exc, user_id, task_id):
                     raise
-        self._run(full)
+        try:
+            self._run(full)
+        except ValidationError as exc:
+            if not self._task_was_gone(exc, user_id, task_id):
+                raise
+            self._run(full)  # a cleanup deleted the task under this save: create it again
         self._touch(user_id, task_id)
         return True
 
@@ -175,30 +186,35 @@ class SyncDatabaseManager(ManagerBase):
         def load(conn: Connection[tuple[Any, ...]]) -> int:
             chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size)
             with conn.transaction():
-                local = self.settings.local_timeouts()
-                if local is not None:
-                    conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                self._set_local_timeouts(conn)
                 self._write_chunks(conn, chunk, iter(records))
             return chunk.seen
 
         return self._with_retries(statement, load)
 
-    @classmethod
     def _write_chunks(
-        cls, conn: Connection[tuple[Any, ...]], chunk: sql.BulkChunk, source: Iterator[Any]
+        self, conn: Connection[tuple[Any, ...]], chunk: sql.BulkChunk, source: Iterator[Any]
     ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
         with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
             pending = builder.submit(chunk.fill, source)
             while (taken := pending.result()) is not None:
                 pending = builder.submit(chunk.fill, source)  # the next, meanwhile
-                cls._write_chunk(conn, *taken)
+                self._write_chunk(conn, *taken)
+
+    def _write_chunk(
+        self, conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
+        tasks: sql.Statement,
+    ) -> None:
+        """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
+        under one client deadline."""
+        with self._deadline(conn, tasks, sql.CHUNK_STATEMENTS):
+            self._write_chunk_now(conn, rows, tasks)
 
     @staticmethod
-    def _write_chunk(
+    def _write_chunk_now(
         conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement
     ) -> None:
-        """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge."""
         with conn.cursor() as cur:
             cur.execute(tasks.sql, tasks.params)
             try:
@@ -237,22 +253,35 @@ class SyncDatabaseManager(ManagerBase):
     ) -> int:
         """Delete tasks (and their steps) with no activity for ``days_old`` days, in bounded
         batches (each its own short transaction); returns how many tasks were deleted (or, with
-        ``dry_run``, would be). ``on_batch`` is called with each batch's count."""
-        batch = self.settings.cleanup_batch_size
-        now = dt.datetime.now(dt.UTC)
+        ``dry_run``, would be). ``on_batch`` is called with each batch's count. Activity
+        acknowledged after the call began is never deleted (see statements.py, retention)."""
+        start = self._run(sql.cleanup_start(days_old))
+        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0])
         self._forget_touched()
-        statement = sql.cleanup_batch(days_old, batch, now, dry_run=dry_run)
         if dry_run:
-            rows = self._run(statement)
+            rows = self._run(cleanup.count)
             return int(rows[0][0])
+
+        def batch(conn: Connection[tuple[Any, ...]]) -> tuple[int, int]:
+            with conn.transaction():
+                self._set_local_timeouts(conn)
+                cur = conn.execute(cleanup.lock.sql, cleanup.params)
+                keys = cur.fetchall()
+                if not keys:
+                    return 0, 0
+                params = cleanup.locked(keys)
+                conn.execute(sql.CLEANUP_LOCK_STEPS, params)
+                cur = conn.execute(sql.CLEANUP_DELETE, params)
+                row = cur.fetchone()
+            return len(keys), int(row[0]) if row else 0
+
         total = 0
         while True:
-            rows = self._run(statement)
-            deleted = int(rows[0][0])
+            locked, deleted = self._with_retries(cleanup.lock, batch)
             total += deleted
             if on_batch is not None:
                 on_batch(deleted)
-            if deleted < batch:
+            if locked < self.settings.cleanup_batch_size:
                 return total
 
     # -- reads -------------------------------------------------------------------------------

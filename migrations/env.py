@@ -6,7 +6,9 @@
   autocommit blocks that ``ALTER TYPE ... ADD VALUE`` may need); the second process then finds
   the schema at head and does nothing.
 * DDL waits at most ``lock_timeout`` (``-x lock_timeout=10s``, default 10s) for its locks
-  instead of queueing every other query behind it.
+  instead of queueing every other query behind it; a second migrator waits at most
+  ``-x migration_lock_timeout`` (default 60s) for the first, then fails with E002 naming the
+  lock. The connection is opened within its ``connect_timeout`` (default 10s).
 * ``-x legacy_timezone=Europe/Paris`` sets the zone in which upstream AIECS's naive timestamps
   are read when its history is adopted (default: the server's TimeZone).
 """
@@ -17,11 +19,13 @@ import re
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import NullPool, create_engine
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from aiecs_persistence.config import resolve_url
+from aiecs_persistence.errors import QueryTimeoutError, ValidationError
 from aiecs_persistence.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE
+from aiecs_persistence.migrate import connection as connection_to
 from aiecs_persistence.schema import metadata
 
 config = context.config
@@ -30,9 +34,18 @@ config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 x_args = context.get_x_argument(as_dictionary=True)
-LOCK_TIMEOUT = x_args.get("lock_timeout", "10s")
-if not re.fullmatch(r"\d+(ms|s|min)?", LOCK_TIMEOUT):
-    raise SystemExit(f"-x lock_timeout={LOCK_TIMEOUT!r}: expected e.g. 500ms, 10s or 2min")
+
+
+def _duration(name: str, default: str) -> str:
+    value = x_args.get(name, default)
+    if not re.fullmatch(r"\d+(ms|s|min)?", value):
+        raise ValidationError(f"-x {name}={value!r}: expected e.g. 500ms, 10s or 2min",
+                              field=name)
+    return value
+
+
+LOCK_TIMEOUT = _duration("lock_timeout", "10s")
+MIGRATION_LOCK_TIMEOUT = _duration("migration_lock_timeout", "60s")
 
 COMMON = {
     "target_metadata": metadata,
@@ -54,10 +67,26 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def _take_migration_lock(connection: Connection) -> None:
+    """Wait at most ``migration_lock_timeout`` for another migrator to finish."""
+    connection.exec_driver_sql(f"SET lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
+    try:
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})")
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        connection.rollback()
+        raise QueryTimeoutError(
+            f"migrate: another migration holds the migrations' advisory lock "
+            f"(pg_advisory_lock({ADVISORY_LOCK_KEY})); gave up after waiting "
+            f"{MIGRATION_LOCK_TIMEOUT} (-x migration_lock_timeout=…)",
+            sqlstate="55P03",
+        ) from None
+
+
 def _migrate(connection: Connection) -> None:
-    # Wait for any other migrator without a time limit, then bound the DDL's own lock waits.
-    connection.exec_driver_sql("SET lock_timeout = 0")
-    connection.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})")
+    # Wait (bounded) for any other migrator, then bound the DDL's own lock waits.
+    _take_migration_lock(connection)
     try:
         connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         connection.commit()
@@ -78,12 +107,8 @@ def _migrate(connection: Connection) -> None:
 
 def run_online() -> None:
     url = config.get_main_option("sqlalchemy.url") or resolve_url()
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            _migrate(connection)
-    finally:
-        engine.dispose()
+    with connection_to(url) as conn:
+        _migrate(conn)
 
 
 if context.is_offline_mode():

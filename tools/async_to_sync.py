@@ -6,7 +6,7 @@ comments and layout survive: ``async``/``await`` go, asyncio's pieces become thr
 time's, the async classes of psycopg and psycopg_pool become their blocking twins. Lines
 between ``# [async]`` and ``# [end]`` (or ``# [sync]``, its "else") are dropped; lines
 between ``# [sync]`` and ``# [end]`` (commented in the source) are uncommented. The imports
-are then sorted by ruff, as the linter wants them.
+are then sorted by ruff, as the linter wants them (and nested withs merged).
 
     python tools/async_to_sync.py            # write sync.py
     python tools/async_to_sync.py --check    # exit 1 when sync.py is stale (CI runs this)
@@ -106,9 +106,10 @@ def _skip_docstring(source: str) -> str:
 
 
 def sort_imports(code: str, filename: Path) -> str:
-    """``code`` with its imports sorted by ruff, as ``ruff check`` wants them."""
+    """``code`` as ``ruff check`` wants it: imports sorted, and nested ``with`` blocks (which
+    were ``async with`` and ``with`` in the source) merged."""
     done = subprocess.run(  # noqa: S603 - our own interpreter running ruff
-        [sys.executable, "-m", "ruff", "check", "--fix-only", "--select", "I", "--quiet",
+        [sys.executable, "-m", "ruff", "check", "--fix-only", "--select", "I,SIM117", "--quiet",
          "--stdin-filename", str(filename), "-"],
         input=code, capture_output=True, text=True, check=False, cwd=ROOT,
     )

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from aiecs_persistence import SyncDatabaseManager, TaskStepResult
+from aiecs_persistence import SyncDatabaseManager, TaskStepResult, migrate
 from aiecs_persistence.cli import app
 
 from ..conftest import conninfo
@@ -198,7 +198,7 @@ def test_demo_runs_twice_on_a_fresh_embedded_server():
             assert done.stderr == ""
             outputs.append(done.stdout)
         for text in outputs:
-            assert "migrated to 0002_adopt_upstream" in text
+            assert f"migrated to {migrate.head()}" in text
             assert "failures by error code (7 of 20 steps, 9 tasks)" in text
             for code in ("E001", "E002", "E003", "E004", "E005", "E006", "E007"):
                 assert code in text
