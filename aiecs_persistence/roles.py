@@ -19,8 +19,11 @@ a member of the owner role).
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Final
+
+from psycopg import errors
 
 from .errors import ValidationError
 from .migrate import VERSION_TABLE
@@ -82,6 +85,18 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         "WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'aiecs\\_%' "
         "ORDER BY 1"
     ).fetchall()]
+    # What the owner role owns already: ALTER ... OWNER takes an ACCESS EXCLUSIVE lock, so a
+    # re-run (after every upgrade) must not stop writers to change nothing.
+    owned = {r[0] for r in cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND o.rolname = %(owner)s "
+        "UNION ALL SELECT t.typname FROM pg_type t JOIN pg_roles o ON o.oid = t.typowner "
+        "WHERE t.typnamespace = current_schema()::regnamespace AND o.rolname = %(owner)s "
+        "UNION ALL SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "JOIN pg_roles o ON o.oid = p.proowner "
+        "WHERE p.pronamespace = current_schema()::regnamespace AND o.rolname = %(owner)s",
+        {"owner": roles.owner},
+    ).fetchall()}
     existing = {r[0] for r in cur.execute(
         "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
         [[roles.owner, roles.writer, roles.reader]],
@@ -100,10 +115,12 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         f"GRANT USAGE ON SCHEMA {sch} TO {writer}, {reader}",
         f"REVOKE CREATE ON SCHEMA {sch} FROM {writer}, {reader}",
     ]
-    out += [f"ALTER TABLE {sch}.{_q(t)} OWNER TO {owner}" for t in tables]
-    out += [f"ALTER VIEW {sch}.{_q(v)} OWNER TO {owner}" for v in views]
-    out += [f"ALTER TYPE {sch}.{_q(t)} OWNER TO {owner}" for t in ENUM_TYPES]
-    out += [f"ALTER FUNCTION {sch}.{f} OWNER TO {owner}" for f in functions]
+    out += [f"ALTER TABLE {sch}.{_q(t)} OWNER TO {owner}" for t in tables if t not in owned]
+    out += [f"ALTER VIEW {sch}.{_q(v)} OWNER TO {owner}" for v in views if v not in owned]
+    out += [f"ALTER TYPE {sch}.{_q(t)} OWNER TO {owner}" for t in ENUM_TYPES
+            if t not in owned]
+    out += [f"ALTER FUNCTION {sch}.{f} OWNER TO {owner}" for f in functions
+            if f not in owned]
     every = ", ".join(f"{sch}.{_q(n)}" for n in tables + views)
     out.append(f"REVOKE ALL ON {every} FROM PUBLIC, {writer}, {reader}")
     written = ", ".join(f"{sch}.{_q(n)}" for n in WRITTEN_TABLES)
@@ -117,10 +134,30 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
     return out
 
 
+#: How long ``grant`` waits for a table lock before it lets writers go and tries again: well
+#: under the writers' own lock_timeout (10 s by default), since they queue behind it.
+GRANT_LOCK_TIMEOUT: Final = "2s"
+GRANT_ATTEMPTS: Final = 5
+
+
 def grant(connection: Any, roles: Roles) -> list[str]:
-    """Run :func:`grant_statements` in one transaction; returns what was run."""
+    """Run :func:`grant_statements` in one transaction; returns what was run.
+
+    Safe beside live writers: the first run changes owners (``ALTER ... OWNER`` locks each
+    table for a moment), a re-run changes none. The transaction waits at most
+    ``GRANT_LOCK_TIMEOUT`` for a lock and is tried again, up to ``GRANT_ATTEMPTS`` times,
+    after a lock timeout or a deadlock with a writer (a writer that loses a deadlock is
+    retried by its manager)."""
     statements = grant_statements(connection, roles)
-    with connection.transaction():
-        for statement in statements:
-            connection.execute(statement)
-    return statements
+    for attempt in range(1, GRANT_ATTEMPTS + 1):
+        try:
+            with connection.transaction():
+                connection.execute(f"SET LOCAL lock_timeout = '{GRANT_LOCK_TIMEOUT}'")
+                for statement in statements:
+                    connection.execute(statement)
+            return statements
+        except (errors.DeadlockDetected, errors.LockNotAvailable):
+            if attempt == GRANT_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")

@@ -67,6 +67,28 @@ def test_reader_sees_the_views_and_nothing_else(roles):
     assert denied(roles["reader"], "CREATE TABLE mine (x int)")
 
 
+def test_temporary_tables_as_the_roles_table_says(roles, db_url):
+    """Every role may create temporary tables, as PostgreSQL grants PUBLIC by default; revoked
+    from PUBLIC, the reader cannot, and the writer keeps what the bulk path needs."""
+    def temp_table(url):
+        with psycopg.connect(conninfo(url), autocommit=True) as conn:
+            try:
+                conn.execute("CREATE TEMP TABLE scratch (x int)")
+            except errors.InsufficientPrivilege:
+                return False
+        return True
+
+    assert temp_table(roles["reader"])
+    database = db_url.database
+    with psycopg.connect(conninfo(db_url), autocommit=True) as admin:
+        admin.execute(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+    assert not temp_table(roles["reader"])
+    assert temp_table(roles["writer"])
+    with SyncDatabaseManager(url=roles["writer"]) as db:
+        assert db.save_task_history_many([("u", "t", 0, TaskStepResult(
+            "parse", 2, True, "", "completed"))] * 3) == 3
+
+
 def test_writer_runs_the_managers_but_cannot_change_the_schema(roles):
     with SyncDatabaseManager(url=roles["writer"]) as db:
         db.save_task_history("u", "t", 0, TaskStepResult("fetch", 1, True, "", "completed"))
