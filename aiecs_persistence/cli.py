@@ -192,15 +192,44 @@ def tasks(
 
 
 @app.command()
-def history(user_id: str, task_id: str, url: UrlOption = None, as_json: JsonOption = False
-            ) -> None:
+def history(
+    user_id: str, task_id: str, url: UrlOption = None, as_json: JsonOption = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Print steps as they are committed (every change of the "
+        "task so far first), until the task ends; Ctrl-C stops. With --json: one JSON object "
+        "a line.")] = False,
+) -> None:
     """The steps of one task: index, name, status, error and its meaning, message, time."""
+    if follow:
+        _follow(user_id, task_id, url, as_json)
+        return
     with _manager(url) as db:
         steps = db.load_task_history(user_id, task_id)
     if as_json:
         out.print_json(json.dumps(steps, default=str))
         return
     out.print(_history_table(f"{user_id}/{task_id}", steps))
+
+
+def _follow(user_id: str, task_id: str, url: str | None, as_json: bool) -> None:
+    from .domain import ErrorCode
+
+    try:
+        with _manager(url) as db:
+            for entry in db.watch_task_history(user_id, task_id):
+                if as_json:
+                    sys.stdout.write(json.dumps(entry, default=str) + "\n")
+                    sys.stdout.flush()
+                    continue
+                r = entry["result"]
+                code = r["error_code"]
+                error = f" {code} {ErrorCode(code).description}" if code else ""
+                when = dt.datetime.fromisoformat(entry["timestamp"]).strftime("%H:%M:%S")
+                out.print(f"{when} #{entry['step']} {r['step']} {entry['status']}{error} "
+                          f"{r['error_message'] or r['message']}".rstrip(),
+                          markup=False, highlight=False)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def _history_table(title: str, steps: list[dict[str, Any]]) -> Table:
@@ -396,14 +425,22 @@ def demo(url: Annotated[str | None, typer.Option(
     out.print(f"database {scenario.DEMO_DATABASE} on {where}: migrated to "
               f"{migrate.head()}", markup=False, highlight=False)
 
-    async def workload() -> tuple[list[Any], list[Any], dict[str, Any]]:
+    async def workload() -> tuple[list[Any], list[Any], dict[str, Any], list[str]]:
         async with DatabaseManager(url=target) as db:
+            # A watcher follows the first task while it runs, as a WebSocket server would.
+            follower = asyncio.ensure_future(scenario.follow(db, "research-report"))
             outcomes = await scenario.run_workload(db)
+            followed = await asyncio.wait_for(follower, 30)
             histories = [await db.load_task_history(scenario.DEMO_USER, o.task_id)
                          for o in outcomes]
-            return outcomes, histories, await db.report()
+            return outcomes, histories, await db.report(), followed
 
-    outcomes, histories, data = asyncio.run(workload())
+    outcomes, histories, data, followed = asyncio.run(workload())
+    out.print("a watcher followed research-report as it ran (watch_task_history; "
+              "`aiecs-db history USER TASK --follow` does the same):", markup=False,
+              highlight=False)
+    for line in followed:
+        out.print(f"  {line}", markup=False, highlight=False)
     summary = Table("task", "status", "what happened", title=f"tasks of {scenario.DEMO_USER}")
     for o in outcomes:
         summary.add_row(o.task_id, o.status.value, o.note)

@@ -60,6 +60,9 @@ class Settings:
     #: (deadline.py): a call whose server never answers ends this long after its statement
     #: should have been cancelled, with ``QueryTimeoutError``.
     deadline_grace_ms: int = 1_000
+    #: Watchers are woken by LISTEN/NOTIFY (one listening connection per manager); False:
+    #: they poll every ``poll_interval`` (always so under ``transaction_pooling``).
+    notifications: bool = True
     #: Behind a connection pooler in transaction mode (PgBouncer ``pool_mode = transaction``):
     #: no server-side prepared statements, no session settings at connect; each call runs as
     #: ``BEGIN; SET LOCAL`` the timeouts``; statement; COMMIT``, pipelined (docs/scaling.md).
@@ -189,6 +192,13 @@ class ManagerBase:
     @property
     def connected(self) -> bool:
         raise NotImplementedError
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        """psycopg's connection arguments for a connection of this manager's own (the
+        listener's): the pool's, but autocommit."""
+        kwargs = dict(self._pool_kwargs(None, None)["kwargs"])
+        kwargs.pop("autocommit", None)
+        return kwargs
 
     def _pool_kwargs(self, min_size: int | None, max_size: int | None) -> dict[str, Any]:
         """The pool's arguments for this manager's URL (its ``options`` kept)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,7 +21,7 @@ from .config import connect, normalize_url
 from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import InvalidTransitionError
 
-__all__ = ["DEMO_DATABASE", "DEMO_USER", "fresh_database", "run_workload"]
+__all__ = ["DEMO_DATABASE", "DEMO_USER", "follow", "fresh_database", "run_workload"]
 
 DEMO_DATABASE: Final = "aiecs_demo"
 DEMO_USER: Final = "demo-user"
@@ -129,3 +130,15 @@ async def run_workload(db: Any, user: str = DEMO_USER, seed: int = 42) -> list[O
     await task("deadline", fails_with(ErrorCode.CANCELLED_ERROR, "llm.generate",
                                       "stopped by the scheduler", TaskStatus.CANCELLED))
     return outcomes
+
+
+async def follow(db: Any, task_id: str, user: str = DEMO_USER) -> list[str]:
+    """What a watcher in another process would see of ``task_id`` while it runs: one line per
+    committed change, with the time since the watch began (watch_task_history)."""
+    started = time.monotonic()
+    lines = []
+    async for entry in db.watch_task_history(user, task_id):
+        elapsed = (time.monotonic() - started) * 1000
+        lines.append(f"+{elapsed:6.0f} ms  step {entry['step']} {entry['result']['step']}: "
+                     f"{entry['status']}")
+    return lines

@@ -25,12 +25,21 @@ import datetime as dt
 import time
 
 # [async]
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 
 # [sync]
 # from collections.abc import Callable, Iterable, Iterator, Mapping
 # from concurrent.futures import ThreadPoolExecutor
 # [end]
+from contextlib import suppress
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -43,9 +52,10 @@ from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, returns_rows
 from .domain import TaskStatus
-from .errors import ValidationError
+from .errors import PersistenceError, ValidationError
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
+from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
 
 __all__ = ["DatabaseManager"]
 
@@ -69,6 +79,7 @@ class DatabaseManager(ManagerBase):
         super().__init__(db_config, url=url, **settings)
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._lock = asyncio.Lock()
+        self._listener: AsyncListener | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -104,6 +115,9 @@ class DatabaseManager(ManagerBase):
 
     async def disconnect(self) -> None:
         """Close the pool and its connections (a later call connects again)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -206,6 +220,7 @@ class DatabaseManager(ManagerBase):
             chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size)
             async with conn.transaction():
                 await self._set_local_timeouts(conn)
+                await conn.execute(sql.BULK_EVENTS_ON)
                 # [async]
                 if isinstance(records, AsyncIterable):
                     async for record in records:
@@ -269,6 +284,12 @@ class DatabaseManager(ManagerBase):
                     for row in rows:
                         await copy.write_row(row)
                 await cur.execute(sql.BULK_MERGE)
+                await cur.execute(sql.BULK_MERGE_EVENTS)
+            else:
+                async with cur.copy(sql.BULK_EVENTS_COPY) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+            await cur.execute(sql.BULK_NOTIFY, tasks.params)
 
     async def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""
@@ -367,3 +388,87 @@ class DatabaseManager(ManagerBase):
         ``error_code``, ``step_name``, ``since``/``until``, ``cursor``."""
         statement = sql.list_steps(user_id, limit=limit, **filters)
         return Page(*sql.step_page(await self._run(statement), limit))
+
+    # -- following ---------------------------------------------------------------------------
+
+    async def watch_task_history(
+        self, user_id: str, task_id: str, *, after: str | None = None,
+        until_finished: bool = True, poll_interval: float = 1.0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Follow a task as it is written: every change already stored (after ``after``, the
+        ``token`` of an event from an earlier watch), then each new step and each re-save as it
+        is committed, in commit order; entries shaped as ``load_task_history``'s, each with a
+        resume ``token``. With ``until_finished``, it ends once the task has ended and every
+        step committed before that was yielded. Woken by LISTEN/NOTIFY (one connection per
+        manager), else polling every ``poll_interval`` seconds (see watch.py)."""
+        watch = sql.Watch(user_id, task_id, after)
+        interval = sql.check_poll_interval(poll_interval)
+        waiter = await self._subscribe(watch)
+        try:
+            while True:
+                if waiter is not None:
+                    waiter.clear()
+                rows = await self._run(watch.statement())
+                # [async]
+                for entry in watch.steps(rows):
+                    yield entry
+                # [sync]
+                # yield from watch.steps(rows)
+                # [end]
+                if until_finished and watch.finished:
+                    return
+                await self._idle(waiter, interval)
+        finally:
+            await self._unsubscribe(watch, waiter)
+
+    async def watch_user_tasks(
+        self, user_id: str, *, after: str | None = None, poll_interval: float = 1.0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Follow a user's tasks: each status change (``{"task_id", "status", "error_code",
+        "error_message", "timestamp", "token"}``) as it is committed, for a dashboard; every
+        change already stored first (after ``after``). It never ends by itself."""
+        watch = sql.Watch(user_id, None, after)
+        interval = sql.check_poll_interval(poll_interval)
+        waiter = await self._subscribe(watch)
+        try:
+            while True:
+                if waiter is not None:
+                    waiter.clear()
+                rows = await self._run(watch.statement())
+                # [async]
+                for entry in watch.tasks(rows):
+                    yield entry
+                # [sync]
+                # yield from watch.tasks(rows)
+                # [end]
+                await self._idle(waiter, interval)
+        finally:
+            await self._unsubscribe(watch, waiter)
+
+    async def _subscribe(self, watch: sql.Watch) -> AsyncWaiter | None:
+        """Wake-ups for ``watch``'s key, registered so writers notify; None when watchers
+        poll (``notifications=False``, or behind a transaction-mode pooler)."""
+        if not self.settings.notifications or self.settings.transaction_pooling:
+            return None
+        if self._listener is None:
+            await self._ready()
+            self._listener = AsyncListener(libpq_conninfo(self.url), self._connect_kwargs())
+        waiter = self._listener.subscribe(watch.user_id, watch.key)
+        await self._run(watch.registration(self._listener.listener_id))
+        return waiter
+
+    async def _unsubscribe(self, watch: sql.Watch, waiter: AsyncWaiter | None) -> None:
+        listener = self._listener
+        if waiter is None or listener is None:
+            return
+        if listener.unsubscribe(watch.user_id, watch.key, waiter) and self.connected:
+            with suppress(PersistenceError):
+                await self._run(watch.registration(listener.listener_id, stop=True))
+
+    async def _idle(self, waiter: AsyncWaiter | None, interval: float) -> None:
+        """Between catch-ups: until a notification, or ``interval`` when polling."""
+        if waiter is None:
+            await asyncio.sleep(interval)
+            return
+        listening = self._listener is not None and self._listener.listening
+        await waiter.wait(HEARTBEAT if listening else interval)

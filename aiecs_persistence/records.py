@@ -7,13 +7,13 @@ import binascii
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import ValidationError
 
-__all__ = ["Page", "StepRecord", "TaskRecord", "decode_cursor", "encode_cursor"]
+__all__ = ["Page", "Position", "StepRecord", "TaskRecord", "decode_cursor", "encode_cursor"]
 
 
 class TaskRecord(NamedTuple):
@@ -100,3 +100,49 @@ def decode_cursor(cursor: str, *, with_step: bool) -> tuple[dt.datetime, str, in
     if when.tzinfo is None:
         raise _bad_cursor()
     return when, task_id, step
+
+
+@dataclass
+class Position:
+    """Where a watcher stands (watch.py explains it): every transaction below ``horizon`` is
+    done; ``seen`` maps each transaction at or above it to the last event ``seq`` yielded.
+    ``token()`` is its opaque, resumable form."""
+
+    horizon: int = 0
+    seen: dict[int, int] = field(default_factory=dict)
+
+    def token(self) -> str:
+        raw = json.dumps([self.horizon, sorted(self.seen.items())], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def parse(cls, token: Any) -> Position:
+        """The position in ``token`` (``None``: the beginning); ``ValidationError`` when it
+        was not made by a watcher."""
+        if token is None:
+            return cls()
+        bad = ValidationError("after: not a token yielded by a watcher", field="after")
+        if not isinstance(token, str) or len(token) > 100_000:
+            raise bad
+        try:
+            horizon, seen = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            position = cls(int(horizon), {int(tx): int(seq) for tx, seq in seen})
+        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+            raise bad from None
+        if position.horizon < 0 or any(tx < position.horizon for tx in position.seen):
+            raise bad
+        return position
+
+    def params(self) -> dict[str, Any]:
+        return {"horizon": self.horizon, "seen_tx": list(self.seen),
+                "seen_seq": list(self.seen.values())}
+
+    def advance(self, tx: int, seq: int) -> None:
+        """One event yielded."""
+        self.seen[tx] = seq
+
+    def settle(self, horizon: int) -> None:
+        """A catch-up was yielded whole: transactions below ``horizon`` are done."""
+        if horizon > self.horizon:
+            self.horizon = horizon
+            self.seen = {tx: seq for tx, seq in self.seen.items() if tx >= horizon}

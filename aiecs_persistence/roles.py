@@ -32,8 +32,8 @@ from .schema import VIEW_NAMES, metadata
 __all__ = ["Roles", "grant_statements"]
 
 _ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-#: Tables the runtime writes.
-WRITTEN_TABLES: Final = ("tasks", "task_history")
+#: Tables the runtime writes (task_events through the triggers; aiecs_watched: watchers).
+WRITTEN_TABLES: Final = ("tasks", "task_history", "task_events", "aiecs_watched")
 #: Tables the runtime only reads.
 READ_TABLES: Final = ("error_codes", VERSION_TABLE)
 LEGACY_TABLES: Final = ("legacy_task_history", "legacy_task_history_rejects")
@@ -61,6 +61,14 @@ class Roles:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+#: The order in which a save locks the tables (see grant_statements); others come after.
+LOCK_ORDER: Final = ("task_history", "tasks", "task_events", "aiecs_watched")
+
+
+def _lock_rank(table: str) -> tuple[int, str]:
+    return (LOCK_ORDER.index(table) if table in LOCK_ORDER else len(LOCK_ORDER), table)
 
 
 def grant_statements(connection: Any, roles: Roles) -> list[str]:
@@ -115,7 +123,14 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         f"GRANT USAGE ON SCHEMA {sch} TO {writer}, {reader}",
         f"REVOKE CREATE ON SCHEMA {sch} FROM {writer}, {reader}",
     ]
-    out += [f"ALTER TABLE {sch}.{_q(t)} OWNER TO {owner}" for t in tables if t not in owned]
+    altered = sorted((t for t in tables if t not in owned), key=_lock_rank)
+    if altered:
+        # Lock first, in the order a save takes them (the step table, the task, then the
+        # event tables its triggers write and read): waiting for a writer never while
+        # holding a table that writer still needs.
+        out.append("LOCK TABLE " + ", ".join(f"{sch}.{_q(t)}" for t in altered)
+                   + " IN ACCESS EXCLUSIVE MODE")
+    out += [f"ALTER TABLE {sch}.{_q(t)} OWNER TO {owner}" for t in altered]
     out += [f"ALTER VIEW {sch}.{_q(v)} OWNER TO {owner}" for v in views if v not in owned]
     out += [f"ALTER TYPE {sch}.{_q(t)} OWNER TO {owner}" for t in ENUM_TYPES
             if t not in owned]

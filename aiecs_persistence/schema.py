@@ -25,6 +25,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -47,7 +48,9 @@ __all__ = [
     "Base",
     "ErrorCodeRow",
     "Task",
+    "TaskEvent",
     "TaskHistory",
+    "Watched",
     "error_code_enum",
     "metadata",
     "task_status_enum",
@@ -199,6 +202,47 @@ class TaskHistory(_TaskKey, _Outcome, Base):
     message: Mapped[str] = mapped_column(Text, server_default=text("''"))
 
 
+class TaskEvent(_TaskKey, Base):
+    """One committed change: an insert or update of a step (``step`` set), or a task's status
+    change (``step`` NULL). Append-only, written by the triggers below; what watchers follow
+    (watch.py). ``tx`` is the writing transaction, ``seq`` the order of writing."""
+
+    __tablename__ = "task_events"
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "task_id", "tx", "seq"),
+        # A user's task changes (watch_user_tasks), by transaction.
+        Index("ix_task_events_user_id_tx", "user_id", "tx", "seq",
+              postgresql_where=text("step IS NULL")),
+    )
+
+    tx: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("((pg_current_xact_id())::text)::bigint")
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True))
+    step: Mapped[int | None] = mapped_column(Integer)
+    step_name: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    completed: Mapped[bool | None] = mapped_column(Boolean)
+    message: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[TaskStatus] = mapped_column(task_status_enum)
+    error_code: Mapped[ErrorCode | None] = mapped_column(error_code_enum)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
+
+
+class Watched(Base):
+    """The tasks (``task_id`` '' for all of a user's) that a manager's listener watches, until
+    ``until`` unless renewed: the triggers notify only for these."""
+
+    __tablename__ = "aiecs_watched"
+    __table_args__ = (PrimaryKeyConstraint("user_id", "task_id", "listener"),)
+
+    user_id: Mapped[str] = mapped_column(Text)
+    task_id: Mapped[str] = mapped_column(Text)
+    listener: Mapped[str] = mapped_column(Text)
+    until: Mapped[dt.datetime] = mapped_column(_TZ)
+
+
 #: Rows that set aside upstream history could not be adopted (see migration 0002).
 legacy_rejects: Final = Table(
     "legacy_task_history_rejects",
@@ -297,6 +341,82 @@ $$
 """
 
 
+# -- task events: what watchers follow (watch.py) ------------------------------------------------
+# Every committed insert or update of a step, and every status change of a task, appends one
+# row to task_events. Row-level AFTER triggers write it (a prepared INSERT: a few microseconds
+# per save; a statement-level trigger with a transition table cost ~100 µs a statement), so
+# psql writers are logged too; the bulk path, which loads thousands of rows a statement, sets
+# ``aiecs.bulk_events`` for its transaction and COPYs the events itself (statements.py). Each
+# trigger also notifies the channel aiecs_events when some manager watches the task (or its
+# user) in aiecs_watched, and only then: a notifying commit takes a cluster-wide lock in
+# PostgreSQL. Events go with their task (a statement-level AFTER DELETE trigger; a foreign key
+# would cost a check on every event).
+
+#: Set (``SET LOCAL``) by the bulk path, which logs its own events: the row trigger then skips.
+BULK_EVENTS_SETTING: Final = "aiecs.bulk_events"
+
+STEP_EVENTS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_task_history_changed() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+BEGIN
+  IF current_setting('{BULK_EVENTS_SETTING}', true) = 'on' THEN
+    RETURN NULL;
+  END IF;
+  INSERT INTO @S@.task_events (user_id, task_id, step, step_name, result, completed, message,
+                               status, error_code, error_message, at)
+  VALUES (NEW.user_id, NEW.task_id, NEW.step, NEW.step_name, NEW.result, NEW.completed,
+          NEW.message, NEW.status, NEW.error_code, NEW.error_message, NEW.updated_at);
+  IF EXISTS (SELECT FROM @S@.aiecs_watched w
+             WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now()) THEN
+    PERFORM pg_notify('aiecs_events', NEW.user_id || chr(31) || NEW.task_id);
+  END IF;
+  RETURN NULL;
+END
+$$
+"""
+
+TASK_EVENTS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_changed() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+BEGIN
+  INSERT INTO @S@.task_events (user_id, task_id, status, error_code, error_message, at)
+  VALUES (NEW.user_id, NEW.task_id, NEW.status, NEW.error_code, NEW.error_message,
+          NEW.updated_at);
+  IF EXISTS (SELECT FROM @S@.aiecs_watched w
+             WHERE w.user_id = NEW.user_id AND w.task_id IN (NEW.task_id, '')
+               AND w.until > now()) THEN
+    PERFORM pg_notify('aiecs_events', NEW.user_id || chr(31) || NEW.task_id);
+  END IF;
+  RETURN NULL;
+END
+$$
+"""
+
+TASKS_GONE_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_deleted() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+BEGIN
+  DELETE FROM @S@.task_events e USING gone g
+  WHERE e.user_id = g.user_id AND e.task_id = g.task_id;
+  RETURN NULL;
+END
+$$
+"""
+
+EVENT_TRIGGERS: Final = (
+    """CREATE TRIGGER tr_task_history_changed AFTER INSERT OR UPDATE ON task_history
+FOR EACH ROW EXECUTE FUNCTION aiecs_task_history_changed()""",
+    """CREATE TRIGGER tr_tasks_inserted AFTER INSERT ON tasks
+FOR EACH ROW EXECUTE FUNCTION aiecs_tasks_changed()""",
+    """CREATE TRIGGER tr_tasks_status_changed AFTER UPDATE ON tasks FOR EACH ROW
+WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.error_code IS DISTINCT FROM NEW.error_code)
+EXECUTE FUNCTION aiecs_tasks_changed()""",
+    """CREATE TRIGGER tr_tasks_deleted AFTER DELETE ON tasks
+REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+EXECUTE FUNCTION aiecs_tasks_deleted()""",
+)
+
+
 def in_current_schema(ddl: str) -> str:
     """``ddl`` as a DO block that replaces ``@S@`` by the current schema (quoted)."""
     return (
@@ -363,6 +483,10 @@ DDL_STATEMENTS: Final = (
     in_current_schema(HISTORY_TRIGGER_FUNCTION),
     TASKS_TRIGGER,
     HISTORY_TRIGGER,
+    in_current_schema(STEP_EVENTS_FUNCTION),
+    in_current_schema(TASK_EVENTS_FUNCTION),
+    in_current_schema(TASKS_GONE_FUNCTION),
+    *EVENT_TRIGGERS,
     STEP_DETAILS_VIEW,
     TASK_SUMMARY_VIEW,
     FAILURES_BY_DAY_VIEW,
@@ -389,6 +513,9 @@ for _ddl in (*DDL_STATEMENTS, SEED_ERROR_CODES):
     event.listen(metadata, "after_create", _executor(_ddl))
 for _drop in (
     *(f"DROP VIEW IF EXISTS {v}" for v in reversed(VIEW_NAMES)),
+    "DROP FUNCTION IF EXISTS aiecs_tasks_changed() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_tasks_deleted() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_task_history_changed() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_tasks_before_write() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_task_history_before_update() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_status_transition_allowed(task_status, task_status)",

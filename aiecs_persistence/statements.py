@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 from .domain import UNSUCCESSFUL_STATUSES, ErrorCode, TaskStatus, TaskStepResult
 from .errors import InvalidTransitionError, ValidationError, shown
 from .jsonb import check_text, encode_result
-from .records import StepRecord, TaskRecord, decode_cursor, encode_cursor
+from .records import Position, StepRecord, TaskRecord, decode_cursor, encode_cursor
 from .schema import ID_MAX_LENGTH
 
 __all__ = ["Statement"]
@@ -503,9 +503,9 @@ class Cleanup:
 # and one INSERT ... ON CONFLICT DO UPDATE, which follows the state machine like a single save.
 # A chunk holds one row per step, the last given (so a step twice in a batch ends as the later).
 
-#: Statements one chunk may run (tasks, COPY; or tasks, staging, clear, COPY, merge): its
-#: client deadline.
-CHUNK_STATEMENTS: Final = 5
+#: Statements one chunk may run (tasks, COPY or staging, clear, COPY, merge; events, notify):
+#: its client deadline.
+CHUNK_STATEMENTS: Final = 7
 #: Records per chunk by default (the ``bulk_chunk_size`` setting): bounds the client's memory
 #: (about 10 MB for typical results).
 BULK_CHUNK: Final = 10_000
@@ -543,6 +543,28 @@ BULK_MERGE: Final = (
     "FROM aiecs_staging ORDER BY user_id, task_id, step"
     f"{_STEP_CONFLICT}"
 )
+
+
+#: The bulk path logs its own events (schema.py, task events): the row trigger skips while set.
+BULK_EVENTS_ON: Final = "SELECT set_config('aiecs.bulk_events', 'on', true)"
+
+#: A COPYed chunk's events: the same rows, COPYed again (reading them back from task_history
+#: would make the planner scan the whole table).
+BULK_EVENTS_COPY: Final = f"COPY task_events ({_names(STEP_COLUMNS)}) FROM STDIN"
+
+#: A merged chunk's events, from the staging table.
+BULK_MERGE_EVENTS: Final = (
+    f"INSERT INTO task_events ({_names(STEP_COLUMNS)})\n"
+    f"SELECT {_cast(STEP_COLUMNS, '{}')} FROM aiecs_staging ORDER BY user_id, task_id, step"
+)
+
+#: ... and the wake-up of whoever watches one of its tasks (parameters: users, tasks).
+BULK_NOTIFY: Final = """
+SELECT pg_notify('aiecs_events', w.user_id || chr(31) || w.task_id)
+FROM aiecs_watched w
+JOIN unnest(%(users)s::text[], %(tasks)s::text[]) AS k(user_id, task_id) USING (user_id, task_id)
+WHERE w.until > now()
+"""
 
 
 def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]:
@@ -853,3 +875,125 @@ def report_data(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
     totals, by_code, by_category, steps, days = rows[0]
     return {"totals": totals, "failures_by_error_code": by_code,
             "failures_by_category": by_category, "busiest_steps": steps, "per_day": days}
+
+
+# -- watching (watch.py explains positions and tokens) --------------------------------------------
+
+_EVENT_COLUMNS: Final = ("tx", "seq", "step", *RESULT_COLUMNS, "at")
+_UNSEEN: Final = """e.tx >= %(horizon)s
+    AND NOT EXISTS (SELECT FROM unnest(%(seen_tx)s::bigint[], %(seen_seq)s::bigint[]) AS s(tx, seq)
+                    WHERE s.tx = e.tx AND e.seq <= s.seq)"""
+# The snapshot's xmin (the next horizon) comes from the same statement, so from the snapshot the
+# events were read with; a row of NULLs stands for "no new event".
+_SNAPSHOT: Final = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon"
+
+WATCH_TASK: Final = f"""
+WITH snap AS ({_SNAPSHOT})
+SELECT snap.horizon,
+       (SELECT t.status FROM tasks t
+        WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s),
+       {_names(_EVENT_COLUMNS, 'e.')}
+FROM snap LEFT JOIN LATERAL (
+  SELECT * FROM task_events e
+  WHERE e.user_id = %(user_id)s AND e.task_id = %(task_id)s AND e.step IS NOT NULL
+    AND {_UNSEEN}
+) e ON true
+ORDER BY e.seq
+"""
+
+WATCH_USER: Final = f"""
+WITH snap AS ({_SNAPSHOT})
+SELECT snap.horizon, e.task_id, e.tx, e.seq, e.status, e.error_code, e.error_message, e.at
+FROM snap LEFT JOIN LATERAL (
+  SELECT * FROM task_events e
+  WHERE e.user_id = %(user_id)s AND e.step IS NULL AND {_UNSEEN}
+) e ON true
+ORDER BY e.seq
+"""
+
+#: How long a registration in ``aiecs_watched`` lasts unless its listener renews it (seconds).
+REGISTRATION_TTL: Final = 300
+
+REGISTER_WATCH: Final = (
+    "INSERT INTO aiecs_watched (user_id, task_id, listener, until) "
+    "VALUES (%(user_id)s, %(task_id)s, %(listener)s, now() + make_interval(secs => %(ttl)s)) "
+    "ON CONFLICT (user_id, task_id, listener) DO UPDATE SET until = EXCLUDED.until"
+)
+UNREGISTER_WATCH: Final = (
+    "DELETE FROM aiecs_watched "
+    "WHERE user_id = %(user_id)s AND task_id = %(task_id)s AND listener = %(listener)s"
+)
+#: Run by a listener on its own connection, every heartbeat (parameters: listener, ttl).
+RENEW_WATCHES: Final = (
+    "UPDATE aiecs_watched SET until = now() + make_interval(secs => %(ttl)s) "
+    "WHERE listener = %(listener)s"
+)
+
+
+def check_poll_interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and 0.01 <= value <= 3600):
+        raise ValidationError(
+            f"poll_interval: must be a number of seconds between 0.01 and 3600, got "
+            f"{shown(value)}", field="poll_interval")
+    return float(value)
+
+
+class Watch:
+    """One watcher's catch-up statement and the shaping of what it returns; ``position`` is
+    where it stands (``records.Position``)."""
+
+    def __init__(self, user_id: Any, task_id: Any | None, after: Any) -> None:
+        self.user_id = check_id(user_id, "user_id")
+        self.task_id = None if task_id is None else check_id(task_id, "task_id")
+        self.position = Position.parse(after)
+        #: The task ended (a terminal status seen in the last catch-up's snapshot).
+        self.finished = False
+
+    @property
+    def key(self) -> str:
+        """The watched task, or '' for all of the user's tasks (``aiecs_watched.task_id``)."""
+        return self.task_id or ""
+
+    def registration(self, listener: str, *, stop: bool = False) -> Statement:
+        """Register (or, with ``stop``, unregister) this watch for ``listener``."""
+        params = {"user_id": self.user_id, "task_id": self.key, "listener": listener,
+                  "ttl": REGISTRATION_TTL}
+        return Statement("watch", UNREGISTER_WATCH if stop else REGISTER_WATCH, params)
+
+    def statement(self) -> Statement:
+        params = {"user_id": self.user_id, **self.position.params()}
+        if self.task_id is None:
+            return Statement("watch_user_tasks", WATCH_USER, params)
+        return Statement("watch_task_history", WATCH_TASK, {**params, "task_id": self.task_id})
+
+    def steps(self, rows: Sequence[Sequence[Any]]) -> Iterator[dict[str, Any]]:
+        """``load_task_history``-shaped entries, each with its resume ``token``; when all are
+        taken, the position moves to the snapshot's horizon."""
+        for _horizon, task_status, tx, seq, step, name, result, completed, message, status, \
+                code, error_message, at in rows:
+            self.finished = task_status is not None and _STATUS[task_status].is_terminal
+            if tx is None:
+                continue
+            self.position.advance(tx, seq)
+            yield {
+                "step": step,
+                "result": {"step": name, "result": result, "completed": completed,
+                           "message": message, "status": status, "error_code": code,
+                           "error_message": error_message},
+                "timestamp": at.isoformat(), "status": status, "token": self.position.token(),
+            }
+        if rows:
+            self.position.settle(int(rows[0][0]))
+
+    def tasks(self, rows: Sequence[Sequence[Any]]) -> Iterator[dict[str, Any]]:
+        """Task status changes, each with its resume ``token``."""
+        for _horizon, task_id, tx, seq, status, code, error_message, at in rows:
+            if tx is None:
+                continue
+            self.position.advance(tx, seq)
+            yield {"task_id": task_id, "status": status, "error_code": code,
+                   "error_message": error_message, "timestamp": at.isoformat(),
+                   "token": self.position.token()}
+        if rows:
+            self.position.settle(int(rows[0][0]))

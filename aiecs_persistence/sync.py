@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -25,9 +26,10 @@ from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, returns_rows
 from .domain import TaskStatus
-from .errors import ValidationError
+from .errors import PersistenceError, ValidationError
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
+from .watch import HEARTBEAT, Listener, Waiter
 
 __all__ = ["SyncDatabaseManager"]
 
@@ -51,6 +53,7 @@ class SyncDatabaseManager(ManagerBase):
         super().__init__(db_config, url=url, **settings)
         self._pool: ConnectionPool[Connection[tuple[Any, ...]]] | None = None
         self._lock = threading.Lock()
+        self._listener: Listener | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -86,6 +89,9 @@ class SyncDatabaseManager(ManagerBase):
 
     def disconnect(self) -> None:
         """Close the pool and its connections (a later call connects again)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -187,6 +193,7 @@ class SyncDatabaseManager(ManagerBase):
             chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size)
             with conn.transaction():
                 self._set_local_timeouts(conn)
+                conn.execute(sql.BULK_EVENTS_ON)
                 self._write_chunks(conn, chunk, iter(records))
             return chunk.seen
 
@@ -228,6 +235,12 @@ class SyncDatabaseManager(ManagerBase):
                     for row in rows:
                         copy.write_row(row)
                 cur.execute(sql.BULK_MERGE)
+                cur.execute(sql.BULK_MERGE_EVENTS)
+            else:
+                with cur.copy(sql.BULK_EVENTS_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            cur.execute(sql.BULK_NOTIFY, tasks.params)
 
     def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""
@@ -326,3 +339,77 @@ class SyncDatabaseManager(ManagerBase):
         ``error_code``, ``step_name``, ``since``/``until``, ``cursor``."""
         statement = sql.list_steps(user_id, limit=limit, **filters)
         return Page(*sql.step_page(self._run(statement), limit))
+
+    # -- following ---------------------------------------------------------------------------
+
+    def watch_task_history(
+        self, user_id: str, task_id: str, *, after: str | None = None,
+        until_finished: bool = True, poll_interval: float = 1.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Follow a task as it is written: every change already stored (after ``after``, the
+        ``token`` of an event from an earlier watch), then each new step and each re-save as it
+        is committed, in commit order; entries shaped as ``load_task_history``'s, each with a
+        resume ``token``. With ``until_finished``, it ends once the task has ended and every
+        step committed before that was yielded. Woken by LISTEN/NOTIFY (one connection per
+        manager), else polling every ``poll_interval`` seconds (see watch.py)."""
+        watch = sql.Watch(user_id, task_id, after)
+        interval = sql.check_poll_interval(poll_interval)
+        waiter = self._subscribe(watch)
+        try:
+            while True:
+                if waiter is not None:
+                    waiter.clear()
+                rows = self._run(watch.statement())
+                yield from watch.steps(rows)
+                if until_finished and watch.finished:
+                    return
+                self._idle(waiter, interval)
+        finally:
+            self._unsubscribe(watch, waiter)
+
+    def watch_user_tasks(
+        self, user_id: str, *, after: str | None = None, poll_interval: float = 1.0,
+    ) -> Iterator[dict[str, Any]]:
+        """Follow a user's tasks: each status change (``{"task_id", "status", "error_code",
+        "error_message", "timestamp", "token"}``) as it is committed, for a dashboard; every
+        change already stored first (after ``after``). It never ends by itself."""
+        watch = sql.Watch(user_id, None, after)
+        interval = sql.check_poll_interval(poll_interval)
+        waiter = self._subscribe(watch)
+        try:
+            while True:
+                if waiter is not None:
+                    waiter.clear()
+                rows = self._run(watch.statement())
+                yield from watch.tasks(rows)
+                self._idle(waiter, interval)
+        finally:
+            self._unsubscribe(watch, waiter)
+
+    def _subscribe(self, watch: sql.Watch) -> Waiter | None:
+        """Wake-ups for ``watch``'s key, registered so writers notify; None when watchers
+        poll (``notifications=False``, or behind a transaction-mode pooler)."""
+        if not self.settings.notifications or self.settings.transaction_pooling:
+            return None
+        if self._listener is None:
+            self._ready()
+            self._listener = Listener(libpq_conninfo(self.url), self._connect_kwargs())
+        waiter = self._listener.subscribe(watch.user_id, watch.key)
+        self._run(watch.registration(self._listener.listener_id))
+        return waiter
+
+    def _unsubscribe(self, watch: sql.Watch, waiter: Waiter | None) -> None:
+        listener = self._listener
+        if waiter is None or listener is None:
+            return
+        if listener.unsubscribe(watch.user_id, watch.key, waiter) and self.connected:
+            with suppress(PersistenceError):
+                self._run(watch.registration(listener.listener_id, stop=True))
+
+    def _idle(self, waiter: Waiter | None, interval: float) -> None:
+        """Between catch-ups: until a notification, or ``interval`` when polling."""
+        if waiter is None:
+            time.sleep(interval)
+            return
+        listening = self._listener is not None and self._listener.listening
+        waiter.wait(HEARTBEAT if listening else interval)

@@ -240,6 +240,55 @@ class Bench:
             await asyncio.gather(*(worker(w) for w in range(len(data))))
             return 1 / (time.perf_counter() - t0)
 
+    async def watchers(self) -> None:
+        """The watchers' cost to writers: 64 coroutines saving with no watcher, with 100 idle
+        watchers (of tasks nobody writes), and with 10 watchers of the tasks being written,
+        in rotating order within each round."""
+        total, workers = self.n(20_000, 64), 64
+        per = total // workers
+        modes = ("none", "idle", "watched")
+        rates: dict[str, list[float]] = {mode: [] for mode in modes}
+        for rnd in range(ROUNDS):
+            data = [list(records("x", 1, per, seed=300 + w)) for w in range(workers)]
+            for mode in modes[rnd % 3:] + modes[:rnd % 3]:
+                rate = await self._saves_while_watched(f"watch{rnd}-{mode}", data, mode)
+                rates[mode].append(rate * per * workers)
+        for mode, label in (("idle", "100 idle watchers"),
+                            ("watched", "10 watchers of the written tasks")):
+            ours, base, ratio = paired({"ours": rates[mode], "base": rates["none"]})
+            self.report(Result(f"watchers: {workers} coroutines saving, {label}",
+                               f"{ours:,.0f} saves/s", f"{base:,.0f} saves/s unwatched", ratio,
+                               "≥ 0.9×", ratio >= 0.9, PAIRED_NOTE))
+
+    async def _saves_while_watched(self, user: str, data: list[list[Record]],
+                                   mode: str) -> float:
+        """1 / seconds for all the saves (as ``_concurrent_ours``) while ``mode``'s watchers
+        follow, on a manager of their own (its one LISTEN connection serves them all)."""
+        watched = {"none": [], "idle": [(f"{user}-idle", f"idle-{i}") for i in range(100)],
+                   "watched": [(user, f"task-{w}") for w in range(10)]}[mode]
+        async with DatabaseManager(url=self.url, auto_migrate=False, pool_size=8,
+                                   max_overflow=0) as db, \
+                DatabaseManager(url=self.url, auto_migrate=False, pool_size=4) as watching:
+            async def follow(user_id: str, task_id: str) -> None:
+                async for _ in watching.watch_task_history(user_id, task_id,
+                                                           until_finished=False):
+                    pass
+
+            async def worker(w: int) -> None:
+                for _, _, step, r in data[w]:
+                    await db.save_task_history(user, f"task-{w}", step, r)
+
+            followers = [asyncio.ensure_future(follow(u, t)) for u, t in watched]
+            await db.get_task("warm", "up")
+            await asyncio.sleep(0.5)  # every watcher registered, the listener listening
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(w) for w in range(len(data))))
+            rate = 1 / (time.perf_counter() - t0)
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+            return rate
+
     async def bulk(self, db: DatabaseManager, conn: psycopg.AsyncConnection[Any]) -> None:
         steps = self.n(200_000, 100)
         tasks = steps // 10
@@ -445,7 +494,8 @@ def server_info(conninfo: str) -> str:
             f"{os.cpu_count()} CPUs")
 
 
-CASES = ("single", "blocking", "concurrent", "bulk", "memory", "read", "listing", "retention")
+CASES = ("single", "blocking", "concurrent", "watchers", "bulk", "memory", "read", "listing",
+         "retention")
 
 
 async def run_all(bench: Bench, only: set[str]) -> None:
@@ -459,6 +509,8 @@ async def run_all(bench: Bench, only: set[str]) -> None:
                 bench.blocking()
             if "concurrent" in only:
                 await bench.concurrent(conn)
+            if "watchers" in only:
+                await bench.watchers()
             if "bulk" in only:
                 await bench.bulk(db, conn)
             if only & {"memory", "read", "retention"}:

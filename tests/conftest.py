@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ from aiecs_persistence import migrate
 from aiecs_persistence.config import libpq_conninfo
 
 from .database import Server, find_server, temporary_database
+from .managers import Driven, close, make_manager
 
 _server: Server | None = None
 
@@ -86,3 +88,18 @@ def engine(db_url: URL) -> Iterator[sa.Engine]:
         yield eng
     finally:
         eng.dispose()
+
+
+@pytest.fixture(params=["async", "sync"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db(kind: str, db_url: Any) -> Iterator[Driven]:
+    driven = make_manager(kind, url=db_url)
+    driven.connect()
+    try:
+        yield driven
+    finally:
+        close(driven)

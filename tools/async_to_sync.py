@@ -47,6 +47,7 @@ RULES: list[tuple[re.Pattern[str], str]] = [
         (r"\basyncio\.to_thread\(([\w.]+), ", r"\1("),
         (r"\basyncio\.Lock\(\)", "threading.Lock()"),
         (r"\basyncio\.sleep\(", "time.sleep("),
+        (r"\bAsync(Listener|Waiter|Iterator)\b", r"\1"),
         (r"\bAsyncConnectionPool\b", "ConnectionPool"),
         (r"\bAsyncConnection\b", "Connection"),
         (r" \| AsyncIterable\[(\w+)\]", ""),

@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = ("single:", "blocking:", "concurrent:", "bulk:", "memory:", "read:",
+CASES = ("single:", "blocking:", "concurrent:", "watchers: 64 coroutines saving, 100 idle",
+         "watchers: 64 coroutines saving, 10 watchers", "bulk:", "memory:", "read:",
          "listing: first page", "listing: deep page (after", "listing: deep page against",
          "retention:")
 

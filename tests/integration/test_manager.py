@@ -24,7 +24,7 @@ from aiecs_persistence import (
 )
 
 from ..conftest import conninfo
-from .conftest import close, make_manager
+from ..managers import close, make_manager
 
 
 class UpstreamTaskStepResult:

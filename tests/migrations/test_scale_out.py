@@ -4,7 +4,8 @@ the distribution column (docs/scaling.md)."""
 
 from __future__ import annotations
 
-DISTRIBUTED = {"tasks", "task_history"}  # create_distributed_table(..., 'user_id')
+# create_distributed_table(..., 'user_id'), co-located
+DISTRIBUTED = {"tasks", "task_history", "task_events", "aiecs_watched"}
 REFERENCE = {"error_codes"}  # create_reference_table: small, copied to every node
 LOCAL = {"aiecs_alembic_version", "legacy_task_history_rejects"}  # coordinator only
 

@@ -126,20 +126,3 @@ def route(request: pytest.FixtureRequest, db_url: URL) -> Route:
         return Route("direct", db_url)
     bouncer: Bouncer = request.getfixturevalue("pgbouncer")
     return bouncer.route(db_url)
-
-
-@pytest.fixture(params=["async", "sync"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def db(kind: str, db_url: Any) -> Iterator[Any]:
-    from ..integration.conftest import close, make_manager
-
-    driven = make_manager(kind, url=db_url)
-    driven.connect()
-    try:
-        yield driven
-    finally:
-        close(driven)

@@ -27,6 +27,7 @@ from ..database import temporary_database
 CONTENT = {
     "tasks": "SELECT * FROM tasks ORDER BY user_id, task_id",
     "task_history": "SELECT * FROM task_history ORDER BY user_id, task_id, step",
+    "task_events": "SELECT * FROM task_events ORDER BY user_id, task_id, tx, seq",
     "error_codes": "SELECT * FROM error_codes ORDER BY code",
     "revision": "SELECT version_num FROM aiecs_alembic_version",
 }
@@ -104,6 +105,7 @@ def test_data_only_dump_restores_into_a_database_at_head(pg, db_url, major, tmp_
     before = contents(db_url)
     archive = str(tmp_path / "data.dump")
     run(dump, "--format=custom", "--data-only", "--table=tasks", "--table=task_history",
+        "--table=task_events",
         f"--file={archive}", f"--dbname={libpq_conninfo(db_url)}")
     with temporary_database(pg) as target:
         migrate.upgrade(target)

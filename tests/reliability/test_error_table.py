@@ -22,7 +22,7 @@ from aiecs_persistence import (
 from aiecs_persistence.embedded import start
 
 from ..conftest import conninfo
-from ..integration.conftest import close, make_manager
+from ..managers import close, make_manager
 
 STEP = TaskStepResult("op", {"x": 1}, True, "ok", "completed")
 

@@ -165,6 +165,17 @@ CASES: list[tuple[str, str, tuple[Any, ...], dict[str, Any], str]] = [
     ("user tasks limit str", "get_user_tasks", (U,), {"limit": "10"}, "limit"),
     ("user tasks limit huge", "get_user_tasks", (U,), {"limit": 10**9}, "limit"),
     ("user tasks limit bool", "get_user_tasks", (U,), {"limit": True}, "limit"),
+    ("watch user", "watch_task_history", (None, T), {}, "user_id"),
+    ("watch task", "watch_task_history", (U, ""), {}, "task_id"),
+    ("watch token garbage", "watch_task_history", (U, T), {"after": "garbage!"}, "after"),
+    ("watch token forged", "watch_task_history", (U, T), {"after": "Wy0xLFtdXQ"}, "after"),
+    ("watch token int", "watch_task_history", (U, T), {"after": 5}, "after"),
+    ("watch poll negative", "watch_task_history", (U, T), {"poll_interval": -1},
+     "poll_interval"),
+    ("watch poll NaN", "watch_task_history", (U, T), {"poll_interval": float("nan")},
+     "poll_interval"),
+    ("watch user tasks user", "watch_user_tasks", ("",), {}, "user_id"),
+    ("watch user tasks token", "watch_user_tasks", (U,), {"after": ["x"]}, "after"),
     ("list status", "list_tasks", (U,), {"status": "bogus"}, "status"),
     ("list status injection", "list_tasks", (U,), {"status": "running' OR '1'='1"}, "status"),
     ("list statuses", "list_tasks", (U,), {"status": ["running", "nope"]}, "status"),
@@ -222,6 +233,8 @@ def manager(request: pytest.FixtureRequest, hostile_db: Any) -> Iterator[Any]:
 
             def call(*args: Any, **kwargs: Any) -> Any:
                 result = method(*args, **kwargs)
+                if inspect.isasyncgen(result):  # a watch: its first event
+                    return loop.run_until_complete(result.__anext__())
                 return loop.run_until_complete(result) if inspect.isawaitable(result) else result
 
             return call
@@ -259,7 +272,9 @@ def test_hostile_input_is_refused_and_writes_nothing(manager, hostile_db, method
                                                       kwargs, field):
     before = snapshot(hostile_db)
     with pytest.raises(PersistenceError) as caught:
-        getattr(manager, method)(*args, **kwargs)
+        result = getattr(manager, method)(*args, **kwargs)
+        if inspect.isgenerator(result):  # a watch (blocking manager): its first event
+            next(result)
     error = caught.value
     assert isinstance(error, ValidationError), repr(error)
     assert error.code is ErrorCode.VALIDATION_ERROR

@@ -69,8 +69,9 @@ def test_both_managers_have_the_same_public_api():
             assert isinstance(twin, property), name
             continue
         assert callable(member) and callable(twin), name
-        is_async = inspect.iscoroutinefunction(member)
+        is_async = inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
         assert not inspect.iscoroutinefunction(twin), name
+        assert not inspect.isasyncgenfunction(twin), name
         shared = name in ("__init__", "__repr__") or name in vars(ManagerBase)
         assert is_async != shared, f"{name}: async on DatabaseManager unless shared"
         a, s = inspect.signature(member), inspect.signature(twin)
