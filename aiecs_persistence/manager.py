@@ -391,7 +391,7 @@ class DatabaseManager(ManagerBase):
 
     # -- following ---------------------------------------------------------------------------
 
-    async def watch_task_history(
+    def watch_task_history(
         self, user_id: str, task_id: str, *, after: str | None = None,
         until_finished: bool = True, poll_interval: float = 1.0,
     ) -> AsyncIterator[dict[str, Any]]:
@@ -400,35 +400,26 @@ class DatabaseManager(ManagerBase):
         is committed, in commit order; entries shaped as ``load_task_history``'s, each with a
         resume ``token``. With ``until_finished``, it ends once the task has ended and every
         step committed before that was yielded. Woken by LISTEN/NOTIFY (one connection per
-        manager), else polling every ``poll_interval`` seconds (see watch.py)."""
+        manager), else polling every ``poll_interval`` seconds (see watch.py). Arguments are
+        checked at once; nothing runs until the first iteration."""
         watch = sql.Watch(user_id, task_id, after)
-        interval = sql.check_poll_interval(poll_interval)
-        waiter = await self._subscribe(watch)
-        try:
-            while True:
-                if waiter is not None:
-                    waiter.clear()
-                rows = await self._run(watch.statement())
-                # [async]
-                for entry in watch.steps(rows):
-                    yield entry
-                # [sync]
-                # yield from watch.steps(rows)
-                # [end]
-                if until_finished and watch.finished:
-                    return
-                await self._idle(waiter, interval)
-        finally:
-            await self._unsubscribe(watch, waiter)
+        return self._follow(watch, watch.steps, until_finished,
+                            sql.check_poll_interval(poll_interval))
 
-    async def watch_user_tasks(
+    def watch_user_tasks(
         self, user_id: str, *, after: str | None = None, poll_interval: float = 1.0,
     ) -> AsyncIterator[dict[str, Any]]:
         """Follow a user's tasks: each status change (``{"task_id", "status", "error_code",
         "error_message", "timestamp", "token"}``) as it is committed, for a dashboard; every
         change already stored first (after ``after``). It never ends by itself."""
         watch = sql.Watch(user_id, None, after)
-        interval = sql.check_poll_interval(poll_interval)
+        return self._follow(watch, watch.tasks, False, sql.check_poll_interval(poll_interval))
+
+    async def _follow(
+        self, watch: sql.Watch, take: Callable[[list[tuple[Any, ...]]], Iterator[dict[str, Any]]],
+        until_finished: bool, interval: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
         waiter = await self._subscribe(watch)
         try:
             while True:
@@ -436,11 +427,13 @@ class DatabaseManager(ManagerBase):
                     waiter.clear()
                 rows = await self._run(watch.statement())
                 # [async]
-                for entry in watch.tasks(rows):
+                for entry in take(rows):
                     yield entry
                 # [sync]
-                # yield from watch.tasks(rows)
+                # yield from take(rows)
                 # [end]
+                if until_finished and watch.finished:
+                    return
                 await self._idle(waiter, interval)
         finally:
             await self._unsubscribe(watch, waiter)

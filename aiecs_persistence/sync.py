@@ -351,21 +351,11 @@ class SyncDatabaseManager(ManagerBase):
         is committed, in commit order; entries shaped as ``load_task_history``'s, each with a
         resume ``token``. With ``until_finished``, it ends once the task has ended and every
         step committed before that was yielded. Woken by LISTEN/NOTIFY (one connection per
-        manager), else polling every ``poll_interval`` seconds (see watch.py)."""
+        manager), else polling every ``poll_interval`` seconds (see watch.py). Arguments are
+        checked at once; nothing runs until the first iteration."""
         watch = sql.Watch(user_id, task_id, after)
-        interval = sql.check_poll_interval(poll_interval)
-        waiter = self._subscribe(watch)
-        try:
-            while True:
-                if waiter is not None:
-                    waiter.clear()
-                rows = self._run(watch.statement())
-                yield from watch.steps(rows)
-                if until_finished and watch.finished:
-                    return
-                self._idle(waiter, interval)
-        finally:
-            self._unsubscribe(watch, waiter)
+        return self._follow(watch, watch.steps, until_finished,
+                            sql.check_poll_interval(poll_interval))
 
     def watch_user_tasks(
         self, user_id: str, *, after: str | None = None, poll_interval: float = 1.0,
@@ -374,14 +364,22 @@ class SyncDatabaseManager(ManagerBase):
         "error_message", "timestamp", "token"}``) as it is committed, for a dashboard; every
         change already stored first (after ``after``). It never ends by itself."""
         watch = sql.Watch(user_id, None, after)
-        interval = sql.check_poll_interval(poll_interval)
+        return self._follow(watch, watch.tasks, False, sql.check_poll_interval(poll_interval))
+
+    def _follow(
+        self, watch: sql.Watch, take: Callable[[list[tuple[Any, ...]]], Iterator[dict[str, Any]]],
+        until_finished: bool, interval: float,
+    ) -> Iterator[dict[str, Any]]:
+        """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
         waiter = self._subscribe(watch)
         try:
             while True:
                 if waiter is not None:
                     waiter.clear()
                 rows = self._run(watch.statement())
-                yield from watch.tasks(rows)
+                yield from take(rows)
+                if until_finished and watch.finished:
+                    return
                 self._idle(waiter, interval)
         finally:
             self._unsubscribe(watch, waiter)

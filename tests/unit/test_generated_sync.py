@@ -69,7 +69,8 @@ def test_both_managers_have_the_same_public_api():
             assert isinstance(twin, property), name
             continue
         assert callable(member) and callable(twin), name
-        is_async = inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+        is_async = (inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
+                    or "AsyncIterator" in str(inspect.signature(member).return_annotation))
         assert not inspect.iscoroutinefunction(twin), name
         assert not inspect.isasyncgenfunction(twin), name
         shared = name in ("__init__", "__repr__") or name in vars(ManagerBase)
