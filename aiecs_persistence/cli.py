@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -40,6 +41,11 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # ctx: the Context of the click that typer bundles
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # Whoever read our output stopped (`aiecs-db tasks u | head`): that is no failure.
+            # Later writes (and the interpreter's final flush) go nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except Exception as exc:
             if isinstance(exc, PersistenceError):
                 error = exc
@@ -91,19 +97,26 @@ def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
         out.print(human, markup=False, highlight=False)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"aiecs-db (aiecs-persistence) {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show details.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
 ) -> None:
     ctx.obj = Options(verbose=verbose)
-    # The library logs failures itself; on the command line they are already the one-line
-    # error, so its log records only show with --verbose.
-    package_log = logging.getLogger("aiecs_persistence")
+    # The library logs failures itself (at DEBUG); with --verbose they show.
     if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    elif not any(isinstance(h, logging.NullHandler) for h in package_log.handlers):
-        package_log.addHandler(logging.NullHandler())
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
 
 
 @app.command()

@@ -160,11 +160,15 @@ def current(url: str | URL) -> str | None:
 
 @dataclass(frozen=True)
 class SchemaStatus:
-    """What :func:`inspect` found: the revision and any enum drift."""
+    """What :func:`inspect` found: the revision, any enum drift, and what blocks an upgrade."""
 
     current: str | None
     head: str
     enum_problems: Sequence[str] = field(default_factory=tuple)
+    #: The database has enum labels the code does not know (added by hand, or by newer code).
+    unknown_labels: bool = False
+    #: A ``task_history`` table that is neither ours nor upstream AIECS's is in the way.
+    foreign_table: bool = False
 
     @property
     def at_head(self) -> bool:
@@ -175,6 +179,7 @@ class SchemaStatus:
         return self.at_head and not self.enum_problems
 
     def describe(self) -> str:
+        """What is wrong, and the remedy that fixes it (``upgrade`` only where it does)."""
         if self.ok:
             return f"schema at head ({self.head})"
         parts = []
@@ -182,7 +187,21 @@ class SchemaStatus:
             where = self.current or "empty (no aiecs-persistence schema)"
             parts.append(f"the database is at revision {where}, not at head {self.head}")
         parts.extend(self.enum_problems)
-        return "; ".join(parts) + "; run `aiecs-db upgrade` (or `alembic upgrade head`)"
+        return "; ".join(parts) + "; " + self.remedy()
+
+    def remedy(self) -> str:
+        if self.foreign_table:
+            return ("a table task_history that is not aiecs-persistence's (nor upstream "
+                    "AIECS history) is in the way: rename or drop it, or use another database "
+                    "or schema (options=-c search_path=…)")
+        if self.current is not None and not is_known_revision(self.current):
+            return ("newer code migrated this database: upgrade aiecs-persistence (pip install "
+                    "-U aiecs-persistence)")
+        if self.unknown_labels and self.at_head:
+            return ("the database has enum labels this version does not know (added by hand, "
+                    "or by newer code): upgrade aiecs-persistence, or remove them as "
+                    "docs/operations.md (Evolving an enum) describes")
+        return "run `aiecs-db upgrade` (or `alembic upgrade head`)"
 
 
 ENUM_LABELS_SQL: Final = """
@@ -208,11 +227,24 @@ def enum_problems(labels: dict[str, list[str]]) -> list[str]:
     return problems
 
 
+FOREIGN_TABLE_SQL: Final = """
+SELECT EXISTS (SELECT FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'task_history')
+   AND NOT EXISTS (SELECT FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'task_history'
+                     AND column_name IN ('step_name', 'timestamp'))
+"""
+
+
 def inspect_connection(connection: Connection) -> SchemaStatus:
     revision = current_revision(connection)
     labels = {name: list(values) for name, values in connection.exec_driver_sql(ENUM_LABELS_SQL)}
     problems = enum_problems(labels) if revision is not None else []
-    return SchemaStatus(current=revision, head=head(), enum_problems=tuple(problems))
+    unknown = any(set(labels.get(name, ())) - {m.value for m in enum}
+                  for name, enum in ENUMS.items())
+    foreign = revision is None and bool(connection.exec_driver_sql(FOREIGN_TABLE_SQL).scalar())
+    return SchemaStatus(current=revision, head=head(), enum_problems=tuple(problems),
+                        unknown_labels=unknown, foreign_table=foreign)
 
 
 def inspect(url: str | URL) -> SchemaStatus:

@@ -9,7 +9,8 @@
 * lets the **writer** read and write ``tasks`` and ``task_history`` (``DELETE`` too, for
   ``cleanup_old_tasks``), read the error catalog, the views and the schema version, and create
   temporary tables (the bulk path stages its rows in one) — and nothing else;
-* lets the **reader** ``SELECT`` from the reporting views only.
+* lets the **reader** ``SELECT`` from the reporting views (and the schema version, which every
+  connection checks), so it can run ``aiecs-db report``.
 
 The statements are idempotent: run ``aiecs-db grant`` again after each upgrade so new objects
 get the same privileges. Running them needs a superuser (or a role with ``CREATEROLE`` that is
@@ -146,6 +147,8 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         out.append(
             f"GRANT SELECT ON {', '.join(f'{sch}.{_q(v)}' for v in views)} TO {reader}"
         )
+    if VERSION_TABLE in relations:  # the schema check every connection makes reads it
+        out.append(f"GRANT SELECT ON {sch}.{_q(VERSION_TABLE)} TO {reader}")
     return out
 
 

@@ -119,3 +119,21 @@ def test_an_unreachable_server_is_one_line_without_password(command):
     assert "hunter2" not in result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error [E0"), result.stderr
+
+
+def test_version():
+    done = runner.invoke(app, ["--version"])
+    assert done.exit_code == 0 and done.output.startswith("aiecs-db (aiecs-persistence) ")
+
+
+def test_piping_into_head_is_not_a_failure(db_url, psql):
+    psql.execute("INSERT INTO tasks (user_id, task_id) "
+                 "SELECT 'bulk', 'task-' || g FROM generate_series(1, 5000) g")
+    url = url_of(db_url)
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c",
+         f'"{sys.executable}" -m aiecs_persistence tasks bulk --limit 5000 --json '
+         f'--url "{url}" | head -c 100 > /dev/null'],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Broken pipe" not in done.stderr

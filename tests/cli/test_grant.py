@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import psycopg
@@ -59,12 +60,20 @@ def test_reader_sees_the_views_and_nothing_else(roles):
     with psycopg.connect(conninfo(roles["reader"]), autocommit=True) as conn:
         for view in ("step_details", "task_summary", "failures_by_day"):
             conn.execute(f"SELECT count(*) FROM {view}").fetchone()
-    for table in ("tasks", "task_history", "error_codes", "aiecs_alembic_version",
+    for table in ("tasks", "task_history", "task_events", "error_codes",
                   "legacy_task_history_rejects"):
         assert denied(roles["reader"], f"SELECT * FROM {table}"), table
     assert denied(roles["reader"], "INSERT INTO tasks (user_id, task_id) VALUES ('u', 't')")
     assert denied(roles["reader"], "UPDATE task_history SET message = 'x'")
     assert denied(roles["reader"], "CREATE TABLE mine (x int)")
+
+
+def test_reader_runs_the_report(roles):
+    """What docs/scaling.md suggests for a read replica: the reader role runs `report`."""
+    url = roles["reader"].render_as_string(hide_password=False)
+    done = runner.invoke(app, ["report", "--json", "--url", url])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["totals"]["steps"] == 0
 
 
 def test_temporary_tables_as_the_roles_table_says(roles, db_url):

@@ -99,6 +99,23 @@ def test_enum_drift_is_reported(db_url):
     engine.dispose()
     status = migrate.inspect(db_url)
     assert status.at_head and not status.ok
-    assert "E999" in status.describe() and "aiecs-db upgrade" in status.describe()
+    # `aiecs-db upgrade` would change nothing: the advice names what does.
+    assert "E999" in status.describe() and "aiecs-db upgrade" not in status.describe()
+    assert "upgrade aiecs-persistence, or remove them" in status.describe()
     with pytest.raises(SchemaMismatchError):
         migrate.check(db_url)
+
+
+def test_a_foreign_table_in_the_way_is_named_with_its_remedy(empty_db_url):
+    engine = sa.create_engine(empty_db_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE task_history (x int)")
+    engine.dispose()
+    advice = migrate.inspect(empty_db_url).describe()
+    assert "not aiecs-persistence's" in advice and "rename or drop it" in advice
+    assert "aiecs-db upgrade" not in advice
+
+
+def test_an_older_schema_is_told_to_upgrade(empty_db_url):
+    migrate.upgrade(empty_db_url, "0001_initial")
+    assert "run `aiecs-db upgrade`" in migrate.inspect(empty_db_url).describe()
