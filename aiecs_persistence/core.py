@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 from psycopg.pq import ExecStatus
 from sqlalchemy.engine import URL
@@ -117,6 +117,29 @@ class Settings:
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
+class SettingsKwargs(TypedDict, total=False):
+    """The settings as keyword arguments of both managers' constructors, for type checkers
+    (``Settings`` documents each; a test keeps the two in step)."""
+
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    connect_timeout: int | None
+    statement_timeout_ms: int | None
+    lock_timeout_ms: int | None
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    max_result_bytes: int
+    auto_migrate: bool
+    cleanup_batch_size: int
+    bulk_chunk_size: int
+    prepare_threshold: int | None
+    deadline_grace_ms: int
+    notifications: bool
+    transaction_pooling: bool
+
+
 @dataclass
 class OperationStats:
     """Calls of one operation: how many, how many failed, and their durations (seconds)."""
@@ -163,7 +186,7 @@ class ManagerBase:
         db_config: Mapping[str, Any] | None = None,
         *,
         url: str | URL | None = None,
-        **settings: Any,
+        **settings: Unpack[SettingsKwargs],
     ) -> None:
         unknown = set(settings) - set(Settings.__dataclass_fields__)
         if unknown:

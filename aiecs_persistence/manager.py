@@ -41,7 +41,7 @@ from collections.abc import (
 # [end]
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
@@ -50,8 +50,8 @@ from sqlalchemy.engine import URL
 
 from . import statements as sql
 from .config import libpq_conninfo
-from .core import ManagerBase, returns_rows
-from .domain import TaskStatus
+from .core import ManagerBase, SettingsKwargs, returns_rows
+from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, ValidationError
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
@@ -74,7 +74,7 @@ class DatabaseManager(ManagerBase):
 
     def __init__(
         self, db_config: Mapping[str, Any] | None = None, *, url: str | URL | None = None,
-        **settings: Any,
+        **settings: Unpack[SettingsKwargs],
     ) -> None:
         super().__init__(db_config, url=url, **settings)
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
@@ -374,19 +374,32 @@ class DatabaseManager(ManagerBase):
         return sql.user_task_rows(await self._run(sql.user_tasks(user_id, limit)))
 
     async def list_tasks(
-        self, user_id: str, *, limit: int = 100, **filters: Any
+        self, user_id: str, *, limit: int = 100,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        error_code: ErrorCode | str | Iterable[ErrorCode | str] | None = None,
+        step_name: str | None = None, since: dt.datetime | None = None,
+        until: dt.datetime | None = None, cursor: str | None = None,
     ) -> Page[TaskRecord]:
         """A page of a user's tasks, newest first. Filters: ``status``, ``error_code`` (one
-        or several), ``step_name``, ``since``/``until`` (activity time), ``cursor``."""
-        statement = sql.list_tasks(user_id, limit=limit, **filters)
+        or several), ``step_name``, ``since``/``until`` (activity time), ``cursor`` (a page's
+        ``next_cursor``)."""
+        statement = sql.list_tasks(
+            user_id, limit=limit, status=status, error_code=error_code, step_name=step_name,
+            since=since, until=until, cursor=cursor)
         return Page(*sql.task_page(await self._run(statement), limit))
 
     async def list_steps(
-        self, user_id: str, *, limit: int = 100, **filters: Any
+        self, user_id: str, *, limit: int = 100, task_id: str | None = None,
+        status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
+        error_code: ErrorCode | str | Iterable[ErrorCode | str] | None = None,
+        step_name: str | None = None, since: dt.datetime | None = None,
+        until: dt.datetime | None = None, cursor: str | None = None,
     ) -> Page[StepRecord]:
         """A page of a user's steps, newest first. Filters: ``task_id``, ``status``,
         ``error_code``, ``step_name``, ``since``/``until``, ``cursor``."""
-        statement = sql.list_steps(user_id, limit=limit, **filters)
+        statement = sql.list_steps(
+            user_id, limit=limit, task_id=task_id, status=status, error_code=error_code,
+            step_name=step_name, since=since, until=until, cursor=cursor)
         return Page(*sql.step_page(await self._run(statement), limit))
 
     # -- following ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import base64
 import binascii
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -57,7 +57,7 @@ class Page(Generic[T]):
     items: Sequence[T]
     next_cursor: str | None
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[T]:
         return iter(self.items)
 
     def __len__(self) -> int:
