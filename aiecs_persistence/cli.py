@@ -88,6 +88,33 @@ UrlOption = Annotated[
                  help="Database URL (default: the embedded PostgreSQL)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+YesOption = Annotated[bool, typer.Option(
+    "--yes", "-y", help="Do not ask before destroying data (needed without a terminal).")]
+
+
+def _confirm(what: str, yes: bool) -> None:
+    """Ask before destroying data. ``--yes`` answers for the user; with no terminal to ask
+    and no ``--yes``, refuse (exit 4) and change nothing."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        err.print(f"error: refusing to {what} without --yes (no terminal to ask)",
+                  markup=False, highlight=False)
+        raise typer.Exit(EXIT_INPUT)
+    if not typer.confirm(f"{what[0].upper()}{what[1:]}?", default=False, err=True):
+        err.print("nothing changed", markup=False, highlight=False)
+        raise typer.Exit(EXIT_INPUT)
+
+
+def _row_counts(target: Any) -> str:
+    """Rows in our tables, e.g. ``tasks 3, task_history 12``."""
+    with connect(target) as conn:
+        found = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = "
+            "current_schema()::regnamespace AND c.relname = ANY(%s) ORDER BY 1",
+            [["tasks", "task_history", "task_events", "legacy_task_history"]]).fetchall()]
+        counts = [(t, conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()) for t in found]
+    return ", ".join(f"{t} {row[0] if row else 0}" for t, row in counts) or "no tables"
 
 
 def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
@@ -130,9 +157,13 @@ def upgrade(revision: str = "head", url: UrlOption = None, as_json: JsonOption =
 
 
 @app.command()
-def downgrade(revision: str, url: UrlOption = None, as_json: JsonOption = False) -> None:
-    """Migrate the database down to REVISION (`base` removes everything)."""
+def downgrade(revision: str, url: UrlOption = None, as_json: JsonOption = False,
+              yes: YesOption = False) -> None:
+    """Migrate the database down to REVISION (`base` removes everything). Asks first."""
     target = resolve_url(url=url)
+    _confirm(f"downgrade {safe_url(target)} from {migrate.current(target) or 'base'} to "
+             f"{revision}, dropping what the reverted revisions created (rows now: "
+             f"{_row_counts(target)})", yes)
     migrate.downgrade(target, revision)
     now = migrate.current(target)
     _emit({"revision": now}, as_json, f"{safe_url(target)}: at revision {now or 'base'}")
@@ -317,13 +348,17 @@ def cleanup(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
     url: UrlOption = None,
     as_json: JsonOption = False,
+    yes: YesOption = False,
 ) -> None:
-    """Delete tasks (and their steps) with no activity for the given time, in batches."""
+    """Delete tasks (and their steps) with no activity for the given time, in batches. Counts
+    first, then asks."""
     days = _days(older_than)
     with _manager(url) as db:
         due = db.cleanup_old_tasks(days, dry_run=True)
         count = due
-        if not dry_run:
+        if not dry_run and due:
+            _confirm(f"delete {due} task(s), and their steps, with no activity for "
+                     f"{older_than}", yes)
             with _progress(as_json) as progress:
                 bar = progress.add_task("deleting tasks", total=due)
                 count = db.cleanup_old_tasks(
@@ -419,7 +454,7 @@ def _import(conn: Any, total: int, rows: Any, timezone: str | None, quiet: bool)
 @app.command()
 def demo(url: Annotated[str | None, typer.Option(
         "--url", help="Server to use (default: the embedded PostgreSQL; AIECS_DATABASE_URL "
-        "is deliberately ignored).")] = None) -> None:
+        "is deliberately ignored).")] = None, yes: YesOption = False) -> None:
     """Try it: a fresh `aiecs_demo` database, migrated, a simulated multi-step AI workload
     (success, each error code, a timeout, a cancellation), then its history and report."""
     import asyncio
@@ -429,14 +464,16 @@ def demo(url: Annotated[str | None, typer.Option(
     from .manager import DatabaseManager
 
     server = url or embedded_server.ensure_running()
-    where = safe_url(normalize_url(server))
     if url is None:
         out.print(f"embedded PostgreSQL, data in {embedded_server.data_dir()}",
                   markup=False, highlight=False)
+    elif scenario.demo_exists(server):  # on someone's server: ask before dropping it
+        _confirm(f"drop the existing database {scenario.DEMO_DATABASE} on "
+                 f"{safe_url(normalize_url(server))} and create it again", yes)
     target = scenario.fresh_database(server)
     migrate.upgrade(target)
-    out.print(f"database {scenario.DEMO_DATABASE} on {where}: migrated to "
-              f"{migrate.head()}", markup=False, highlight=False)
+    out.print(f"database {safe_url(target)}: migrated to {migrate.head()}",
+              markup=False, highlight=False)
 
     async def workload() -> tuple[list[Any], list[Any], dict[str, Any], list[str]]:
         async with DatabaseManager(url=target) as db:

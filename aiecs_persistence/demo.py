@@ -21,10 +21,19 @@ from .config import connect, normalize_url
 from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import InvalidTransitionError
 
-__all__ = ["DEMO_DATABASE", "DEMO_USER", "follow", "fresh_database", "run_workload"]
+__all__ = ["DEMO_DATABASE", "DEMO_USER", "demo_exists", "follow", "fresh_database",
+           "run_workload"]
 
 DEMO_DATABASE: Final = "aiecs_demo"
 DEMO_USER: Final = "demo-user"
+
+
+def demo_exists(server_url: str | URL) -> bool:
+    """Whether the server already has an ``aiecs_demo`` database."""
+    with connect(normalize_url(server_url)) as conn:
+        row = conn.execute("SELECT EXISTS (SELECT FROM pg_database WHERE datname = %s)",
+                           [DEMO_DATABASE]).fetchone()
+    return bool(row and row[0])
 
 
 def fresh_database(server_url: str | URL) -> URL:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from aiecs_persistence import SyncDatabaseManager, TaskStepResult
 from aiecs_persistence.cli import app
+from aiecs_persistence.config import libpq_conninfo
 
 from ..conftest import conninfo
 
@@ -63,7 +64,9 @@ def test_cleanup_dry_run_then_for_real(seeded, db_url):
     dry = json.loads(runner.invoke(app, ["cleanup", "--older-than", "30d", "--dry-run",
                                          "--json", "--url", seeded]).output)
     assert dry == {"tasks": 1, "dry_run": True, "older_than_days": 30.0}
-    real = runner.invoke(app, ["cleanup", "--older-than", "4w", "--url", seeded])
+    refused = runner.invoke(app, ["cleanup", "--older-than", "4w", "--url", seeded])
+    assert refused.exit_code == 4 and "without --yes" in refused.output
+    real = runner.invoke(app, ["cleanup", "--older-than", "4w", "--yes", "--url", seeded])
     assert real.exit_code == 0 and "deleted 1 task(s)" in real.output
     bad = runner.invoke(app, ["cleanup", "--older-than", "soon", "--url", seeded])
     assert bad.exit_code == 2
@@ -78,7 +81,7 @@ def test_migration_commands(empty_db_url):
     assert check.exit_code == 0 and "at head" in check.output
     current = json.loads(runner.invoke(app, ["current", "--url", url, "--json"]).output)
     assert current["at_head"] is True
-    assert runner.invoke(app, ["downgrade", "base", "--url", url]).exit_code == 0
+    assert runner.invoke(app, ["downgrade", "base", "--yes", "--url", url]).exit_code == 0
     sql = runner.invoke(app, ["sql"])
     assert sql.exit_code == 0 and "CREATE TABLE task_history" in sql.output
 
@@ -137,3 +140,44 @@ def test_piping_into_head_is_not_a_failure(db_url, psql):
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Broken pipe" not in done.stderr
+
+
+def contents(url):
+    with psycopg.connect(libpq_conninfo(url)) as conn:
+        return [conn.execute(q).fetchall() for q in (
+            "SELECT * FROM tasks ORDER BY 1, 2", "SELECT * FROM task_history ORDER BY 1, 2, 3",
+            "SELECT version_num FROM aiecs_alembic_version")]
+
+
+def test_destructive_commands_refuse_without_a_terminal_or_yes(seeded):
+    """No terminal (as here) and no --yes: refuse, say what would be destroyed, change
+    nothing. With --yes: act."""
+    before = contents(seeded)
+    down = runner.invoke(app, ["downgrade", "base", "--url", seeded])
+    assert down.exit_code == 4 and "without --yes" in down.output
+    assert "tasks 2" in down.output and "task_history 3" in down.output
+    clean = runner.invoke(app, ["cleanup", "--older-than", "0h", "--url", seeded])
+    assert clean.exit_code == 4 and "delete 2 task(s)" in clean.output
+    assert contents(seeded) == before
+    assert runner.invoke(app, ["downgrade", "base", "--yes", "--url", seeded]).exit_code == 0
+    with psycopg.connect(libpq_conninfo(seeded)) as conn:
+        assert conn.execute("SELECT to_regclass('tasks')").fetchone() == (None,)
+
+
+def test_demo_on_a_server_asks_before_dropping_an_existing_demo_database(pg):
+    server = pg.admin_url.render_as_string(hide_password=False)
+    with psycopg.connect(conninfo(pg.admin_url), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS aiecs_demo WITH (FORCE)")
+        conn.execute("CREATE DATABASE aiecs_demo")
+    try:
+        with psycopg.connect(conninfo(pg.admin_url.set(database="aiecs_demo")),
+                             autocommit=True) as conn:
+            conn.execute("CREATE TABLE precious (x int)")
+        refused = runner.invoke(app, ["demo", "--url", server])
+        assert refused.exit_code == 4 and "drop the existing database aiecs_demo" in (
+            refused.output)
+        with psycopg.connect(conninfo(pg.admin_url.set(database="aiecs_demo"))) as conn:
+            assert conn.execute("SELECT to_regclass('precious')").fetchone() != (None,)
+    finally:
+        with psycopg.connect(conninfo(pg.admin_url), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS aiecs_demo WITH (FORCE)")
