@@ -146,27 +146,90 @@ def main_options(
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
 
 
+RevisionArgument = Annotated[str, typer.Argument(
+    help="A revision: its id (or a unique prefix), head, base, or relative as -1 / +1.")]
+SqlOption = Annotated[bool, typer.Option(
+    "--sql", help="Print the SQL instead of running it (offline: no database needed).")]
+XOption = Annotated[list[str] | None, typer.Option(
+    "-x", metavar="KEY=VALUE", help="Passed to the migration environment, as alembic's -x: "
+    "lock_timeout=10s, migration_lock_timeout=60s, legacy_timezone=Europe/Paris "
+    "(repeatable).")]
+
+
+def _x_options(values: list[str] | None) -> dict[str, str]:
+    options = {}
+    for value in values or ():
+        key, sep, setting = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{value!r}: expected KEY=VALUE", param_hint="-x")
+        options[key] = setting
+    return options
+
+
 @app.command()
-def upgrade(revision: str = "head", url: UrlOption = None, as_json: JsonOption = False) -> None:
-    """Migrate the database to REVISION (default: head)."""
+def upgrade(revision: RevisionArgument = "head", url: UrlOption = None,
+            as_json: JsonOption = False, sql: SqlOption = False, x: XOption = None) -> None:
+    """Migrate the database up to REVISION (default: head), as `alembic upgrade`."""
+    options = _x_options(x)
+    if sql:
+        sys.stdout.write(migrate.offline_sql(revision, options=options))
+        return
     target = resolve_url(url=url)
-    migrate.upgrade(target, revision)
+    migrate.upgrade(target, revision, options=options)
     now = migrate.current(target)
     _emit({"revision": now, "url": safe_url(target)}, as_json,
           f"{safe_url(target)}: at revision {now}")
 
 
-@app.command()
-def downgrade(revision: str, url: UrlOption = None, as_json: JsonOption = False,
-              yes: YesOption = False) -> None:
-    """Migrate the database down to REVISION (`base` removes everything). Asks first."""
+@app.command(context_settings={"ignore_unknown_options": True})  # `downgrade -1`
+def downgrade(revision: RevisionArgument, url: UrlOption = None, as_json: JsonOption = False,
+              yes: YesOption = False, sql: SqlOption = False, x: XOption = None) -> None:
+    """Migrate the database down to REVISION (`base` removes everything, `-1` one revision
+    down), as `alembic downgrade`. Asks first."""
+    options = _x_options(x)
+    if sql:
+        sys.stdout.write(migrate.offline_sql(revision, down=True, options=options))
+        return
     target = resolve_url(url=url)
     _confirm(f"downgrade {safe_url(target)} from {migrate.current(target) or 'base'} to "
              f"{revision}, dropping what the reverted revisions created (rows now: "
              f"{_row_counts(target)})", yes)
-    migrate.downgrade(target, revision)
+    migrate.downgrade(target, revision, options=options)
     now = migrate.current(target)
     _emit({"revision": now}, as_json, f"{safe_url(target)}: at revision {now or 'base'}")
+
+
+@app.command()
+def stamp(revision: RevisionArgument, url: UrlOption = None) -> None:
+    """Record REVISION as the database's without running anything (as `alembic stamp`)."""
+    target = resolve_url(url=url)
+    migrate.stamp(target, revision)
+    out.print(f"{safe_url(target)}: stamped {migrate.current(target) or 'base'}",
+              markup=False, highlight=False)
+
+
+@app.command()
+def heads(as_json: JsonOption = False) -> None:
+    """The head revision of the shipped migrations (as `alembic heads`)."""
+    _emit({"head": migrate.head()}, as_json, migrate.head())
+
+
+@app.command()
+def revisions(url: Annotated[str | None, typer.Option(
+        "--url", envvar="AIECS_DATABASE_URL", help="Also mark the database's revision.")]
+        = None, as_json: JsonOption = False) -> None:
+    """The migration history, newest first (as `alembic history`; `history` shows a task's
+    steps)."""
+    at = migrate.current(resolve_url(url=url)) if url else None
+    rows = [{"revision": r, "revises": d, "title": t, "current": r == at}
+            for r, d, t in migrate.revisions()]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        mark = " (current)" if row["current"] else ""
+        out.print(f"{row['revises'] or '<base>'} -> {row['revision']}{mark}: {row['title']}",
+                  markup=False, highlight=False)
 
 
 @app.command()
@@ -191,11 +254,13 @@ def check(url: UrlOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def sql(
-    revision: str = "head",
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
     start: Annotated[str | None, typer.Option(help="Start revision (default: empty).")] = None,
+    x: XOption = None,
 ) -> None:
-    """Print the SQL of an upgrade, for a DBA to review and apply (offline)."""
-    sys.stdout.write(migrate.offline_sql(revision, start=start))
+    """Print the SQL of an upgrade, for a DBA to review and apply (offline; the same as
+    `upgrade --sql`)."""
+    sys.stdout.write(migrate.offline_sql(revision, start=start, options=_x_options(x)))
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, Connection
 
 from .config import safe_url, with_connect_timeout
 from .domain import ErrorCode, TaskStatus
-from .errors import DatabaseError, SchemaMismatchError
+from .errors import DatabaseError, SchemaMismatchError, ValidationError
 from .sqlstates import connect_error, translate
 
 __all__ = [
@@ -39,6 +39,8 @@ __all__ = [
     "inspect",
     "is_known_revision",
     "offline_sql",
+    "revisions",
+    "stamp",
     "upgrade",
 ]
 
@@ -114,6 +116,20 @@ def connection(url: str | URL) -> Iterator[Connection]:
         engine.dispose()
 
 
+@contextmanager
+def _alembic(operation: str) -> Iterator[None]:
+    """Alembic's failures as ours: an unknown revision is a ``ValidationError`` naming it,
+    a database failure its ``PersistenceError``."""
+    from alembic.util import CommandError
+
+    try:
+        yield
+    except CommandError as exc:
+        raise ValidationError(f"revision: {exc}", field="revision") from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc, operation=operation) from None
+
+
 def upgrade(
     url: str | URL, revision: str = "head", *, options: Mapping[str, str] | None = None
 ) -> None:
@@ -122,26 +138,48 @@ def upgrade(
     ``options`` are the ``-x`` arguments of ``env.py`` and the revisions, e.g.
     ``{"lock_timeout": "30s", "legacy_timezone": "Europe/Paris"}``.
     """
-    try:
+    with _alembic(f"upgrade to {revision}"):
         command.upgrade(alembic_config(url, options=options), revision)
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc, operation=f"upgrade to {revision}") from None
 
 
-def downgrade(url: str | URL, revision: str) -> None:
-    """Migrate the database down to ``revision`` (``base`` removes everything)."""
-    try:
-        command.downgrade(alembic_config(url), revision)
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc, operation=f"downgrade to {revision}") from None
+def downgrade(
+    url: str | URL, revision: str, *, options: Mapping[str, str] | None = None
+) -> None:
+    """Migrate the database down to ``revision`` (``base`` removes everything; ``-1`` one
+    revision down)."""
+    with _alembic(f"downgrade to {revision}"):
+        command.downgrade(alembic_config(url, options=options), revision)
 
 
-def offline_sql(revision: str = "head", *, start: str | None = None) -> str:
-    """The SQL an upgrade to ``revision`` would run, for a DBA to review and apply."""
+def stamp(url: str | URL, revision: str) -> None:
+    """Record ``revision`` as the database's without running any migration."""
+    with _alembic(f"stamp {revision}"):
+        command.stamp(alembic_config(url), revision)
+
+
+def offline_sql(revision: str = "head", *, start: str | None = None,
+                down: bool = False, options: Mapping[str, str] | None = None) -> str:
+    """The SQL an upgrade to ``revision`` (from ``start``, default: empty) would run — or,
+    with ``down``, a downgrade to it from ``start`` (default: head) — for a DBA to review
+    and apply."""
     out = io.StringIO()
-    target = f"{start}:{revision}" if start else revision
-    command.upgrade(alembic_config(None, stdout=out), target, sql=True)
+    cfg = alembic_config(None, stdout=out, options=options)
+    with _alembic("offline SQL"):
+        if down:
+            command.downgrade(cfg, f"{start or head()}:{revision}", sql=True)
+        else:
+            command.upgrade(cfg, f"{start}:{revision}" if start else revision, sql=True)
     return out.getvalue()
+
+
+def revisions() -> list[tuple[str, str | None, str]]:
+    """The shipped revisions, newest first: (revision, the one it revises, its title)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    out = []
+    for rev in script.walk_revisions():
+        down = rev.down_revision if isinstance(rev.down_revision, str | None) else None
+        out.append((rev.revision, down, (rev.doc or "").strip().splitlines()[0]))
+    return out
 
 
 def current_revision(connection: Connection) -> str | None:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from aiecs_persistence import SyncDatabaseManager, TaskStepResult
+from aiecs_persistence import SyncDatabaseManager, TaskStepResult, migrate
 from aiecs_persistence.cli import app
 from aiecs_persistence.config import libpq_conninfo
 
@@ -181,3 +181,32 @@ def test_demo_on_a_server_asks_before_dropping_an_existing_demo_database(pg):
     finally:
         with psycopg.connect(conninfo(pg.admin_url), autocommit=True) as conn:
             conn.execute("DROP DATABASE IF EXISTS aiecs_demo WITH (FORCE)")
+
+
+def test_alembic_verbs(empty_db_url):
+    url = url_of(empty_db_url)
+    up = runner.invoke(app, ["upgrade", "head", "-x", "lock_timeout=5s", "--url", url])
+    assert up.exit_code == 0, up.output
+    head = runner.invoke(app, ["heads"]).output.strip()
+    assert head == migrate.head() and f"at revision {head}" in up.output
+    history = runner.invoke(app, ["revisions", "--url", url, "--json"])
+    rows = json.loads(history.output)
+    assert rows[0] == {"revision": head, "revises": rows[1]["revision"],
+                       "title": rows[0]["title"], "current": True}
+    assert rows[-1]["revises"] is None and len(rows) >= 4
+    down = runner.invoke(app, ["downgrade", "-1", "--yes", "--url", url])
+    assert down.exit_code == 0, down.output
+    assert migrate.current(url) == rows[1]["revision"]
+    stamped = runner.invoke(app, ["stamp", "head", "--url", url])
+    assert stamped.exit_code == 0 and migrate.current(url) == head
+    sql_down = runner.invoke(app, ["downgrade", rows[1]["revision"], "--sql"])
+    assert sql_down.exit_code == 0 and "DROP TABLE task_events" in sql_down.output
+    sql_up = runner.invoke(app, ["upgrade", "--sql", "-x", "lock_timeout=3s"])
+    assert sql_up.exit_code == 0 and "SET lock_timeout = '3s'" in sql_up.output
+    for command in (["upgrade", "bogus", "--url", url], ["downgrade", "bogus", "--yes",
+                    "--url", url], ["sql", "--revision", "bogus"], ["stamp", "bogus",
+                    "--url", url]):
+        bad = runner.invoke(app, command)
+        assert bad.exit_code == 4, (command, bad.output)
+        assert bad.output.count("\n") == 1 and "bogus" in bad.output, bad.output
+    assert runner.invoke(app, ["upgrade", "-x", "nonsense", "--url", url]).exit_code == 2
