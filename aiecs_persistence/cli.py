@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import traceback
 from collections.abc import Iterator
@@ -565,6 +566,18 @@ def demo(url: Annotated[str | None, typer.Option(
             out.print(_history_table(f"history of {o.task_id}", steps))
     for table in presentation.tables(data):
         out.print(table)
+    out.print("explore what the demo wrote:", markup=False, highlight=False)
+    for line in _explore_commands(target, scenario.DEMO_USER):
+        out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _explore_commands(target: Any, user: str) -> list[str]:
+    """Commands that show what the demo wrote, to be copied as they are (the demo database's
+    URL in each; a password, if the server has one, is masked and must be put back)."""
+    url = shlex.quote(safe_url(target).replace("+psycopg", "", 1))
+    return [f"aiecs-db tasks {user} --url {url}",
+            f"aiecs-db history {user} research-report --url {url}",
+            f"aiecs-db report --url {url}"]
 
 
 @embedded_app.command("status")

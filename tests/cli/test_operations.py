@@ -203,6 +203,19 @@ def test_demo_runs_twice_on_a_fresh_embedded_server():
             for code in ("E001", "E002", "E003", "E004", "E005", "E006", "E007"):
                 assert code in text
             assert "timed_out" in text and "cancelled -> completed" in text
+        # The demo ends with commands to explore what it wrote: they run as printed.
+        explore = outputs[1].split("explore what the demo wrote:", 1)[1].strip().splitlines()
+        assert len(explore) == 3 and all(c.strip().startswith("aiecs-db ") for c in explore)
+        path = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        shown = []
+        for line in explore:
+            ran = subprocess.run(["bash", "-c", line.strip()], capture_output=True, text=True,
+                                 timeout=60, env=env | {"PATH": path})
+            assert ran.returncode == 0, (line, ran.stdout + ran.stderr)
+            shown.append(ran.stdout)
+        assert "research-report" in shown[0] and "bad-input" in shown[0]
+        assert "llm.summarise" in shown[1]
+        assert "failures by error code" in shown[2]
         status = json.loads(subprocess.run([*command, "embedded", "status", "--json"],
                                            capture_output=True, text=True, env=env,
                                            timeout=60).stdout)
