@@ -52,3 +52,13 @@ def test_domain_imports_no_database_module():
             "('sqlalchemy', 'psycopg', 'alembic', 'psycopg_pool')]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_snippets_are_valid_python():
+    """Every python block of the README compiles as a script (the first one runs in
+    tests/integration/test_readme.py)."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    assert len(blocks) >= 2
+    for block in blocks:
+        compile(block.split("```", 1)[0], "README.md", "exec")
