@@ -70,13 +70,17 @@ class Options:
 
 app = typer.Typer(
     cls=_Commands,
-    help="aiecs-persistence: task execution history in PostgreSQL.",
+    help="aiecs-persistence: task execution history in PostgreSQL.\n\n"
+    "Environment: AIECS_DATABASE_URL (the database; else the embedded PostgreSQL), "
+    "AIECS_EMBEDDED_DIR (where the embedded server keeps its data), "
+    "AIECS_TEST_DATABASE_URL (the test suite's server).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
+    rich_markup_mode=None,  # plain help: flags shown as flags, usage errors as plain text
     pretty_exceptions_enable=False,  # never print locals (they may hold a URL's password)
 )
 embedded_app = typer.Typer(help="The embedded PostgreSQL used when AIECS_DATABASE_URL is unset.",
-                           no_args_is_help=True)
+                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(embedded_app, name="embedded")
 
 out = Console(soft_wrap=True)
@@ -280,7 +284,9 @@ def _manager(url: str | None) -> Iterator[Any]:
 @app.command()
 def tasks(
     user_id: str,
-    status: Annotated[list[str] | None, typer.Option("--status", help="Filter (repeatable).")]
+    status: Annotated[list[str] | None, typer.Option(
+        "--status", help="Filter (repeatable): pending, running, completed, cancelled, "
+        "timed_out, failed.")]
     = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 20,
     url: UrlOption = None,
