@@ -40,8 +40,12 @@ class _Commands(TyperGroup):
     ``--verbose``) and exit 4 for invalid input, else 3. Anything else is a bug: it is raised."""
 
     def invoke(self, ctx: Any) -> Any:  # ctx: the Context of the click that typer bundles
+        wants_json = "--json" in ctx.args  # the subcommand's arguments, before it runs
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False, highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             # Whoever read our output stopped (`aiecs-db tasks u | head`): that is no failure.
             # Later writes (and the interpreter's final flush) go nowhere.
@@ -56,8 +60,13 @@ class _Commands(TyperGroup):
                 raise
             if isinstance(ctx.obj, Options) and ctx.obj.verbose:
                 err.print(mask_password(traceback.format_exc()), markup=False, highlight=False)
-            err.print(f"error [{error.code.value}]: {error}", markup=False, highlight=False)
             code = EXIT_INPUT if isinstance(error, ValidationError) else EXIT_DATABASE
+            if wants_json:  # machine-readable, on stdout, as the data would have been
+                out.print_json(json.dumps({"error": {
+                    "code": error.code.value, "category": error.code.category,
+                    "type": type(error).__name__, "message": error.message,
+                    "field": error.field, "exit": code}}))
+            err.print(f"error [{error.code.value}]: {error}", markup=False, highlight=False)
             raise typer.Exit(code) from None
 
 
@@ -85,7 +94,7 @@ app.add_typer(embedded_app, name="embedded")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-EXIT_CHECK_FAILED, EXIT_DATABASE, EXIT_INPUT = 1, 3, 4
+EXIT_CHECK_FAILED, EXIT_DATABASE, EXIT_INPUT, EXIT_INTERRUPTED = 1, 3, 4, 130
 
 UrlOption = Annotated[
     str | None,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -210,3 +213,32 @@ def test_alembic_verbs(empty_db_url):
         assert bad.exit_code == 4, (command, bad.output)
         assert bad.output.count("\n") == 1 and "bogus" in bad.output, bad.output
     assert runner.invoke(app, ["upgrade", "-x", "nonsense", "--url", url]).exit_code == 2
+
+
+def test_json_errors_with_json():
+    done = runner.invoke(app, ["tasks", "u", "--json", "--url",
+                               "postgresql://bob:hunter2@127.0.0.1:1/x"])
+    assert done.exit_code == 3
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == "E006" and error["exit"] == 3 and "cannot connect" in (
+        error["message"])
+    assert "hunter2" not in done.output
+
+
+def test_ctrl_c_is_one_line_and_exit_130():
+    """Interrupted while it waits (here, for a server that never answers): one line, 130."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    url = f"postgresql://u@127.0.0.1:{listener.getsockname()[1]}/x?connect_timeout=30"
+    command = subprocess.Popen([sys.executable, "-m", "aiecs_persistence", "report", "--url",
+                                url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # started, and waiting to connect
+        command.send_signal(signal.SIGINT)
+        _, err = command.communicate(timeout=30)
+    finally:
+        command.kill()
+        listener.close()
+    assert command.returncode == 130, err
+    assert err.strip() == "interrupted"
