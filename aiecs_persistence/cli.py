@@ -30,7 +30,7 @@ from typer.core import TyperGroup
 from . import embedded as embedded_server
 from . import migrate
 from .config import connect, normalize_url, resolve_url, safe_url
-from .errors import PersistenceError, ValidationError, mask_password
+from .errors import PersistenceError, SchemaMismatchError, ValidationError, mask_password
 from .sqlstates import classify, translate
 
 
@@ -60,7 +60,9 @@ class _Commands(TyperGroup):
                 raise
             if isinstance(ctx.obj, Options) and ctx.obj.verbose:
                 err.print(mask_password(traceback.format_exc()), markup=False, highlight=False)
-            code = EXIT_INPUT if isinstance(error, ValidationError) else EXIT_DATABASE
+            # Bad input, or a database not migrated yet (the user's to fix): 4; else 3.
+            code = (EXIT_INPUT if isinstance(error, ValidationError | SchemaMismatchError)
+                    else EXIT_DATABASE)
             if wants_json:  # machine-readable, on stdout, as the data would have been
                 out.print_json(json.dumps({"error": {
                     "code": error.code.value, "category": error.code.category,
