@@ -140,6 +140,25 @@ def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
         out.print(human, markup=False, highlight=False)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The library's log on stderr, for --verbose / --log-level (one at a time): whatever
+    ``sys.stderr`` is when a record comes."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_to_stderr(level: str) -> None:
+    logger = logging.getLogger("aiecs_persistence")
+    for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(old)
+    handler = _StderrHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
 def _print_version(value: bool) -> None:
     if value:
         from . import __version__
@@ -152,14 +171,21 @@ def _print_version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show details.")] = False,
+    log_level: Annotated[str | None, typer.Option(
+        "--log-level", metavar="LEVEL", help="Show the library's log on stderr from LEVEL "
+        "(DEBUG, INFO, WARNING, ERROR).")] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
         help="Print the version and exit.")] = False,
 ) -> None:
     ctx.obj = Options(verbose=verbose)
     # The library logs failures itself (at DEBUG); with --verbose they show.
-    if verbose:
-        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    level = "DEBUG" if verbose else (log_level or "").upper()
+    if level:
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise typer.BadParameter(f"{log_level!r}: expected DEBUG, INFO, WARNING or ERROR",
+                                     param_hint="--log-level")
+        _log_to_stderr(level)
 
 
 RevisionArgument = Annotated[str, typer.Argument(
@@ -191,10 +217,31 @@ def upgrade(revision: RevisionArgument = "head", url: UrlOption = None,
         sys.stdout.write(migrate.offline_sql(revision, options=options))
         return
     target = resolve_url(url=url)
+    before = migrate.current(target)
     migrate.upgrade(target, revision, options=options)
     now = migrate.current(target)
-    _emit({"revision": now, "url": safe_url(target)}, as_json,
-          f"{safe_url(target)}: at revision {now}")
+    adoption = _adoption(target) if before is None else None
+    text = f"{safe_url(target)}: at revision {now}"
+    if adoption is not None:
+        reasons = "".join(f"\n  {n:>7}  {r}" for r, n in adoption["reasons"].items())
+        text += (f"\nadopted upstream AIECS history: {adoption['adopted']} of "
+                 f"{adoption['read']} row(s); {adoption['set_aside']} set aside"
+                 + (f" (see legacy_task_history_rejects):{reasons}" if reasons else ""))
+    _emit({"revision": now, "url": safe_url(target), "adoption": adoption}, as_json, text)
+
+
+def _adoption(target: Any) -> dict[str, Any] | None:
+    """What the upgrade adopted of an upstream table it found (None: there was none)."""
+    with connect(target) as conn:
+        if conn.execute("SELECT to_regclass('legacy_task_history')").fetchone() == (None,):
+            return None
+        read = conn.execute("SELECT count(*) FROM legacy_task_history").fetchone()
+        reasons = dict(conn.execute(
+            "SELECT reason, count(*) FROM legacy_task_history_rejects GROUP BY reason "
+            "ORDER BY count(*) DESC, reason").fetchall())
+    total = int(read[0]) if read else 0
+    aside = sum(reasons.values())
+    return {"read": total, "adopted": total - aside, "set_aside": aside, "reasons": reasons}
 
 
 @app.command(context_settings={"ignore_unknown_options": True})  # `downgrade -1`
@@ -467,6 +514,7 @@ def grant(
     print_only: Annotated[bool, typer.Option("--print", help="Print the SQL, run nothing.")]
     = False,
     url: UrlOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Create the least-privilege roles and grant them exactly what they need (idempotent;
     re-run after each upgrade). See docs/operations.md."""
@@ -483,9 +531,11 @@ def grant(
     if print_only:
         sys.stdout.write("".join(f"{s};\n" for s in statements))
         return
-    out.print(f"{len(statements)} statements run on {safe_url(target)}: owner {owner}, "
-              f"writer {writer}, reader {reader}. Give them to login roles, e.g. "
-              f"GRANT {writer} TO my_service;", markup=False, highlight=False)
+    _emit({"statements": len(statements), "url": safe_url(target), "owner": owner,
+           "writer": writer, "reader": reader}, as_json,
+          f"{len(statements)} statements run on {safe_url(target)}: owner {owner}, "
+          f"writer {writer}, reader {reader}. Give them to login roles, e.g. "
+          f"GRANT {writer} TO my_service;")
 
 
 @app.command("import-legacy")
@@ -530,8 +580,13 @@ def _import(conn: Any, total: int, rows: Any, timezone: str | None, quiet: bool)
 
     with _progress(quiet) as progress:
         bar = progress.add_task("copying upstream rows", total=total)
+
+        def adopting(count: int) -> None:
+            progress.add_task(f"adopting {count} new row(s) (one statement)", total=None)
+
         return legacy.import_rows(
-            conn, rows, timezone=timezone, on_rows=lambda n: progress.advance(bar, n))
+            conn, rows, timezone=timezone, on_rows=lambda n: progress.advance(bar, n),
+            on_adopt=adopting)
 
 
 @app.command()
@@ -608,9 +663,10 @@ def embedded_status(as_json: JsonOption = False) -> None:
 
 
 @embedded_app.command("url")
-def embedded_url() -> None:
+def embedded_url(as_json: JsonOption = False) -> None:
     """Start the embedded server if needed and print its URL."""
-    out.print(embedded_server.ensure_running(), markup=False, highlight=False)
+    url = embedded_server.ensure_running()
+    _emit({"url": url}, as_json, url)
 
 
 @embedded_app.command("stop")

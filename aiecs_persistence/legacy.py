@@ -97,10 +97,12 @@ class ImportSummary:
 def import_rows(
     connection: Any, rows: Iterable[Row], *, timezone: str | None = None,
     on_rows: Callable[[int], object] | None = None,
+    on_adopt: Callable[[int], object] | None = None,
 ) -> ImportSummary:
     """Copy upstream rows into ``legacy_task_history`` and adopt them, in one transaction on
     the psycopg ``connection`` (a migrated database; its role must own ``tasks``).
-    ``on_rows(n)`` is called as rows are copied."""
+    ``on_rows(n)`` is called as rows are copied, ``on_adopt(new)`` when the adoption of the
+    new rows begins (the long, silent part)."""
     adopt = adoption_sql(timezone)
     summary = ImportSummary()
     with connection.transaction(), connection.cursor() as cur:
@@ -123,6 +125,8 @@ def import_rows(
         ids = [r[0] for r in cur.execute(_INSERT_NEW).fetchall()]
         summary.new = len(ids)
         if ids:
+            if on_adopt is not None:
+                on_adopt(len(ids))
             cur.execute(adopt)
             summary.reasons = dict(cur.execute(_SET_ASIDE, [ids]).fetchall())
         summary.set_aside = sum(summary.reasons.values())

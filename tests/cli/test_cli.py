@@ -243,3 +243,27 @@ def test_ctrl_c_is_one_line_and_exit_130():
         listener.close()
     assert command.returncode == 130, err
     assert err.strip() == "interrupted"
+
+
+def test_upgrade_says_what_it_adopted(empty_db_url):
+    from ..migrations.legacy import build, create_upstream
+
+    data = build(seed=3, tasks=40)
+    with psycopg.connect(conninfo(empty_db_url), autocommit=True) as conn:
+        create_upstream(conn, data)
+    done = runner.invoke(app, ["upgrade", "--json", "--url", url_of(empty_db_url)])
+    assert done.exit_code == 0, done.output
+    adoption = json.loads(done.stdout)["adoption"]
+    assert adoption["read"] == len(data.rows) and adoption["adopted"] == data.adopted
+    assert adoption["reasons"] == dict(data.rejected)
+    again = runner.invoke(app, ["upgrade", "--url", url_of(empty_db_url)])
+    assert again.exit_code == 0 and "adopted" not in again.output  # only when it adopts
+
+
+def test_grant_json_and_log_level(seeded):
+    done = runner.invoke(app, ["grant", "--json", "--url", seeded])
+    assert done.exit_code == 0 and json.loads(done.stdout)["statements"] > 5
+    logged = runner.invoke(app, ["--log-level", "debug", "tasks", "alice", "--url", seeded])
+    assert logged.exit_code == 0 and "DEBUG aiecs_persistence" in logged.stderr
+    bad = runner.invoke(app, ["--log-level", "chatty", "tasks", "alice", "--url", seeded])
+    assert bad.exit_code == 2
