@@ -462,7 +462,9 @@ def report(
     with _manager(url) as db:
         data = db.report(start, end, top)
     if plot is not None:
-        presentation.plot(data, plot)
+        period = f"{since or 'the beginning'} to {until or 'now'}"
+        where = safe_url(resolve_url(url=url))
+        presentation.plot(data, plot, title=f"aiecs-persistence report: {where}, {period}")
     if as_json:
         out.print_json(json.dumps(data))
         return

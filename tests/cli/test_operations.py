@@ -106,6 +106,20 @@ def test_report_plot_writes_a_real_chart(workload, tmp_path):
     assert red > 5_000 and blue > 5_000
 
 
+def test_an_empty_period_charts_as_no_data_panels(workload, tmp_path):
+    """No bars, no ±0.04 axes: every panel is blank but for its "no data" line."""
+    png = tmp_path / "empty.png"
+    result = runner.invoke(app, ["report", "--since", "2000-01-01", "--until", "2000-01-02",
+                                 "--plot", str(png), "--url", workload])
+    assert result.exit_code == 0, result.output
+    import matplotlib.image
+
+    rgb = (matplotlib.image.imread(png)[..., :3] * 255).round().astype(int)
+    red = ((rgb[..., 0] == 214) & (rgb[..., 1] == 39) & (rgb[..., 2] == 40)).sum()
+    gray = ((rgb[..., 0] == 128) & (rgb[..., 1] == 128) & (rgb[..., 2] == 128)).sum()
+    assert red == 0 and gray > 100  # the gray "no data" text, no red bar
+
+
 # -- import-legacy ----------------------------------------------------------------------------
 
 
