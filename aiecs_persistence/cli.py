@@ -33,6 +33,9 @@ from .config import connect, normalize_url, resolve_url, safe_url
 from .errors import PersistenceError, SchemaMismatchError, ValidationError, mask_password
 from .sqlstates import classify, translate
 
+#: click's usage error, as typer bundles it (BadParameter's base).
+_UsageError: Any = typer.BadParameter.__bases__[0]
+
 
 class _Commands(TyperGroup):
     r"""The command group, and the one place where failures become one line and an exit code:
@@ -46,6 +49,12 @@ class _Commands(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted", markup=False, highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except _UsageError as exc:
+            # One line, as every other failure: what is wrong and where to read more.
+            name = exc.ctx.command_path if exc.ctx is not None else "aiecs-db"
+            err.print(f"error: {exc.format_message()} (see `{name} --help`)", markup=False,
+                      highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
         except BrokenPipeError:
             # Whoever read our output stopped (`aiecs-db tasks u | head`): that is no failure.
             # Later writes (and the interpreter's final flush) go nowhere.
@@ -96,7 +105,7 @@ app.add_typer(embedded_app, name="embedded")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-EXIT_CHECK_FAILED, EXIT_DATABASE, EXIT_INPUT, EXIT_INTERRUPTED = 1, 3, 4, 130
+EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_DATABASE, EXIT_INPUT, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 UrlOption = Annotated[
     str | None,
@@ -149,14 +158,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def _log_to_stderr(level: str) -> None:
+def _log_to_stderr(level: str | None) -> None:
+    """The library's log on stderr from ``level``; None: not at all (the default)."""
     logger = logging.getLogger("aiecs_persistence")
     for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
         logger.removeHandler(old)
-    handler = _StderrHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level)
+    logger.setLevel(level or logging.NOTSET)
+    if level:
+        handler = _StderrHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
 
 
 def _print_version(value: bool) -> None:
@@ -181,11 +192,10 @@ def main_options(
     ctx.obj = Options(verbose=verbose)
     # The library logs failures itself (at DEBUG); with --verbose they show.
     level = "DEBUG" if verbose else (log_level or "").upper()
-    if level:
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise typer.BadParameter(f"{log_level!r}: expected DEBUG, INFO, WARNING or ERROR",
-                                     param_hint="--log-level")
-        _log_to_stderr(level)
+    if level and level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(f"{log_level!r}: expected DEBUG, INFO, WARNING or ERROR",
+                                 param_hint="--log-level")
+    _log_to_stderr(level or None)
 
 
 RevisionArgument = Annotated[str, typer.Argument(

@@ -267,3 +267,28 @@ def test_grant_json_and_log_level(seeded):
     assert logged.exit_code == 0 and "DEBUG aiecs_persistence" in logged.stderr
     bad = runner.invoke(app, ["--log-level", "chatty", "tasks", "alice", "--url", seeded])
     assert bad.exit_code == 2
+
+
+EVERY_COMMAND = [
+    ["upgrade"], ["downgrade", "base"], ["stamp"], ["heads"], ["revisions"], ["current"], ["check"],
+    ["sql"], ["tasks"], ["history"], ["report"], ["cleanup"], ["grant"], ["import-legacy"],
+    ["demo"], ["embedded", "status"], ["embedded", "url"], ["embedded", "stop"],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_a_usage_error_is_one_line_and_exit_2(command):
+    """docs/operations.md's exit codes, row 2, for every command: one line, no traceback."""
+    done = runner.invoke(app, [*command, "--no-such-option"])
+    assert done.exit_code == 2, done.output
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "no-such-option" in lines[0] and "--help" in lines[0]
+    assert "Traceback" not in done.output
+
+
+def test_every_command_is_in_the_exit_code_tests():
+    from aiecs_persistence.cli import app as cli
+
+    names = {c.name or c.callback.__name__ for c in cli.registered_commands} | {"embedded"}
+    assert names == {c[0] for c in EVERY_COMMAND}
