@@ -86,6 +86,7 @@ class Options:
     """The options of the group, kept in the click context (``ctx.obj``)."""
 
     verbose: bool = False
+    quiet: bool = False
 
 
 app = typer.Typer(
@@ -182,6 +183,8 @@ def _print_version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show details.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Only the results: no progress bars, no remarks.")] = False,
     log_level: Annotated[str | None, typer.Option(
         "--log-level", metavar="LEVEL", help="Show the library's log on stderr from LEVEL "
         "(DEBUG, INFO, WARNING, ERROR).")] = None,
@@ -189,7 +192,7 @@ def main_options(
         "--version", callback=_print_version, is_eager=True,
         help="Print the version and exit.")] = False,
 ) -> None:
-    ctx.obj = Options(verbose=verbose)
+    ctx.obj = Options(verbose=verbose, quiet=quiet)
     # The library logs failures itself (at DEBUG); with --verbose they show.
     level = "DEBUG" if verbose else (log_level or "").upper()
     if level and level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -486,6 +489,7 @@ def report(
 
 @app.command()
 def cleanup(
+    ctx: typer.Context,
     older_than: Annotated[str, typer.Option("--older-than", help="e.g. 30d, 12h, 2w")] = "30d",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
     url: UrlOption = None,
@@ -501,13 +505,27 @@ def cleanup(
         if not dry_run and due:
             _confirm(f"delete {due} task(s), and their steps, with no activity for "
                      f"{older_than}", yes)
-            with _progress(as_json) as progress:
+            with _progress(_quiet(ctx, as_json)) as progress:
                 bar = progress.add_task("deleting tasks", total=due)
                 count = db.cleanup_old_tasks(
                     days, on_batch=lambda n: progress.advance(bar, n))
     verb = "would delete" if dry_run else "deleted"
     _emit({"tasks": count, "dry_run": dry_run, "older_than_days": days}, as_json,
           f"{verb} {count} task(s) with no activity for {older_than}")
+
+
+def _quiet(ctx: typer.Context, as_json: bool = False) -> bool:
+    """Whether to print only results: ``--quiet`` given, or ``--json`` output."""
+    root = ctx.find_root().obj
+    return as_json or (isinstance(root, Options) and root.quiet)
+
+
+def _sayer(ctx: typer.Context, as_json: bool) -> Any:
+    """A function printing a remark (not a result), unless quiet."""
+    def say(text: str) -> None:
+        if not _quiet(ctx, as_json):
+            out.print(text, markup=False, highlight=False)
+    return say
 
 
 def _progress(quiet: bool) -> Progress:
@@ -552,6 +570,7 @@ def grant(
 
 @app.command("import-legacy")
 def import_legacy(
+    ctx: typer.Context,
     from_url: Annotated[str | None, typer.Option(
         "--from-url", help="The upstream AIECS database to read from.")] = None,
     table: Annotated[str, typer.Option(help="Its history table.")] = "task_history",
@@ -574,11 +593,11 @@ def import_legacy(
     with connect(target) as conn:
         if from_jsonl is not None:
             total, rows = legacy.read_jsonl(from_jsonl)
-            summary = _import(conn, total, rows, timezone, as_json)
+            summary = _import(conn, total, rows, timezone, _quiet(ctx, as_json))
         else:
             with connect(from_url or "", autocommit=False) as source:
                 total, rows = legacy.read_database(source, table)
-                summary = _import(conn, total, rows, timezone, as_json)
+                summary = _import(conn, total, rows, timezone, _quiet(ctx, as_json))
     data = summary.as_dict()
     reasons = "".join(f"\n  {n:>7}  {r}" for r, n in summary.reasons.items())
     _emit(data, as_json,
@@ -602,9 +621,10 @@ def _import(conn: Any, total: int, rows: Any, timezone: str | None, quiet: bool)
 
 
 @app.command()
-def demo(url: Annotated[str | None, typer.Option(
+def demo(ctx: typer.Context, url: Annotated[str | None, typer.Option(
         "--url", help="Server to use (default: the embedded PostgreSQL; AIECS_DATABASE_URL "
-        "is deliberately ignored).")] = None, yes: YesOption = False) -> None:
+        "is deliberately ignored).")] = None, yes: YesOption = False,
+         as_json: JsonOption = False) -> None:
     """Try it: a fresh `aiecs_demo` database, migrated, a simulated multi-step AI workload
     (success, each error code, a timeout, a cancellation), then its history and report."""
     import asyncio
@@ -613,17 +633,16 @@ def demo(url: Annotated[str | None, typer.Option(
     from . import report as presentation
     from .manager import DatabaseManager
 
+    say = _sayer(ctx, as_json)
     server = url or embedded_server.ensure_running()
     if url is None:
-        out.print(f"embedded PostgreSQL, data in {embedded_server.data_dir()}",
-                  markup=False, highlight=False)
+        say(f"embedded PostgreSQL, data in {embedded_server.data_dir()}")
     elif scenario.demo_exists(server):  # on someone's server: ask before dropping it
         _confirm(f"drop the existing database {scenario.DEMO_DATABASE} on "
                  f"{safe_url(normalize_url(server))} and create it again", yes)
     target = scenario.fresh_database(server)
     migrate.upgrade(target)
-    out.print(f"database {safe_url(target)}: migrated to {migrate.head()}",
-              markup=False, highlight=False)
+    say(f"database {safe_url(target)}: migrated to {migrate.head()}")
 
     async def workload() -> tuple[list[Any], list[Any], dict[str, Any], list[str]]:
         async with DatabaseManager(url=target) as db:
@@ -636,6 +655,15 @@ def demo(url: Annotated[str | None, typer.Option(
             return outcomes, histories, await db.report(), followed
 
     outcomes, histories, data, followed = asyncio.run(workload())
+    explore = _explore_commands(target, scenario.DEMO_USER)
+    if as_json:
+        out.print_json(json.dumps({
+            "database": safe_url(target), "revision": migrate.head(),
+            "tasks": [{"task_id": o.task_id, "status": o.status.value, "note": o.note}
+                      for o in outcomes],
+            "followed": followed, "report": data, "explore": explore,
+        }, default=str))
+        return
     out.print("a watcher followed research-report as it ran (watch_task_history; "
               "`aiecs-db history USER TASK --follow` does the same):", markup=False,
               highlight=False)
@@ -651,7 +679,7 @@ def demo(url: Annotated[str | None, typer.Option(
     for table in presentation.tables(data):
         out.print(table)
     out.print("explore what the demo wrote:", markup=False, highlight=False)
-    for line in _explore_commands(target, scenario.DEMO_USER):
+    for line in explore:
         out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 

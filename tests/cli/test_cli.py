@@ -292,3 +292,20 @@ def test_every_command_is_in_the_exit_code_tests():
 
     names = {c.name or c.callback.__name__ for c in cli.registered_commands} | {"embedded"}
     assert names == {c[0] for c in EVERY_COMMAND}
+
+
+def test_demo_json_and_quiet(pg, seeded):
+    server = pg.admin_url.render_as_string(hide_password=False)
+    try:
+        done = runner.invoke(app, ["demo", "--url", server, "--yes", "--json"])
+        assert done.exit_code == 0, done.output
+        data = json.loads(done.stdout)
+        assert len(data["tasks"]) == 9 and data["report"]["totals"]["tasks"] == 9
+        assert len(data["explore"]) == 3 and data["followed"]
+    finally:
+        with psycopg.connect(conninfo(pg.admin_url), autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS aiecs_demo WITH (FORCE)")
+    quiet = runner.invoke(app, ["--quiet", "cleanup", "--older-than", "0h", "--yes",
+                                "--url", seeded])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    assert "deleted 2 task(s)" in quiet.stdout
