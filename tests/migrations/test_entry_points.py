@@ -32,3 +32,4 @@ def test_the_wheel_ships_the_migrations(tmp_path):
     assert "aiecs_persistence/migrations/env.py" in names
     assert "aiecs_persistence/migrations/versions/0001_initial.py" in names
     assert "aiecs_persistence/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)[-8:]
