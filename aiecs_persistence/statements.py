@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeVar
@@ -398,10 +398,11 @@ def _written_since_horizon(alias: str) -> str:
     # modulo 2^32: the row's, within the span from the horizon to the newest transaction this
     # statement's snapshot can see. (A frozen row from billions of transactions ago could
     # alias into that span, a few thousand ids wide: it is then kept until a later cleanup.)
+    # The span is a scalar subquery: computed once per statement, not once per row.
     return (
         f"(({alias}.xmin::text::bigint - %(horizon)s + 4294967296) %% 4294967296 <= "
-        "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint %% 4294967296 "
-        "- %(horizon)s + 4294967296) %% 4294967296)"
+        "(SELECT (pg_snapshot_xmax(pg_current_snapshot())::text::bigint %% 4294967296 "
+        "- %(horizon)s + 4294967296) %% 4294967296))"
     )
 
 
@@ -664,20 +665,32 @@ def load_history(user_id: Any, task_id: Any) -> Statement:
     )
 
 
+def history_entry(step: int, name: str, result: Any, completed: bool, message: str,
+                  status: str, code: str | None, error_message: str | None,
+                  updated: dt.datetime) -> dict[str, Any]:
+    """One step in the upstream shape: ``{"step", "result": step_result.dict(), "timestamp",
+    "status"}`` (``load_task_history``'s entries, and the watchers')."""
+    return {
+        "step": step,
+        "result": {
+            "step": name, "result": result, "completed": completed, "message": message,
+            "status": status, "error_code": code, "error_message": error_message,
+        },
+        "timestamp": updated.isoformat(),
+        "status": status,
+    }
+
+
 def history_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     """The upstream shape: ``[{"step", "result": step_result.dict(), "timestamp", "status"}]``."""
-    out = []
-    for step, name, result, completed, message, status, code, error_message, updated in rows:
-        out.append({
-            "step": step,
-            "result": {
-                "step": name, "result": result, "completed": completed, "message": message,
-                "status": status, "error_code": code, "error_message": error_message,
-            },
-            "timestamp": updated.isoformat(),
-            "status": status,
-        })
-    return out
+    return [history_entry(*row) for row in rows]
+
+
+def task_change(task_id: str, status: str, code: str | None, error_message: str | None,
+                at: dt.datetime) -> dict[str, Any]:
+    """One task status change, as ``watch_user_tasks`` yields it."""
+    return {"task_id": task_id, "status": status, "error_code": code,
+            "error_message": error_message, "timestamp": at.isoformat()}
 
 
 GET_TASK: Final = (
@@ -903,7 +916,8 @@ ORDER BY e.seq
 
 WATCH_USER: Final = f"""
 WITH snap AS ({_SNAPSHOT})
-SELECT snap.horizon, e.task_id, e.tx, e.seq, e.status, e.error_code, e.error_message, e.at
+SELECT snap.horizon, NULL, e.tx, e.seq, e.task_id, e.status, e.error_code, e.error_message,
+       e.at
 FROM snap LEFT JOIN LATERAL (
   SELECT * FROM task_events e
   WHERE e.user_id = %(user_id)s AND e.step IS NULL AND {_UNSEEN}
@@ -968,32 +982,22 @@ class Watch:
         return Statement("watch_task_history", WATCH_TASK, {**params, "task_id": self.task_id})
 
     def steps(self, rows: Sequence[Sequence[Any]]) -> Iterator[dict[str, Any]]:
-        """``load_task_history``-shaped entries, each with its resume ``token``; when all are
-        taken, the position moves to the snapshot's horizon."""
-        for _horizon, task_status, tx, seq, step, name, result, completed, message, status, \
-                code, error_message, at in rows:
-            self.finished = task_status is not None and _STATUS[task_status].is_terminal
-            if tx is None:
-                continue
-            self.position.advance(tx, seq)
-            yield {
-                "step": step,
-                "result": {"step": name, "result": result, "completed": completed,
-                           "message": message, "status": status, "error_code": code,
-                           "error_message": error_message},
-                "timestamp": at.isoformat(), "status": status, "token": self.position.token(),
-            }
-        if rows:
-            self.position.settle(int(rows[0][0]))
+        """``load_task_history``-shaped entries, each with its resume ``token``."""
+        return self._take(rows, history_entry)
 
     def tasks(self, rows: Sequence[Sequence[Any]]) -> Iterator[dict[str, Any]]:
         """Task status changes, each with its resume ``token``."""
-        for _horizon, task_id, tx, seq, status, code, error_message, at in rows:
-            if tx is None:
+        return self._take(rows, task_change)
+
+    def _take(self, rows: Sequence[Sequence[Any]], entry: Callable[..., dict[str, Any]]
+              ) -> Iterator[dict[str, Any]]:
+        """A catch-up's rows ``(horizon, task status, tx, seq, *fields)`` as entries; when all
+        are taken, the position moves to the snapshot's horizon."""
+        for _horizon, task_status, tx, seq, *fields in rows:
+            self.finished = task_status is not None and _STATUS[task_status].is_terminal
+            if tx is None:  # the row of NULLs: no new event
                 continue
             self.position.advance(tx, seq)
-            yield {"task_id": task_id, "status": status, "error_code": code,
-                   "error_message": error_message, "timestamp": at.isoformat(),
-                   "token": self.position.token()}
+            yield {**entry(*fields), "token": self.position.token()}
         if rows:
             self.position.settle(int(rows[0][0]))
