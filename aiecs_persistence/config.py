@@ -10,13 +10,14 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-
 from .errors import ValidationError
 
 if TYPE_CHECKING:
     import psycopg
+    from sqlalchemy.engine import URL
+
+# SQLAlchemy is imported by the functions that need it, not here: importing the managers must
+# stay fast (docs/performance.md, import time), and a URL is first parsed on connect.
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -42,6 +43,9 @@ _ACCEPTED: Final = frozenset(
 def normalize_url(url: str | URL) -> URL:
     """Accept ``postgresql://…`` or ``postgresql+psycopg://…`` and return a SQLAlchemy URL
     for psycopg 3. Anything else raises ``ValidationError`` (the message hides the password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
@@ -62,6 +66,8 @@ def normalize_url(url: str | URL) -> URL:
 def url_from_db_config(db_config: Mapping[str, Any]) -> URL:
     """The upstream (asyncpg-style) ``db_config``: ``{"dsn": …}`` or host/port/user/password/
     database keyword arguments."""
+    from sqlalchemy.engine import URL
+
     if db_config.get("dsn"):
         return normalize_url(str(db_config["dsn"]))
     known = {"host", "port", "user", "password", "database"}

@@ -14,18 +14,21 @@ import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Final, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 from psycopg.pq import ExecStatus
-from sqlalchemy.engine import URL
 
-from . import migrate
 from .config import resolve_url, safe_url, with_connect_timeout
 from .deadline import arm
 from .errors import RetryExhaustedError, SchemaMismatchError, ValidationError
 from .jsonb import DEFAULT_MAX_BYTES
 from .sqlstates import FOREIGN_KEY_VIOLATION, classify, translate
 from .statements import BULK_CHUNK, SAVE_STEP_ONLY, Statement, save_step
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from . import migrate
 
 log: Final = logging.getLogger("aiecs_persistence")
 #: How long a task this manager saved to counts as freshly active (seconds).
@@ -234,6 +237,8 @@ class ManagerBase:
     def prepare_schema(self) -> migrate.SchemaStatus:
         """Bring an empty (or older) database to head when ``auto_migrate``; else, or after,
         raise ``SchemaMismatchError`` unless the schema is at head with matching enums."""
+        from . import migrate  # Alembic loads on connect, not on import
+
         url = with_connect_timeout(self.url, self.settings.connect_timeout)
         status = migrate.inspect(url)
         if not status.at_head and self.settings.auto_migrate:

@@ -91,6 +91,10 @@ STEP_FIELDS: Final = (
 #: The whitespace that makes a step name blank. The database CHECK constraint strips exactly
 #: these characters (``btrim(step_name, E' \t\n\r\f\x0B')``), so Python and SQL agree on every
 #: string, whatever the server's locale.
+#: Longest ``user_id`` / ``task_id`` (characters). They are index keys, and a btree entry
+#: must stay well under PostgreSQL's ~2.7 kB limit (schema.py's CHECK says the same).
+ID_MAX_LENGTH: Final = 255
+
 BLANK_CHARS: Final = " \t\n\r\f\v"
 
 _STATUS_VALUES: Final = frozenset(s.value for s in TaskStatus)

@@ -41,12 +41,11 @@ from collections.abc import (
 # [end]
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.engine import URL
 
 from . import statements as sql
 from .config import libpq_conninfo
@@ -56,6 +55,9 @@ from .errors import PersistenceError, ValidationError
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
 from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = ["DatabaseManager"]
 

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ENUM, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .domain import ErrorCode, TaskStatus
+from .domain import ID_MAX_LENGTH, ErrorCode, TaskStatus
 
 __all__ = [
     "DDL_STATEMENTS",
@@ -65,10 +65,6 @@ NAMING_CONVENTION: Final = {
 }
 
 metadata: Final = MetaData(naming_convention=NAMING_CONVENTION)
-
-#: Longest ``user_id`` / ``task_id`` (characters). They are index keys, and a btree entry
-#: must stay well under PostgreSQL's ~2.7 kB limit.
-ID_MAX_LENGTH: Final = 255
 
 # Native enums whose labels are the Python enums' values; through the ORM a column reads back
 # as the Python member (``TaskStatus.RUNNING``), not as its string.

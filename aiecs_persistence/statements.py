@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeVar
 
-from .domain import UNSUCCESSFUL_STATUSES, ErrorCode, TaskStatus, TaskStepResult
+from .domain import ID_MAX_LENGTH, UNSUCCESSFUL_STATUSES, ErrorCode, TaskStatus, TaskStepResult
 from .errors import InvalidTransitionError, ValidationError, shown
 from .jsonb import check_text, encode_result
 from .records import Position, StepRecord, TaskRecord, decode_cursor, encode_cursor
-from .schema import ID_MAX_LENGTH
 
 __all__ = ["Statement"]
 

@@ -15,12 +15,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from psycopg import Connection
 from psycopg.errors import UniqueViolation
 from psycopg_pool import ConnectionPool
-from sqlalchemy.engine import URL
 
 from . import statements as sql
 from .config import libpq_conninfo
@@ -30,6 +29,9 @@ from .errors import PersistenceError, ValidationError
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
 from .watch import HEARTBEAT, Listener, Waiter
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 __all__ = ["SyncDatabaseManager"]
 
