@@ -16,11 +16,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from .config import resolve_url, safe_url, with_connect_timeout
 from .deadline import arm
 from .errors import RetryExhaustedError, SchemaMismatchError, ValidationError
+from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
 from .sqlstates import FOREIGN_KEY_VIOLATION, classify, translate
 from .statements import BULK_CHUNK, SAVE_STEP_ONLY, Statement, save_step
@@ -70,6 +71,12 @@ class Settings:
     #: no server-side prepared statements, no session settings at connect; each call runs as
     #: ``BEGIN; SET LOCAL`` the timeouts``; statement; COMMIT``, pipelined (docs/scaling.md).
     transaction_pooling: bool = False
+    #: Group commit (group.py): saves that arrive while ``group_commit_writers`` saves are
+    #: in flight queue, and go out together, up to ``group_commit_max_batch`` per statement.
+    #: False: every save takes its own connection and statement.
+    group_commit: bool = True
+    group_commit_writers: int = WRITERS
+    group_commit_max_batch: int = MAX_BATCH
 
     def connect_args(self, url_options: str | None = None) -> dict[str, Any]:
         """psycopg's connection arguments; ``url_options``, the URL's own ``options``
@@ -141,6 +148,9 @@ class SettingsKwargs(TypedDict, total=False):
     deadline_grace_ms: int
     notifications: bool
     transaction_pooling: bool
+    group_commit: bool
+    group_commit_writers: int
+    group_commit_max_batch: int
 
 
 @dataclass
@@ -195,6 +205,14 @@ class ManagerBase:
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         self.settings = Settings(**settings)
+        if self.settings.group_commit_writers < 1 or self.settings.group_commit_max_batch < 1:
+            raise ValidationError(
+                "group_commit_writers and group_commit_max_batch: must be at least 1",
+                field="group_commit_writers" if self.settings.group_commit_writers < 1
+                else "group_commit_max_batch")
+        self._group = GroupCommit(self.settings.group_commit_writers,
+                                  self.settings.group_commit_max_batch
+                                  ) if self.settings.group_commit else None
         self._touched: dict[tuple[str, str], float] = {}
         self._touched_lock = threading.Lock()
         self._db_config = db_config
@@ -355,6 +373,12 @@ class ManagerBase:
     def get_performance_report(self) -> dict[str, dict[str, float]]:
         """Per operation: count, errors, avg_time, min_time, max_time (seconds)."""
         return self.metrics.report()
+
+
+def reusable(conn: Any) -> bool:
+    """Whether a connection a call just used may serve the next one as it is: open and idle
+    (not in a transaction, not broken)."""
+    return not conn.closed and conn.pgconn.transaction_status == TransactionStatus.IDLE
 
 
 def returns_rows(cursor: Any) -> bool:

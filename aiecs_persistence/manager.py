@@ -39,7 +39,7 @@ from collections.abc import (
 # from collections.abc import Callable, Iterable, Iterator, Mapping
 # from concurrent.futures import ThreadPoolExecutor
 # [end]
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -49,9 +49,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import statements as sql
 from .config import libpq_conninfo
-from .core import ManagerBase, SettingsKwargs, returns_rows
+from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
-from .errors import PersistenceError, ValidationError
+from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
+from .group import AsyncQueued
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
 from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
@@ -82,6 +83,13 @@ class DatabaseManager(ManagerBase):
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
         self._lock = asyncio.Lock()
         self._listener: AsyncListener | None = None
+        self._held: list[AsyncConnection[tuple[Any, ...]]] = []
+        # [async]
+        self._drains: set[asyncio.Future[None]] = set()
+        # [sync]
+        # self._drainers = ThreadPoolExecutor(
+        #     self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
+        # [end]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -117,6 +125,15 @@ class DatabaseManager(ManagerBase):
 
     async def disconnect(self) -> None:
         """Close the pool and its connections (a later call connects again)."""
+        # [async]
+        if self._drains:  # queued saves are written before the pool closes
+            await asyncio.wait(list(self._drains))
+        # [sync]
+        # self._drainers.shutdown(wait=True)  # queued saves are written before the pool closes
+        # self._drainers = ThreadPoolExecutor(
+        #     self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
+        # [end]
+        await self._release_held()
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
@@ -144,18 +161,48 @@ class DatabaseManager(ManagerBase):
         assert self._pool is not None
         return self._pool
 
+    @asynccontextmanager
+    async def _writer(
+        self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
+    ) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
+        """A connection for a save: the one a save last used, when idle (its backend is warm,
+        its statements prepared), else one from the pool. Up to ``group_commit_writers`` are
+        kept between saves, leaving at least one in the pool for everything else; any that
+        failed goes back to the pool, which checks it."""
+        held = self._held
+        conn = held.pop() if held else await pool.getconn()
+        try:
+            yield conn
+        except BaseException:
+            await pool.putconn(conn)
+            raise
+        if len(held) < min(self.settings.group_commit_writers, pool.max_size - 1) and (
+                reusable(conn)):
+            held.append(conn)
+        else:
+            await pool.putconn(conn)
+
+    async def _release_held(self) -> None:
+        """The connections kept for saves, back to the pool (before it closes)."""
+        pool, held, self._held = self._pool, self._held, []
+        if pool is not None:
+            for conn in held:
+                await pool.putconn(conn)
+
     async def _with_retries(
         self, statement: sql.Statement,
-        work: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[T]],
+        work: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[T]], *, writer: bool = False,
     ) -> T:
-        """``work`` on a pooled connection, retried by ``retry_delay``'s policy."""
+        """``work`` on a pooled connection (``writer``: see ``_writer``), retried by
+        ``retry_delay``'s policy."""
         pool = await self._ready()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
+            checkout = self._writer(pool) if writer else pool.connection()
             try:
-                async with pool.connection() as conn:
+                async with checkout as conn:
                     with self._deadline(conn, statement):
                         result = await work(conn)
             except Exception as exc:
@@ -167,7 +214,9 @@ class DatabaseManager(ManagerBase):
             self.observe(statement, started, True)
             return result
 
-    async def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+    async def _run(
+        self, statement: sql.Statement, *, writer: bool = False
+    ) -> list[tuple[Any, ...]]:
         local = self.settings.local_timeouts()
 
         async def execute(conn: AsyncConnection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -179,7 +228,7 @@ class DatabaseManager(ManagerBase):
                     cur = await conn.execute(statement.sql, statement.params)
             return await cur.fetchall() if returns_rows(cur) else []
 
-        return await self._with_retries(statement, execute)
+        return await self._with_retries(statement, execute, writer=writer)
 
     async def _set_local_timeouts(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
@@ -192,23 +241,97 @@ class DatabaseManager(ManagerBase):
     async def save_task_history(
         self, user_id: str, task_id: str, step: int, step_result: Any
     ) -> bool:
-        """Record one step (idempotent on user_id, task_id, step); one atomic round trip."""
+        """Record one step (idempotent on user_id, task_id, step); one atomic statement, or
+        one row of a group-committed batch while other saves are in flight (group.py)."""
         full, fast = self._save_statements(user_id, task_id, step, step_result)
+        group = self._group
+        if group is None:
+            await self._save_one(full, fast)
+            return True
+        save = AsyncQueued(sql.step_key(full), full, fast)
+        if group.arrive(save):  # a writer was free: out at once, alone
+            try:
+                await self._save_one(full, fast)
+            finally:
+                self._drain(group.finish([save.key]))
+            return True
+        try:
+            await save.wait()
+        except BaseException:
+            group.withdraw(save)
+            raise
+        save.outcome()
+        return True
+
+    async def _save_one(self, full: sql.Statement, fast: sql.Statement | None) -> None:
+        """One save in its own statement: the step alone when this manager touched the task
+        less than a second ago, else (or when the task was deleted meanwhile) the full save."""
+        user_id, task_id, _ = sql.step_key(full)
         if fast is not None:
             try:
-                await self._run(fast)
-                return True
+                await self._run(fast, writer=True)
+                return
             except ValidationError as exc:
                 if not self._task_was_gone(exc, user_id, task_id):
                     raise
         try:
-            await self._run(full)
+            await self._run(full, writer=True)
         except ValidationError as exc:
             if not self._task_was_gone(exc, user_id, task_id):
                 raise
-            await self._run(full)  # a cleanup deleted the task under this save: create it again
+            await self._run(full, writer=True)  # a cleanup deleted the task meanwhile: again
         self._touch(user_id, task_id)
-        return True
+
+    def _drain(self, batch: list[AsyncQueued]) -> None:
+        """Write ``batch``, then every batch the queue holds after it, on a task of its own."""
+        if not batch:
+            return
+        # [async]
+        task = asyncio.ensure_future(self._write_batches(batch))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        # [sync]
+        # self._drainers.submit(self._write_batches, batch)
+        # [end]
+
+    async def _write_batches(self, batch: list[AsyncQueued]) -> None:
+        assert self._group is not None
+        while batch:
+            try:
+                await self._write_batch(batch)
+            except BaseException as exc:  # the loop is closing: nobody may wait for ever
+                for save in batch:
+                    save.resolve(exc)
+                self._group.finish([save.key for save in batch], take=False)
+                raise
+            batch = self._group.finish([save.key for save in batch])
+
+    async def _write_batch(self, batch: list[AsyncQueued]) -> None:
+        """One statement for the batch. If a rule rejected one of its saves, or a lock or
+        the retries ran out (one blocked key, a kill storm that a big statement cannot
+        outrun), each save alone, so each caller gets its own outcome; any other failure
+        (permissions, a closed manager) is every caller's."""
+        if len(batch) > 1:
+            try:
+                await self._run(sql.save_steps([save.full for save in batch]), writer=True)
+            except (ValidationError, RetryExhaustedError, QueryTimeoutError):
+                pass  # below, one at a time
+            except Exception as exc:
+                for save in batch:
+                    save.resolve(exc)
+                return
+            else:
+                for save in batch:
+                    self._touch(save.key[0], save.key[1])
+                    save.resolve()
+                return
+        for save in batch:
+            try:
+                await self._save_one(save.full, save.fast)
+            except Exception as exc:
+                save.resolve(exc)
+            else:
+                save.resolve()
 
     async def save_task_history_many(self, records: Iterable[Any] | AsyncIterable[Any]) -> int:
         """Save many (user_id, task_id, step, step_result) records in one transaction: all of

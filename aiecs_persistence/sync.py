@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -23,9 +23,10 @@ from psycopg_pool import ConnectionPool
 
 from . import statements as sql
 from .config import libpq_conninfo
-from .core import ManagerBase, SettingsKwargs, returns_rows
+from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
-from .errors import PersistenceError, ValidationError
+from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
+from .group import Queued
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
 from .watch import HEARTBEAT, Listener, Waiter
@@ -56,6 +57,9 @@ class SyncDatabaseManager(ManagerBase):
         self._pool: ConnectionPool[Connection[tuple[Any, ...]]] | None = None
         self._lock = threading.Lock()
         self._listener: Listener | None = None
+        self._held: list[Connection[tuple[Any, ...]]] = []
+        self._drainers = ThreadPoolExecutor(
+            self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -91,6 +95,10 @@ class SyncDatabaseManager(ManagerBase):
 
     def disconnect(self) -> None:
         """Close the pool and its connections (a later call connects again)."""
+        self._drainers.shutdown(wait=True)  # queued saves are written before the pool closes
+        self._drainers = ThreadPoolExecutor(
+            self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
+        self._release_held()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -118,18 +126,48 @@ class SyncDatabaseManager(ManagerBase):
         assert self._pool is not None
         return self._pool
 
+    @contextmanager
+    def _writer(
+        self, pool: ConnectionPool[Connection[tuple[Any, ...]]]
+    ) -> Iterator[Connection[tuple[Any, ...]]]:
+        """A connection for a save: the one a save last used, when idle (its backend is warm,
+        its statements prepared), else one from the pool. Up to ``group_commit_writers`` are
+        kept between saves, leaving at least one in the pool for everything else; any that
+        failed goes back to the pool, which checks it."""
+        held = self._held
+        conn = held.pop() if held else pool.getconn()
+        try:
+            yield conn
+        except BaseException:
+            pool.putconn(conn)
+            raise
+        if len(held) < min(self.settings.group_commit_writers, pool.max_size - 1) and (
+                reusable(conn)):
+            held.append(conn)
+        else:
+            pool.putconn(conn)
+
+    def _release_held(self) -> None:
+        """The connections kept for saves, back to the pool (before it closes)."""
+        pool, held, self._held = self._pool, self._held, []
+        if pool is not None:
+            for conn in held:
+                pool.putconn(conn)
+
     def _with_retries(
         self, statement: sql.Statement,
-        work: Callable[[Connection[tuple[Any, ...]]], T],
+        work: Callable[[Connection[tuple[Any, ...]]], T], *, writer: bool = False,
     ) -> T:
-        """``work`` on a pooled connection, retried by ``retry_delay``'s policy."""
+        """``work`` on a pooled connection (``writer``: see ``_writer``), retried by
+        ``retry_delay``'s policy."""
         pool = self._ready()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
+            checkout = self._writer(pool) if writer else pool.connection()
             try:
-                with pool.connection() as conn, self._deadline(conn, statement):
+                with checkout as conn, self._deadline(conn, statement):
                     result = work(conn)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
@@ -140,7 +178,9 @@ class SyncDatabaseManager(ManagerBase):
             self.observe(statement, started, True)
             return result
 
-    def _run(self, statement: sql.Statement) -> list[tuple[Any, ...]]:
+    def _run(
+        self, statement: sql.Statement, *, writer: bool = False
+    ) -> list[tuple[Any, ...]]:
         local = self.settings.local_timeouts()
 
         def execute(conn: Connection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -152,7 +192,7 @@ class SyncDatabaseManager(ManagerBase):
                     cur = conn.execute(statement.sql, statement.params)
             return cur.fetchall() if returns_rows(cur) else []
 
-        return self._with_retries(statement, execute)
+        return self._with_retries(statement, execute, writer=writer)
 
     def _set_local_timeouts(self, conn: Connection[tuple[Any, ...]]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
@@ -165,23 +205,91 @@ class SyncDatabaseManager(ManagerBase):
     def save_task_history(
         self, user_id: str, task_id: str, step: int, step_result: Any
     ) -> bool:
-        """Record one step (idempotent on user_id, task_id, step); one atomic round trip."""
+        """Record one step (idempotent on user_id, task_id, step); one atomic statement, or
+        one row of a group-committed batch while other saves are in flight (group.py)."""
         full, fast = self._save_statements(user_id, task_id, step, step_result)
+        group = self._group
+        if group is None:
+            self._save_one(full, fast)
+            return True
+        save = Queued(sql.step_key(full), full, fast)
+        if group.arrive(save):  # a writer was free: out at once, alone
+            try:
+                self._save_one(full, fast)
+            finally:
+                self._drain(group.finish([save.key]))
+            return True
+        try:
+            save.wait()
+        except BaseException:
+            group.withdraw(save)
+            raise
+        save.outcome()
+        return True
+
+    def _save_one(self, full: sql.Statement, fast: sql.Statement | None) -> None:
+        """One save in its own statement: the step alone when this manager touched the task
+        less than a second ago, else (or when the task was deleted meanwhile) the full save."""
+        user_id, task_id, _ = sql.step_key(full)
         if fast is not None:
             try:
-                self._run(fast)
-                return True
+                self._run(fast, writer=True)
+                return
             except ValidationError as exc:
                 if not self._task_was_gone(exc, user_id, task_id):
                     raise
         try:
-            self._run(full)
+            self._run(full, writer=True)
         except ValidationError as exc:
             if not self._task_was_gone(exc, user_id, task_id):
                 raise
-            self._run(full)  # a cleanup deleted the task under this save: create it again
+            self._run(full, writer=True)  # a cleanup deleted the task meanwhile: again
         self._touch(user_id, task_id)
-        return True
+
+    def _drain(self, batch: list[Queued]) -> None:
+        """Write ``batch``, then every batch the queue holds after it, on a task of its own."""
+        if not batch:
+            return
+        self._drainers.submit(self._write_batches, batch)
+
+    def _write_batches(self, batch: list[Queued]) -> None:
+        assert self._group is not None
+        while batch:
+            try:
+                self._write_batch(batch)
+            except BaseException as exc:  # the loop is closing: nobody may wait for ever
+                for save in batch:
+                    save.resolve(exc)
+                self._group.finish([save.key for save in batch], take=False)
+                raise
+            batch = self._group.finish([save.key for save in batch])
+
+    def _write_batch(self, batch: list[Queued]) -> None:
+        """One statement for the batch. If a rule rejected one of its saves, or a lock or
+        the retries ran out (one blocked key, a kill storm that a big statement cannot
+        outrun), each save alone, so each caller gets its own outcome; any other failure
+        (permissions, a closed manager) is every caller's."""
+        if len(batch) > 1:
+            try:
+                self._run(sql.save_steps([save.full for save in batch]), writer=True)
+            except (ValidationError, RetryExhaustedError, QueryTimeoutError):
+                pass  # below, one at a time
+            except Exception as exc:
+                for save in batch:
+                    save.resolve(exc)
+                return
+            else:
+                for save in batch:
+                    self._touch(save.key[0], save.key[1])
+                    save.resolve()
+                return
+        for save in batch:
+            try:
+                self._save_one(save.full, save.fast)
+            except Exception as exc:
+                save.resolve(exc)
+            else:
+                save.resolve()
 
     def save_task_history_many(self, records: Iterable[Any]) -> int:
         """Save many (user_id, task_id, step, step_result) records in one transaction: all of

@@ -195,11 +195,14 @@ class AsyncWaiter:
         self._event.clear()
 
     async def wait(self, seconds: float) -> None:
-        """Until woken, or ``seconds``. (``asyncio.timeout``, not ``wait_for``: on Python 3.11
-        ``wait_for`` can swallow a cancellation that races with the wake-up.)"""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._event.wait()
+        """Until woken, or ``seconds``. (``asyncio.wait``, neither ``wait_for`` nor
+        ``asyncio.timeout``: on Python 3.11 both can swallow a cancellation that arrives as
+        the timeout expires, and the watcher would then never end.)"""
+        woken = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait([woken], timeout=seconds)
+        finally:
+            woken.cancel()
 
 
 class Listener(_Listener):

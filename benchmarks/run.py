@@ -34,6 +34,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 from rich.table import Table
+from upstream import UpstreamManager
 
 from aiecs_persistence import DatabaseManager, SyncDatabaseManager, TaskStepResult, migrate
 from aiecs_persistence.config import libpq_conninfo, normalize_url, resolve_url
@@ -239,6 +240,94 @@ class Bench:
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(w) for w in range(len(data))))
             return 1 / (time.perf_counter() - t0)
+
+    # -- against the class our users replace (benchmarks/upstream.py) ---------------------
+
+    async def upstream(self) -> None:
+        """Ours against upstream AIECS's class, reproduced on asyncpg, both pools of 8."""
+        async with DatabaseManager(url=self.url, auto_migrate=False, pool_size=8,
+                                   max_overflow=0) as ours, \
+                UpstreamManager(self.url, 8, 8) as theirs:
+            await self._upstream_sequential(ours, theirs, 1, 1.05)
+            await self._upstream_sequential(ours, theirs, 10, 0.9)
+            await self._upstream_load(ours, theirs)
+        await self._upstream_concurrent(True)
+        await self._upstream_concurrent(False)
+
+    async def _upstream_sequential(self, ours: DatabaseManager, theirs: UpstreamManager,
+                                   steps: int, limit: float) -> None:
+        count = self.n(3000, 40)
+        data = list(records("x", count // steps + 1, steps, seed=20 + steps))[:count]
+        mine: list[float] = []
+        base: list[float] = []
+        for i, (_, task, step, r) in enumerate(data):
+            first, second = (ours, theirs) if i % 2 == 0 else (theirs, ours)
+            t0 = time.perf_counter()
+            await first.save_task_history(f"seq{steps}", task, step, r)
+            t1 = time.perf_counter()
+            await second.save_task_history(f"seq{steps}", task, step, r)
+            t2 = time.perf_counter()
+            if i >= 20:
+                mine.append(t1 - t0 if first is ours else t2 - t1)
+                base.append(t2 - t1 if first is ours else t1 - t0)
+        what = "each save a new task" if steps == 1 else f"{steps} steps per task, in order"
+        self.report(latency_result(f"upstream: sequential saves, {what} (×{count})",
+                                   mine, base, limit, "baseline: upstream's class on asyncpg"))
+
+    async def _upstream_load(self, ours: DatabaseManager, theirs: UpstreamManager) -> None:
+        tasks, reads = self.n(200, 10), self.n(2000, 40)
+        for manager in (ours, theirs):
+            for _, task, step, r in records("x", tasks, 20, seed=31):
+                await manager.save_task_history("loader", task, step, r)
+        rng = random.Random(4)
+        mine: list[float] = []
+        base: list[float] = []
+        for i in range(reads + 20):
+            task = f"task-{rng.randrange(tasks)}"
+            t0 = time.perf_counter()
+            a = await ours.load_task_history("loader", task)
+            t1 = time.perf_counter()
+            b = await theirs.load_task_history("loader", task)
+            t2 = time.perf_counter()
+            assert len(a) == len(b) == 20, (len(a), len(b))
+            if i >= 20:
+                mine.append(t1 - t0)
+                base.append(t2 - t1)
+        self.report(latency_result("upstream: load_task_history of a 20-step task", mine, base,
+                                   1.0, "baseline: upstream's class on asyncpg"))
+
+    async def _upstream_concurrent(self, new_tasks: bool) -> None:
+        total, workers = self.n(20_000, 128), 64
+        per = total // workers
+        rounds: dict[str, list[float]] = {"ours": [], "base": []}
+        for rnd in range(ROUNDS):
+            if new_tasks:  # every save a task of its own
+                data = [[(f"task-{w}-{i}", 0, r) for i, (_, _, _, r) in enumerate(
+                    records("x", 1, per, seed=400 + w))] for w in range(workers)]
+            else:  # each coroutine one task, its steps in order
+                data = [[(f"task-{w}", s, r) for _, _, s, r in records("x", 1, per, seed=500 + w)]
+                        for w in range(workers)]
+            for who in ("ours", "base") if rnd % 2 == 0 else ("base", "ours"):
+                user = f"up{int(new_tasks)}-{rnd}-{who}"
+                manager: Any = (DatabaseManager(url=self.url, auto_migrate=False, pool_size=8,
+                                                max_overflow=0) if who == "ours"
+                                else UpstreamManager(self.url, 8, 8))
+                async with manager:
+                    async def worker(w: int, manager: Any = manager, user: str = user,
+                                     data: list[list[Any]] = data) -> None:
+                        for task, step, r in data[w]:
+                            await manager.save_task_history(user, task, step, r)
+
+                    await asyncio.sleep(0.2)  # the pool filled
+                    t0 = time.perf_counter()
+                    await asyncio.gather(*(worker(w) for w in range(workers)))
+                    rounds[who].append(per * workers / (time.perf_counter() - t0))
+        ours, base, ratio = paired(rounds)
+        what = "each save a new task" if new_tasks else "64 tasks, each saving its steps in order"
+        self.report(Result(f"upstream: {workers} coroutines, {what} ({per * workers} saves)",
+                           f"{ours:,.0f} saves/s", f"{base:,.0f} saves/s", ratio, "≥ 2.0×",
+                           ratio >= 2.0, "baseline: upstream's class on asyncpg; "
+                           + PAIRED_NOTE))
 
     async def watchers(self) -> None:
         """The watchers' cost to writers: 64 coroutines saving with no watcher, with 100 idle
@@ -494,8 +583,8 @@ def server_info(conninfo: str) -> str:
             f"{os.cpu_count()} CPUs")
 
 
-CASES = ("single", "blocking", "concurrent", "watchers", "bulk", "memory", "read", "listing",
-         "retention")
+CASES = ("upstream", "single", "blocking", "concurrent", "watchers", "bulk", "memory", "read",
+         "listing", "retention")
 
 
 async def run_all(bench: Bench, only: set[str]) -> None:
@@ -503,6 +592,8 @@ async def run_all(bench: Bench, only: set[str]) -> None:
     async with DatabaseManager(url=bench.url, auto_migrate=False) as db:
         conn = await psycopg.AsyncConnection.connect(bench.conninfo, autocommit=True)
         try:
+            if "upstream" in only:
+                await bench.upstream()
             if "single" in only:
                 await bench.single(db, conn)
             if "blocking" in only:

@@ -16,11 +16,11 @@
 from __future__ import annotations
 
 import re
+import time
 from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 from aiecs_persistence.config import resolve_url
 from aiecs_persistence.errors import QueryTimeoutError, ValidationError
@@ -67,21 +67,39 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def _seconds(duration: str) -> float:
+    """A ``_duration`` in seconds (no unit: milliseconds, as PostgreSQL reads it)."""
+    match = re.fullmatch(r"(\d+)(ms|s|min)?", duration)
+    assert match is not None
+    scale = {"ms": 0.001, "s": 1.0, "min": 60.0, None: 0.001}[match.group(2)]
+    return int(match.group(1)) * scale
+
+
 def _take_migration_lock(connection: Connection) -> None:
-    """Wait at most ``migration_lock_timeout`` for another migrator to finish."""
-    connection.exec_driver_sql(f"SET lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
-    try:
-        connection.exec_driver_sql(f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})")
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
-            raise
-        connection.rollback()
-        raise QueryTimeoutError(
-            f"migrate: another migration holds the migrations' advisory lock "
-            f"(pg_advisory_lock({ADVISORY_LOCK_KEY})); gave up after waiting "
-            f"{MIGRATION_LOCK_TIMEOUT} (-x migration_lock_timeout=…)",
-            sqlstate="55P03",
-        ) from None
+    """Wait at most ``migration_lock_timeout`` for another migrator to finish.
+
+    It polls ``pg_try_advisory_lock`` between transactions rather than waiting in
+    ``pg_advisory_lock``: a migrator waiting inside a statement holds a snapshot, and a
+    ``CREATE INDEX CONCURRENTLY`` of the running migration waits for every older snapshot to
+    go, which would be a deadlock between the two."""
+    deadline = time.monotonic() + _seconds(MIGRATION_LOCK_TIMEOUT)
+    pause = 0.02
+    while True:
+        taken = connection.exec_driver_sql(
+            f"SELECT pg_try_advisory_lock({ADVISORY_LOCK_KEY})").scalar()
+        connection.commit()
+        if taken:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise QueryTimeoutError(
+                f"migrate: another migration holds the migrations' advisory lock "
+                f"(pg_advisory_lock({ADVISORY_LOCK_KEY})); gave up after waiting "
+                f"{MIGRATION_LOCK_TIMEOUT} (-x migration_lock_timeout=…)",
+                sqlstate="55P03",
+            )
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.5)
 
 
 def _migrate(connection: Connection) -> None:

@@ -1,0 +1,154 @@
+"""Group commit: saves that arrive while every writer is busy go out together, in one statement.
+
+A manager has a few *writers* (``group_commit_writers``). A save that finds one free goes out at
+once, alone, so an idle manager adds no latency. While all are busy, saves queue; a writer that
+finishes takes every queued save it may (up to ``group_commit_max_batch``) and writes them in one
+statement (``statements.SAVE_STEPS``: the task-first upsert over arrays), so the server's fixed
+cost per statement and per commit is paid once per batch instead of once per save.
+
+Rules kept here, whatever the I/O style:
+
+* Two saves of one step are never in flight together: a queued save whose key is being written
+  waits for the next batch, so saves of one step are written in the order they arrived.
+* A batch holds distinct keys, in key order (tasks, then steps), so concurrent batches take
+  their row locks in one order.
+* Every caller gets its own outcome. The managers retry a batch that failed transiently; they
+  re-run one save at a time a batch that a rule rejected (so one bad save fails alone), that
+  timed out or that ran out of retries; any other failure goes to each of its callers.
+
+``GroupCommit`` is the bookkeeping (thread-safe, no I/O); the managers move the statements.
+A batch is written by a drain task (async) or a drain thread (blocking) that loops while the
+queue has work, so no caller is ever held up writing the saves of others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Final
+
+from .statements import Statement
+
+__all__ = ["AsyncQueued", "GroupCommit", "Key", "Queued"]
+
+Key = tuple[str, str, int]
+#: Defaults of the settings of the same names.
+WRITERS: Final = 2
+MAX_BATCH: Final = 256
+
+
+class _Queued:
+    """One save: its key, its statements (``full``, and ``fast`` when the task is fresh), and
+    once written, its outcome."""
+
+    __slots__ = ("error", "fast", "full", "key")
+
+    def __init__(self, key: Key, full: Statement, fast: Statement | None) -> None:
+        self.key = key
+        self.full = full
+        self.fast = fast
+        self.error: BaseException | None = None
+
+    def outcome(self) -> None:
+        """Raise the save's error, if it failed."""
+        if self.error is not None:
+            raise self.error
+
+
+class AsyncQueued(_Queued):
+    """A save queued by the async manager (woken on the loop that queued it)."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self, key: Key, full: Statement, fast: Statement | None) -> None:
+        super().__init__(key, full, fast)
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        self.error = error
+        if not self._done.done():  # its caller may have been cancelled
+            self._done.set_result(None)
+
+    async def wait(self) -> None:
+        await self._done
+
+
+class Queued(_Queued):
+    """A save queued by the blocking manager (its thread waits on an event)."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self, key: Key, full: Statement, fast: Statement | None) -> None:
+        super().__init__(key, full, fast)
+        self._done = threading.Event()
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self._done.set()
+
+    def wait(self) -> None:
+        self._done.wait()
+
+
+class GroupCommit:
+    """Who writes what: the free writers, the keys in flight and the queue."""
+
+    def __init__(self, writers: int = WRITERS, max_batch: int = MAX_BATCH) -> None:
+        if writers < 1 or max_batch < 1:
+            raise ValueError("group commit needs at least one writer and batches of one")
+        self.writers = writers
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._in_flight: set[Key] = set()
+        self._queue: deque[Any] = deque()
+
+    def arrive(self, save: _Queued) -> bool:
+        """A save arrives: True when it goes out at once (a writer is free and its key is not
+        being written; the caller then owes ``finish``), else it is queued."""
+        with self._lock:
+            if self._busy < self.writers and save.key not in self._in_flight:
+                self._busy += 1
+                self._in_flight.add(save.key)
+                return True
+            self._queue.append(save)
+            return False
+
+    def finish(self, keys: Sequence[Key], *, take: bool = True) -> list[Any]:
+        """A writer wrote ``keys``: the next batch it writes (in key order), or ``[]`` when
+        there is none, or not ``take`` (the writer is then free)."""
+        with self._lock:
+            self._in_flight.difference_update(keys)
+            batch = self._take() if take else []
+            if not batch:
+                self._busy -= 1
+            return batch
+
+    def withdraw(self, save: _Queued) -> None:
+        """A queued save's caller gave up (cancelled): out of the queue, if still there (a save
+        already taken into a batch is written anyway, as a save cancelled in flight may be)."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._queue.remove(save)
+
+    def _take(self) -> list[Any]:
+        batch: list[Any] = []
+        keys: set[Key] = set()
+        left: deque[Any] = deque()
+        for save in self._queue:
+            if len(batch) < self.max_batch and save.key not in self._in_flight and (
+                    save.key not in keys):
+                batch.append(save)
+                keys.add(save.key)
+            else:
+                left.append(save)
+        self._queue = left
+        self._in_flight.update(keys)
+        batch.sort(key=lambda save: save.key)
+        return batch
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
