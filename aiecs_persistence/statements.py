@@ -197,14 +197,52 @@ _STEP_CONFLICT: Final = (
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in RESULT_COLUMNS) + "\n"
 )
 
-# The task comes first: the main query reads the CTE (count(*) runs it to completion), so a
-# save waits for a concurrent writer's hold on the task *before* it holds its step. Unread, a
-# data-modifying CTE runs after the main query, and a save holding its new step while waiting
-# for the task deadlocked with a bulk load holding the task while waiting for that step.
+# -- the saves' own event log (schema.py, task events) --------------------------------------
+# Each save writes its events itself, in the same statement: ``own`` turns the event triggers
+# off for its transaction (their WHEN clause reads the setting, in C, without entering
+# PL/pgSQL), ``logged`` appends the rows the statement inserted or updated (a task it created,
+# then its steps, in that order) to task_events, and the main query wakes whoever watches one
+# of those tasks (or its user, for a task's events). Rows written any other way (psql, a
+# status change of an existing task) are still logged by the triggers.
+
+_OWN_EVENTS: Final = "own AS (SELECT set_config('aiecs.bulk_events', 'on', true) AS own)"
+_TASK_RETURNING: Final = (
+    "RETURNING t.user_id, t.task_id, t.status, t.error_code, t.error_message, t.updated_at, "
+    "t.xmax = 0 AS inserted"
+)
+_STEP_RETURNING: Final = f"RETURNING {_names(STEP_COLUMNS, 'h.')}, h.updated_at"
+_EVENTS_INSERT: Final = f"INSERT INTO task_events ({_names(STEP_COLUMNS)}, at)"
+_LOG_STEPS: Final = f"""logged AS (
+  {_EVENTS_INSERT}
+  SELECT {_names(STEP_COLUMNS)}, updated_at FROM step
+  RETURNING user_id, task_id, step
+)"""
+_LOG_TASKS_AND_STEPS: Final = f"""logged AS (
+  {_EVENTS_INSERT}
+  SELECT user_id, task_id, NULL::integer, NULL::text, NULL::jsonb, NULL::boolean, NULL::text,
+         status, error_code, error_message, updated_at
+  FROM task WHERE inserted
+  UNION ALL
+  SELECT {_names(STEP_COLUMNS)}, updated_at FROM step
+  RETURNING user_id, task_id, step
+)"""
+#: The main query of a save: reads every logged row (so all of them are written first).
+_NOTIFY_WATCHERS: Final = """
+SELECT pg_notify('aiecs_events', k.user_id || chr(31) || k.task_id)
+FROM (SELECT DISTINCT l.user_id, l.task_id FROM logged l
+      WHERE EXISTS (SELECT FROM aiecs_watched w
+                    WHERE w.user_id = l.user_id AND w.until > now()
+                      AND (w.task_id = l.task_id OR (w.task_id = '' AND l.step IS NULL)))) k"""
+
+# The task comes first: ``step`` reads ``task`` (count(*) runs it to completion), so a save
+# waits for a concurrent writer's hold on the task *before* it holds its step. (A save holding
+# its new step while waiting for the task deadlocked with a bulk load holding the task while
+# waiting for that step.)
 SAVE_STEP: Final = f"""
-WITH task AS (
+WITH {_OWN_EVENTS},
+task AS (
   INSERT INTO tasks AS t (user_id, task_id, status)
-  SELECT %(user_id)s, %(task_id)s, 'running'
+  SELECT %(user_id)s, %(task_id)s, 'running' FROM own
   WHERE NOT EXISTS (
     SELECT FROM tasks f
     WHERE f.user_id = %(user_id)s AND f.task_id = %(task_id)s AND f.status <> 'pending'
@@ -212,24 +250,33 @@ WITH task AS (
   ON CONFLICT (user_id, task_id) DO UPDATE
     SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
     WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
-  RETURNING 1
-)
-{_STEP_INSERT}SELECT {_STEP_VALUES}
-FROM (SELECT count(*) FROM task) AS task_first{_STEP_CONFLICT}"""
+  {_TASK_RETURNING}
+),
+step AS (
+  {_STEP_INSERT}  SELECT {_STEP_VALUES}
+  FROM (SELECT count(*) FROM task) AS task_first, own{_STEP_CONFLICT}  {_STEP_RETURNING}
+),
+{_LOG_TASKS_AND_STEPS}{_NOTIFY_WATCHERS}"""
 
 #: ``SAVE_STEP`` without the task part, for a task this manager touched less than a second ago
 #: (``ManagerBase._recently_touched``): the step's foreign key then proves the task exists, and
 #: a violation (the task was deleted meanwhile) sends the save down the full path again.
-SAVE_STEP_ONLY: Final = f"{_STEP_INSERT}VALUES ({_STEP_VALUES}){_STEP_CONFLICT}"
+SAVE_STEP_ONLY: Final = f"""
+WITH {_OWN_EVENTS},
+step AS (
+  {_STEP_INSERT}  SELECT {_STEP_VALUES} FROM own{_STEP_CONFLICT}  {_STEP_RETURNING}
+),
+{_LOG_STEPS}{_NOTIFY_WATCHERS}"""
 
 
 #: The tasks of many saves (distinct, in key order, so concurrent batches lock them in one
 #: order): created running, or moved pending → running, or their activity refreshed when it is
 #: more than a second old — ``SAVE_STEP``'s task part over arrays (parameters: users, tasks).
-TASKS_UPSERT: Final = """
+#: Run after ``own`` (the statements using it log the tasks they create).
+TASKS_UPSERT: Final = f"""
 INSERT INTO tasks AS t (user_id, task_id, status)
 SELECT u, k, 'running'::task_status
-FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS x(u, k)
+FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS x(u, k), own
 WHERE NOT EXISTS (
   SELECT FROM tasks f
   WHERE f.user_id = x.u AND f.task_id = x.k AND f.status <> 'pending'
@@ -238,7 +285,7 @@ ORDER BY 1, 2
 ON CONFLICT (user_id, task_id) DO UPDATE
   SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
   WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
-"""
+{_TASK_RETURNING}"""
 
 #: Each column's array type in ``SAVE_STEPS`` (text otherwise).
 _ARRAY_TYPES: Final = {"step": "integer", "completed": "boolean", "result": "jsonb",
@@ -247,12 +294,16 @@ _ARRAY_TYPES: Final = {"step": "integer", "completed": "boolean", "result": "jso
 #: Many saves in one statement (group commit, ``group.py``): the tasks first, then one step per
 #: save (distinct keys, in key order) from one array per column.
 SAVE_STEPS: Final = f"""
-WITH task AS ({TASKS_UPSERT}RETURNING 1)
-{_STEP_INSERT}SELECT {_names(STEP_COLUMNS, 'r.')}
-FROM unnest({", ".join(f"%({c})s::{_ARRAY_TYPES.get(c, 'text')}[]" for c in STEP_COLUMNS)})
-       AS r({_names(STEP_COLUMNS)}),
-     (SELECT count(*) FROM task) AS task_first
-ORDER BY r.user_id, r.task_id, r.step{_STEP_CONFLICT}"""
+WITH {_OWN_EVENTS},
+task AS ({TASKS_UPSERT}),
+step AS (
+  {_STEP_INSERT}  SELECT {_names(STEP_COLUMNS, 'r.')}
+  FROM unnest({", ".join(f"%({c})s::{_ARRAY_TYPES.get(c, 'text')}[]" for c in STEP_COLUMNS)})
+         AS r({_names(STEP_COLUMNS)}),
+       (SELECT count(*) FROM task) AS task_first, own
+  ORDER BY r.user_id, r.task_id, r.step{_STEP_CONFLICT}  {_STEP_RETURNING}
+),
+{_LOG_TASKS_AND_STEPS}{_NOTIFY_WATCHERS}"""
 
 
 def save_step(
@@ -558,7 +609,13 @@ CHUNK_STATEMENTS: Final = 7
 #: (about 10 MB for typical results).
 BULK_CHUNK: Final = 10_000
 
-BULK_TASKS: Final = TASKS_UPSERT
+#: A chunk's tasks, and the events of those it creates (the transaction has ``own`` on).
+BULK_TASKS: Final = f"""
+WITH {_OWN_EVENTS}, task AS ({TASKS_UPSERT})
+{_EVENTS_INSERT}
+SELECT user_id, task_id, NULL, NULL, NULL, NULL, NULL, status, error_code, error_message,
+       updated_at
+FROM task WHERE inserted"""
 
 BULK_COPY: Final = f"COPY task_history ({_names(STEP_COLUMNS)}) FROM STDIN"
 
@@ -596,10 +653,10 @@ BULK_MERGE_EVENTS: Final = (
 
 #: ... and the wake-up of whoever watches one of its tasks (parameters: users, tasks).
 BULK_NOTIFY: Final = """
-SELECT pg_notify('aiecs_events', w.user_id || chr(31) || w.task_id)
-FROM aiecs_watched w
-JOIN unnest(%(users)s::text[], %(tasks)s::text[]) AS k(user_id, task_id) USING (user_id, task_id)
-WHERE w.until > now()
+SELECT pg_notify('aiecs_events', k.user_id || chr(31) || k.task_id)
+FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS k(user_id, task_id)
+WHERE EXISTS (SELECT FROM aiecs_watched w
+              WHERE w.user_id = k.user_id AND w.task_id IN (k.task_id, '') AND w.until > now())
 """
 
 

@@ -10,13 +10,13 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = ("upstream: sequential saves, each save a new task",
+CASES = ("import:", "upstream: sequential saves, each save a new task",
          "upstream: sequential saves, 10 steps per task", "upstream: load_task_history",
          "upstream: 64 coroutines, each save a new task", "upstream: 64 coroutines, 64 tasks",
          "single:", "blocking:", "concurrent:", "watchers: 64 coroutines saving, 100 idle",
          "watchers: 64 coroutines saving, 10 watchers", "bulk:", "memory:", "read:",
          "listing: first page", "listing: deep page (after", "listing: deep page against",
-         "retention:")
+         "report: whole table", "report: since 7 days ago", "retention:")
 
 
 def test_every_case_reports_a_figure_and_a_mark(pg, tmp_path):
