@@ -16,8 +16,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
-from psycopg.pq import ExecStatus, TransactionStatus
-
 from .config import resolve_url, safe_url, with_connect_timeout
 from .deadline import arm
 from .errors import RetryExhaustedError, SchemaMismatchError, ValidationError
@@ -375,13 +373,19 @@ class ManagerBase:
         return self.metrics.report()
 
 
+#: libpq's ``PQTRANS_IDLE`` and ``PGRES_TUPLES_OK`` (psycopg.pq's TransactionStatus.IDLE and
+#: ExecStatus.TUPLES_OK; a test checks them), so that importing the managers loads no psycopg.
+TRANSACTION_IDLE: Final = 0
+TUPLES_OK: Final = 2
+
+
 def reusable(conn: Any) -> bool:
     """Whether a connection a call just used may serve the next one as it is: open and idle
     (not in a transaction, not broken)."""
-    return not conn.closed and conn.pgconn.transaction_status == TransactionStatus.IDLE
+    return not conn.closed and conn.pgconn.transaction_status == TRANSACTION_IDLE
 
 
 def returns_rows(cursor: Any) -> bool:
     """Whether the statement just run returned rows (cheaper than building ``description``)."""
     result = cursor.pgresult
-    return result is not None and result.status == ExecStatus.TUPLES_OK
+    return result is not None and result.status == TUPLES_OK

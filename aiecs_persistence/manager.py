@@ -43,10 +43,6 @@ from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from psycopg import AsyncConnection
-from psycopg.errors import UniqueViolation
-from psycopg_pool import AsyncConnectionPool
-
 from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
@@ -57,7 +53,9 @@ from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
 from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
     from sqlalchemy.engine import URL
 
 __all__ = ["DatabaseManager"]
@@ -111,6 +109,8 @@ class DatabaseManager(ManagerBase):
             if self._pool is not None:
                 return
             await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
+            from psycopg_pool import AsyncConnectionPool
+
             pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-async",
                 **self._pool_kwargs(min_size, max_size),
@@ -396,6 +396,8 @@ class DatabaseManager(ManagerBase):
     async def _write_chunk_now(
         conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement
     ) -> None:
+        from psycopg.errors import UniqueViolation
+
         async with conn.cursor() as cur:
             await cur.execute(tasks.sql, tasks.params)
             try:

@@ -9,15 +9,12 @@ whether the failure is worth retrying, and whether the connection itself broke.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
-
-import psycopg
-import psycopg.errors
-from psycopg_pool import PoolTimeout
 
 from .errors import (
     DatabaseError,
@@ -79,15 +76,28 @@ BY_SQLSTATE: Final[Mapping[str, Kind]] = {
     "08": _LOST,  # connection_exception
 }
 
-#: Exceptions without a SQLSTATE, by class (the first match wins).
-BY_CLASS: Final[tuple[tuple[type[BaseException], Kind], ...]] = (
-    (PoolTimeout, Kind(QueryTimeoutError)),  # no connection free within pool_timeout
-    (psycopg.errors.ConnectionTimeout, Kind(QueryTimeoutError)),  # connect_timeout expired
-    (psycopg.OperationalError, _LOST),  # the server went away mid-call
-    (psycopg.InterfaceError, _LOST),  # the connection was already closed
-    (psycopg.Error, _OTHER),
-    (OSError, _OTHER),
-)
+@functools.cache
+def by_class() -> tuple[tuple[type[BaseException], Kind], ...]:
+    """Exceptions without a SQLSTATE, by class (the first match wins). Built on first use:
+    importing the package does not load psycopg (docs/performance.md, import time)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    return (
+        (PoolTimeout, Kind(QueryTimeoutError)),  # no connection free within pool_timeout
+        (psycopg.errors.ConnectionTimeout, Kind(QueryTimeoutError)),  # connect_timeout expired
+        (psycopg.OperationalError, _LOST),  # the server went away mid-call
+        (psycopg.InterfaceError, _LOST),  # the connection was already closed
+        (psycopg.Error, _OTHER),
+        (OSError, _OTHER),
+    )
+
+
+def _psycopg_error(driver: BaseException) -> bool:
+    """Whether ``driver`` is one of psycopg's exceptions (none can exist before psycopg is
+    loaded, so it is not imported to tell)."""
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(driver, psycopg.Error)
 
 
 def _driver_error(exc: BaseException) -> BaseException:
@@ -100,7 +110,7 @@ def _driver_error(exc: BaseException) -> BaseException:
 
 
 def _sqlstate(driver: BaseException) -> str | None:
-    return driver.sqlstate if isinstance(driver, psycopg.Error) else None
+    return getattr(driver, "sqlstate", None) if _psycopg_error(driver) else None
 
 
 def classify(exc: BaseException) -> Kind | None:
@@ -116,7 +126,7 @@ def classify(exc: BaseException) -> Kind | None:
     state = _sqlstate(driver)
     if state is not None:
         return BY_SQLSTATE.get(state) or BY_SQLSTATE.get(state[:2]) or _OTHER
-    for cls, kind in BY_CLASS:
+    for cls, kind in by_class():
         if isinstance(driver, cls):
             return kind
     return _OTHER if wrapped else None
@@ -135,9 +145,9 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 def _diag(driver: BaseException, name: str) -> str | None:
-    if not isinstance(driver, psycopg.Error):
+    if not _psycopg_error(driver):
         return None
-    value = getattr(driver.diag, name, None)
+    value = getattr(getattr(driver, "diag", None), name, None)
     return value if isinstance(value, str) else None
 
 
@@ -196,7 +206,8 @@ def connect_error(exc: BaseException, where: str) -> PersistenceError:
         return exc
     driver = _driver_error(exc)
     reason = _primary_message(driver).removeprefix("connection failed: ")
-    if isinstance(driver, psycopg.errors.ConnectionTimeout):
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(driver, psycopg.errors.ConnectionTimeout):
         return QueryTimeoutError(
             f"cannot connect to {where}: no answer within the connect timeout ({reason})")
     return DatabaseError(f"cannot connect to {where}: {reason}")

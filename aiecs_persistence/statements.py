@@ -276,7 +276,7 @@ step AS (
 TASKS_UPSERT: Final = f"""
 INSERT INTO tasks AS t (user_id, task_id, status)
 SELECT u, k, 'running'::task_status
-FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS x(u, k), own
+FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k), own
 WHERE NOT EXISTS (
   SELECT FROM tasks f
   WHERE f.user_id = x.u AND f.task_id = x.k AND f.status <> 'pending'
@@ -292,13 +292,15 @@ _ARRAY_TYPES: Final = {"step": "integer", "completed": "boolean", "result": "jso
                        "status": "task_status", "error_code": "error_code"}
 
 #: Many saves in one statement (group commit, ``group.py``): the tasks first, then one step per
-#: save (distinct keys, in key order) from one array per column.
+#: save (distinct keys, in key order) from one array per column. The arrays travel in binary
+#: (``%b``): psycopg quotes every element of a text-format array, 0.7 ms of client time for 64
+#: saves against 0.15 ms.
 SAVE_STEPS: Final = f"""
 WITH {_OWN_EVENTS},
 task AS ({TASKS_UPSERT}),
 step AS (
   {_STEP_INSERT}  SELECT {_names(STEP_COLUMNS, 'r.')}
-  FROM unnest({", ".join(f"%({c})s::{_ARRAY_TYPES.get(c, 'text')}[]" for c in STEP_COLUMNS)})
+  FROM unnest({", ".join(f"%({c})b::{_ARRAY_TYPES.get(c, 'text')}[]" for c in STEP_COLUMNS)})
          AS r({_names(STEP_COLUMNS)}),
        (SELECT count(*) FROM task) AS task_first, own
   ORDER BY r.user_id, r.task_id, r.step{_STEP_CONFLICT}  {_STEP_RETURNING}

@@ -17,10 +17,6 @@ from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from psycopg import Connection
-from psycopg.errors import UniqueViolation
-from psycopg_pool import ConnectionPool
-
 from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
@@ -31,7 +27,9 @@ from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost
 from .watch import HEARTBEAT, Listener, Waiter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
+    from psycopg import Connection
+    from psycopg_pool import ConnectionPool
     from sqlalchemy.engine import URL
 
 __all__ = ["SyncDatabaseManager"]
@@ -81,6 +79,8 @@ class SyncDatabaseManager(ManagerBase):
             if self._pool is not None:
                 return
             self.prepare_schema()  # resolves self.url too
+            from psycopg_pool import ConnectionPool
+
             pool: ConnectionPool[Connection[tuple[Any, ...]]] = ConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-sync",
                 **self._pool_kwargs(min_size, max_size),
@@ -332,6 +332,8 @@ class SyncDatabaseManager(ManagerBase):
     def _write_chunk_now(
         conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement
     ) -> None:
+        from psycopg.errors import UniqueViolation
+
         with conn.cursor() as cur:
             cur.execute(tasks.sql, tasks.params)
             try:

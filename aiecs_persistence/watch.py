@@ -38,8 +38,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-import psycopg
-
 from .statements import REGISTRATION_TTL, RENEW_WATCHES
 
 __all__ = ["CHANNEL", "HEARTBEAT", "AsyncListener", "AsyncWaiter", "Listener", "Waiter"]
@@ -159,7 +157,9 @@ class AsyncListener(_Listener):
         delay = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
+                from psycopg import AsyncConnection
+
+                async with await AsyncConnection.connect(
                         self._conninfo, autocommit=True, **self._kwargs) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await conn.execute(RENEW_WATCHES, self._renewal)
@@ -234,7 +234,9 @@ class Listener(_Listener):
         delay = 0.1
         while not self._stop.is_set():
             try:
-                with psycopg.Connection.connect(
+                from psycopg import Connection
+
+                with Connection.connect(
                         self._conninfo, autocommit=True, **self._kwargs) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     conn.execute(RENEW_WATCHES, self._renewal)
