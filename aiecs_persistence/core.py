@@ -203,11 +203,9 @@ class ManagerBase:
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         self.settings = Settings(**settings)
-        if self.settings.group_commit_writers < 1 or self.settings.group_commit_max_batch < 1:
-            raise ValidationError(
-                "group_commit_writers and group_commit_max_batch: must be at least 1",
-                field="group_commit_writers" if self.settings.group_commit_writers < 1
-                else "group_commit_max_batch")
+        for name in ("group_commit_writers", "group_commit_max_batch"):
+            if getattr(self.settings, name) < 1:
+                raise ValidationError(f"{name}: must be at least 1", field=name)
         self._group = GroupCommit(self.settings.group_commit_writers,
                                   self.settings.group_commit_max_batch
                                   ) if self.settings.group_commit else None

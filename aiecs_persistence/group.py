@@ -97,8 +97,6 @@ class GroupCommit:
     """Who writes what: the free writers, the keys in flight and the queue."""
 
     def __init__(self, writers: int = WRITERS, max_batch: int = MAX_BATCH) -> None:
-        if writers < 1 or max_batch < 1:
-            raise ValueError("group commit needs at least one writer and batches of one")
         self.writers = writers
         self.max_batch = max_batch
         self._lock = threading.Lock()

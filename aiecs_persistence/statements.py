@@ -641,6 +641,7 @@ BULK_MERGE: Final = (
 
 
 #: The bulk path logs its own events (schema.py, task events): the row trigger skips while set.
+#: Its own statement: ``BULK_TASKS``'s ``own`` is not read when every task of a chunk is fresh.
 BULK_EVENTS_ON: Final = "SELECT set_config('aiecs.bulk_events', 'on', true)"
 
 #: A COPYed chunk's events: the same rows, COPYed again (reading them back from task_history

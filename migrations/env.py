@@ -36,9 +36,13 @@ if config.config_file_name is not None:
 x_args = context.get_x_argument(as_dictionary=True)
 
 
+#: A PostgreSQL duration as ``-x`` takes it: a number, and ms, s or min (none: milliseconds).
+_DURATION = re.compile(r"(\d+)(ms|s|min)?")
+
+
 def _duration(name: str, default: str) -> str:
     value = x_args.get(name, default)
-    if not re.fullmatch(r"\d+(ms|s|min)?", value):
+    if not _DURATION.fullmatch(value):
         raise ValidationError(f"-x {name}={value!r}: expected e.g. 500ms, 10s or 2min",
                               field=name)
     return value
@@ -69,7 +73,7 @@ def run_offline() -> None:
 
 def _seconds(duration: str) -> float:
     """A ``_duration`` in seconds (no unit: milliseconds, as PostgreSQL reads it)."""
-    match = re.fullmatch(r"(\d+)(ms|s|min)?", duration)
+    match = _DURATION.fullmatch(duration)
     assert match is not None
     scale = {"ms": 0.001, "s": 1.0, "min": 60.0, None: 0.001}[match.group(2)]
     return int(match.group(1)) * scale
