@@ -319,11 +319,14 @@ def current(url: UrlOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def check(url: UrlOption = None, as_json: JsonOption = False) -> None:
-    """Exit non-zero unless the database is at head and its enums match the code."""
+    """Exit non-zero unless the database is at head, its enums match the code and, on a Citus
+    coordinator, every table is distributed as it should be."""
     target = resolve_url(url=url)
     status = migrate.inspect(target)
     _emit({"ok": status.ok, "current": status.current, "head": status.head,
-           "enum_problems": list(status.enum_problems)}, as_json, status.describe())
+           "enum_problems": list(status.enum_problems), "citus": status.on_citus,
+           "distribution_problems": list(status.distribution_problems)},
+          as_json, status.describe())
     if not status.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)
 

@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
@@ -22,7 +22,14 @@ from .errors import RetryExhaustedError, SchemaMismatchError, ValidationError
 from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
 from .sqlstates import FOREIGN_KEY_VIOLATION, classify, translate
-from .statements import BULK_CHUNK, SAVE_STEP_ONLY, Statement, save_step
+from .statements import (
+    BULK_CHUNK,
+    SAVE_STEP_ONLY,
+    Statement,
+    save_step,
+    save_steps,
+    save_steps_call,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -209,6 +216,9 @@ class ManagerBase:
         self._group = GroupCommit(self.settings.group_commit_writers,
                                   self.settings.group_commit_max_batch
                                   ) if self.settings.group_commit else None
+        #: The database is a Citus coordinator (found at connect): saves take the cluster's
+        #: shape, a batch holds one user's saves, watchers poll.
+        self._citus = False
         self._touched: dict[tuple[str, str], float] = {}
         self._touched_lock = threading.Lock()
         self._db_config = db_config
@@ -255,7 +265,7 @@ class ManagerBase:
 
         url = with_connect_timeout(self.url, self.settings.connect_timeout)
         status = migrate.inspect(url)
-        if not status.at_head and self.settings.auto_migrate:
+        if (not status.at_head or status.distribution_problems) and self.settings.auto_migrate:
             if status.current is not None and not migrate.is_known_revision(status.current):
                 raise SchemaMismatchError(
                     f"the database is at revision {status.current}, which this version of "
@@ -267,6 +277,9 @@ class ManagerBase:
             status = migrate.inspect(url)
         if not status.ok:
             raise SchemaMismatchError(status.describe())
+        self._citus = status.on_citus
+        if self._group is not None:
+            self._group.one_user = status.on_citus
         return status
 
     # -- tasks this manager touched lately (the save's fast path) -------------------------
@@ -292,8 +305,24 @@ class ManagerBase:
         ``TOUCH_TTL`` ago (None otherwise)."""
         full = save_step(user_id, task_id, step, step_result,
                          max_result_bytes=self.settings.max_result_bytes)
-        fresh = self._recently_touched(user_id, task_id)
+        fresh = not self._citus and self._recently_touched(user_id, task_id)
         return full, replace(full, sql=SAVE_STEP_ONLY) if fresh else None
+
+    @property
+    def _notified(self) -> bool:
+        """Whether watchers are woken by notifications: not when ``notifications=False``, nor
+        behind a transaction-mode pooler (no session to LISTEN in), nor on Citus (they are
+        raised on the workers, out of reach of a client of the coordinator): they poll."""
+        s = self.settings
+        return s.notifications and not s.transaction_pooling and not self._citus
+
+    def _saves(self, saves: Sequence[Statement]) -> Statement:
+        """The statement that writes ``save_step`` statements of distinct keys together. On
+        Citus they are one user's (``GroupCommit.one_user``), and the call runs on that user's
+        node."""
+        if self._citus:
+            return save_steps_call(saves, self.settings.lock_timeout_ms)
+        return save_steps(saves)
 
     def _task_was_gone(self, exc: ValidationError, user_id: str, task_id: str) -> bool:
         """After a step-only save failed: whether its task had been deleted meanwhile (then

@@ -12,6 +12,8 @@ Rules kept here, whatever the I/O style:
   waits for the next batch, so saves of one step are written in the order they arrived.
 * A batch holds distinct keys, in key order (tasks, then steps), so concurrent batches take
   their row locks in one order.
+* On Citus (``one_user``) a batch holds one user's saves: a statement that names one user is
+  what Citus runs on one node (``statements.SAVE_STEPS_CALL``); the others wait for the next.
 * Every caller gets its own outcome. The managers retry a batch that failed transiently; they
   re-run one save at a time a batch that a rule rejected (so one bad save fails alone), that
   timed out or that ran out of retries; any other failure goes to each of its callers.
@@ -99,6 +101,8 @@ class GroupCommit:
     def __init__(self, writers: int = WRITERS, max_batch: int = MAX_BATCH) -> None:
         self.writers = writers
         self.max_batch = max_batch
+        #: A batch holds the saves of one user only (set by the managers on Citus).
+        self.one_user = False
         self._lock = threading.Lock()
         self._busy = 0
         self._in_flight: set[Key] = set()
@@ -135,9 +139,12 @@ class GroupCommit:
         batch: list[Any] = []
         keys: set[Key] = set()
         left: deque[Any] = deque()
+        user: str | None = None
         for save in self._queue:
             if len(batch) < self.max_batch and save.key not in self._in_flight and (
-                    save.key not in keys):
+                    save.key not in keys) and (user is None or save.key[0] == user):
+                if self.one_user:
+                    user = save.key[0]
                 batch.append(save)
                 keys.add(save.key)
             else:

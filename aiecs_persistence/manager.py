@@ -50,7 +50,7 @@ from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
 from .group import AsyncQueued
 from .records import Page, StepRecord, TaskRecord
-from .sqlstates import connection_lost
+from .sqlstates import connection_lost, is_unique_violation
 from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
@@ -267,6 +267,10 @@ class DatabaseManager(ManagerBase):
         """One save in its own statement: the step alone when this manager touched the task
         less than a second ago, else (or when the task was deleted meanwhile) the full save."""
         user_id, task_id, _ = sql.step_key(full)
+        await self._ready()  # connected: the shape of the save is known
+        if self._citus:  # the cluster's shape (the call checks the task's freshness itself)
+            await self._run(self._saves([full]), writer=True)
+            return
         if fast is not None:
             try:
                 await self._run(fast, writer=True)
@@ -313,7 +317,7 @@ class DatabaseManager(ManagerBase):
         (permissions, a closed manager) is every caller's."""
         if len(batch) > 1:
             try:
-                await self._run(sql.save_steps([save.full for save in batch]), writer=True)
+                await self._run(self._saves([save.full for save in batch]), writer=True)
             except (ValidationError, RetryExhaustedError, QueryTimeoutError):
                 pass  # below, one at a time
             except Exception as exc:
@@ -342,10 +346,12 @@ class DatabaseManager(ManagerBase):
         statement = sql.bulk_statement(records)
 
         async def load(conn: AsyncConnection[tuple[Any, ...]]) -> int:
-            chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size)
+            chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
+                                  cluster=self._citus)
             async with conn.transaction():
                 await self._set_local_timeouts(conn)
-                await conn.execute(sql.BULK_EVENTS_ON)
+                if not self._citus:  # on Citus the triggers log (statements.py, bulk)
+                    await conn.execute(sql.BULK_EVENTS_ON)
                 # [async]
                 if isinstance(records, AsyncIterable):
                     async for record in records:
@@ -390,13 +396,16 @@ class DatabaseManager(ManagerBase):
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
         under one client deadline."""
         with self._deadline(conn, tasks, sql.CHUNK_STATEMENTS):
-            await self._write_chunk_now(conn, rows, tasks)
+            await self._write_chunk_now(conn, rows, tasks, own_events=not self._citus)
 
     @staticmethod
     async def _write_chunk_now(
-        conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement
+        conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement,
+        *, own_events: bool,
     ) -> None:
-        from psycopg.errors import UniqueViolation
+        """``own_events``: the chunk logs its events and wakes watchers (off on Citus, where
+        the triggers log and watchers poll)."""
+        import psycopg
 
         async with conn.cursor() as cur:
             await cur.execute(tasks.sql, tasks.params)
@@ -404,19 +413,24 @@ class DatabaseManager(ManagerBase):
                 async with conn.transaction(), cur.copy(sql.BULK_COPY) as copy:
                     for row in rows:
                         await copy.write_row(row)
-            except UniqueViolation:  # some steps exist already: merge this chunk
+            except psycopg.Error as exc:  # some steps exist already: merge this chunk
+                if not is_unique_violation(exc):
+                    raise
                 await cur.execute(sql.BULK_STAGING)
                 await cur.execute(sql.BULK_STAGING_CLEAR)
                 async with cur.copy(sql.BULK_STAGING_COPY) as copy:
                     for row in rows:
                         await copy.write_row(row)
                 await cur.execute(sql.BULK_MERGE)
-                await cur.execute(sql.BULK_MERGE_EVENTS)
+                if own_events:
+                    await cur.execute(sql.BULK_MERGE_EVENTS)
             else:
-                async with cur.copy(sql.BULK_EVENTS_COPY) as copy:
-                    for row in rows:
-                        await copy.write_row(row)
-            await cur.execute(sql.BULK_NOTIFY, tasks.params)
+                if own_events:
+                    async with cur.copy(sql.BULK_EVENTS_COPY) as copy:
+                        for row in rows:
+                            await copy.write_row(row)
+            if own_events:
+                await cur.execute(sql.BULK_NOTIFY, tasks.params)
 
     async def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""
@@ -445,7 +459,8 @@ class DatabaseManager(ManagerBase):
         ``dry_run``, would be). ``on_batch`` is called with each batch's count. Activity
         acknowledged after the call began is never deleted (see statements.py, retention)."""
         start = await self._run(sql.cleanup_start(days_old))
-        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0])
+        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0],
+                                       cluster=self._citus)
         self._forget_touched()
         if dry_run:
             rows = await self._run(cleanup.count)
@@ -459,8 +474,8 @@ class DatabaseManager(ManagerBase):
                 if not keys:
                     return 0, 0
                 params = cleanup.locked(keys)
-                await conn.execute(sql.CLEANUP_LOCK_STEPS, params)
-                cur = await conn.execute(sql.CLEANUP_DELETE, params)
+                for statement in cleanup.then:
+                    cur = await conn.execute(statement, params)
                 row = await cur.fetchone()
             return len(keys), int(row[0]) if row else 0
 
@@ -580,8 +595,8 @@ class DatabaseManager(ManagerBase):
 
     async def _subscribe(self, watch: sql.Watch) -> AsyncWaiter | None:
         """Wake-ups for ``watch``'s key, registered so writers notify; None when watchers
-        poll (``notifications=False``, or behind a transaction-mode pooler)."""
-        if not self.settings.notifications or self.settings.transaction_pooling:
+        poll (``ManagerBase._notified``)."""
+        if not self._notified:
             return None
         if self._listener is None:
             await self._ready()

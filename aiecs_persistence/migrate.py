@@ -23,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection
 
+from . import citus
 from .config import safe_url, with_connect_timeout
 from .domain import ErrorCode, TaskStatus
 from .errors import DatabaseError, SchemaMismatchError, ValidationError
@@ -207,6 +208,10 @@ class SchemaStatus:
     unknown_labels: bool = False
     #: A ``task_history`` table that is neither ours nor upstream AIECS's is in the way.
     foreign_table: bool = False
+    #: The database is a Citus coordinator (``citus.py``).
+    on_citus: bool = False
+    #: On Citus: what is not distributed as it should be.
+    distribution_problems: Sequence[str] = field(default_factory=tuple)
 
     @property
     def at_head(self) -> bool:
@@ -214,7 +219,7 @@ class SchemaStatus:
 
     @property
     def ok(self) -> bool:
-        return self.at_head and not self.enum_problems
+        return self.at_head and not self.enum_problems and not self.distribution_problems
 
     def describe(self) -> str:
         """What is wrong, and the remedy that fixes it (``upgrade`` only where it does)."""
@@ -225,6 +230,7 @@ class SchemaStatus:
             where = self.current or "empty (no aiecs-persistence schema)"
             parts.append(f"the database is at revision {where}, not at head {self.head}")
         parts.extend(self.enum_problems)
+        parts.extend(f"on Citus, {p}" for p in self.distribution_problems)
         return "; ".join(parts) + "; " + self.remedy()
 
     def remedy(self) -> str:
@@ -281,8 +287,11 @@ def inspect_connection(connection: Connection) -> SchemaStatus:
     unknown = any(set(labels.get(name, ())) - {m.value for m in enum}
                   for name, enum in ENUMS.items())
     foreign = revision is None and bool(connection.exec_driver_sql(FOREIGN_TABLE_SQL).scalar())
+    on_citus = citus.present(connection)
+    placement = citus.problems(connection) if on_citus and revision is not None else []
     return SchemaStatus(current=revision, head=head(), enum_problems=tuple(problems),
-                        unknown_labels=unknown, foreign_table=foreign)
+                        unknown_labels=unknown, foreign_table=foreign, on_citus=on_citus,
+                        distribution_problems=tuple(placement))
 
 
 def inspect(url: str | URL) -> SchemaStatus:

@@ -413,16 +413,90 @@ END
 $$
 """
 
+#: On Citus a worker cannot plan a join with the transition table ("unrecognized RTE kind"):
+#: there the events go task by task, each a single-shard statement (revision 0006).
 TASKS_GONE_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_deleted() RETURNS trigger LANGUAGE plpgsql
 {PINNED_SEARCH_PATH} AS $$
+DECLARE
+  k record;
 BEGIN
-  DELETE FROM @S@.task_events e USING gone g
-  WHERE e.user_id = g.user_id AND e.task_id = g.task_id;
+  IF current_setting('citus.version', true) IS NULL THEN
+    DELETE FROM @S@.task_events e USING gone g
+    WHERE e.user_id = g.user_id AND e.task_id = g.task_id;
+  ELSE
+    FOR k IN SELECT DISTINCT g.user_id, g.task_id FROM gone g LOOP
+      DELETE FROM @S@.task_events e WHERE e.user_id = k.user_id AND e.task_id = k.task_id;
+    END LOOP;
+  END IF;
   RETURN NULL;
 END
 $$
 """
+
+#: A save as one call, for Citus (``statements.SAVE_STEPS_CALL``; revision 0006): one user's
+#: saves, distinct keys in key order — tasks first, then steps, and the events of both as the
+#: plain statement logs them — which Citus runs whole on the node that owns the user
+#: (``citus.py`` distributes it by ``p_user_id``). It takes the caller's ``lock_timeout``,
+#: which Citus does not pass on to the node. No NOTIFY: on a worker it reaches no client.
+SAVE_STEPS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_save_steps(
+  p_user_id text, p_task_ids text[], p_steps integer[], p_step_names text[], p_results jsonb[],
+  p_completed boolean[], p_messages text[], p_statuses @S@.task_status[],
+  p_error_codes @S@.error_code[], p_error_messages text[], p_lock_timeout text) RETURNS void
+LANGUAGE plpgsql {PINNED_SEARCH_PATH} AS $$
+DECLARE
+  fresh CONSTANT timestamptz := now() - interval '1 second';
+  task text;
+  i integer;
+  created boolean;
+  row_status @S@.task_status;
+  row_code @S@.error_code;
+  row_message text;
+  row_at timestamptz;
+BEGIN
+  PERFORM set_config('{BULK_EVENTS_SETTING}', 'on', true);
+  IF p_lock_timeout IS NOT NULL THEN  -- the caller's: Citus does not pass it on to the node
+    PERFORM set_config('lock_timeout', p_lock_timeout, true);
+  END IF;
+  FOR task IN SELECT DISTINCT k FROM unnest(p_task_ids) AS k ORDER BY 1 LOOP
+    CONTINUE WHEN EXISTS (
+      SELECT FROM @S@.tasks f
+      WHERE f.user_id = p_user_id AND f.task_id = task AND f.status <> 'pending'
+        AND f.updated_at >= fresh);
+    INSERT INTO @S@.tasks AS t (user_id, task_id, status) VALUES (p_user_id, task, 'running')
+    ON CONFLICT (user_id, task_id) DO UPDATE
+      SET status = CASE WHEN t.status = 'pending' THEN 'running'::@S@.task_status
+                        ELSE t.status END
+      WHERE t.status = 'pending' OR t.updated_at < fresh
+    RETURNING t.status, t.error_code, t.error_message, t.updated_at, t.xmax = 0
+      INTO row_status, row_code, row_message, row_at, created;
+    IF created THEN
+      INSERT INTO @S@.task_events (user_id, task_id, status, error_code, error_message, at)
+      VALUES (p_user_id, task, row_status, row_code, row_message, row_at);
+    END IF;
+  END LOOP;
+  FOR i IN 1 .. coalesce(cardinality(p_steps), 0) LOOP
+    INSERT INTO @S@.task_history AS h (user_id, task_id, step, step_name, result, completed,
+                                       message, status, error_code, error_message)
+    VALUES (p_user_id, p_task_ids[i], p_steps[i], p_step_names[i], p_results[i],
+            p_completed[i], p_messages[i], p_statuses[i], p_error_codes[i],
+            p_error_messages[i])
+    ON CONFLICT (user_id, task_id, step) DO UPDATE SET
+      step_name = EXCLUDED.step_name, result = EXCLUDED.result,
+      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
+      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
+    RETURNING h.updated_at INTO row_at;
+    INSERT INTO @S@.task_events (user_id, task_id, step, step_name, result, completed, message,
+                                 status, error_code, error_message, at)
+    VALUES (p_user_id, p_task_ids[i], p_steps[i], p_step_names[i], p_results[i],
+            p_completed[i], p_messages[i], p_statuses[i], p_error_codes[i],
+            p_error_messages[i], row_at);
+  END LOOP;
+END
+$$
+"""
+
 
 EVENT_TRIGGERS: Final = (
     f"""CREATE TRIGGER tr_task_history_changed AFTER INSERT OR UPDATE ON task_history
@@ -508,6 +582,7 @@ DDL_STATEMENTS: Final = (
     in_current_schema(TASK_EVENTS_FUNCTION),
     in_current_schema(TASKS_GONE_FUNCTION),
     *EVENT_TRIGGERS,
+    in_current_schema(SAVE_STEPS_FUNCTION),
     STEP_DETAILS_VIEW,
     TASK_SUMMARY_VIEW,
     FAILURES_BY_DAY_VIEW,
@@ -534,6 +609,8 @@ for _ddl in (*DDL_STATEMENTS, SEED_ERROR_CODES):
     event.listen(metadata, "after_create", _executor(_ddl))
 for _drop in (
     *(f"DROP VIEW IF EXISTS {v}" for v in reversed(VIEW_NAMES)),
+    "DROP FUNCTION IF EXISTS aiecs_save_steps(text, text[], integer[], text[], jsonb[], "
+    "boolean[], text[], task_status[], error_code[], text[], text)",
     "DROP FUNCTION IF EXISTS aiecs_tasks_changed() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_tasks_deleted() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_task_history_changed() CASCADE",

@@ -33,7 +33,9 @@ __all__ = [
     "classify",
     "connect_error",
     "connection_lost",
+    "constraint_name",
     "is_transient",
+    "is_unique_violation",
     "translate",
 ]
 
@@ -160,6 +162,39 @@ def _primary_message(driver: BaseException) -> str:
 
 
 _TRANSITION_DETAIL: Final = re.compile(r"from (?P<from>\w+) to (?P<to>\w+)")
+#: A constraint named in a message (``violates check constraint "ck_tasks_error_pair"``).
+_NAMED_CONSTRAINT: Final = re.compile(r'constraint "(?P<name>[^"]+)"')
+#: A Citus shard's name in a message raised on a worker: the table's, then the shard id.
+_SHARD_NAME: Final = re.compile(r'"(?P<name>[A-Za-z_][A-Za-z0-9_$]*?)_(?P<shard>\d{6,})"')
+
+
+def _unsharded(text: str) -> str:
+    """``text`` with each Citus shard name (``"tasks_102010"``) read as its table's."""
+    return _SHARD_NAME.sub(lambda m: f'"{m.group("name")}"', text)
+
+
+def constraint_name(driver: BaseException) -> str | None:
+    """The constraint a driver exception names. PostgreSQL says it in the error's fields; an
+    error raised on a Citus worker arrives without them, so it is read from the message, with
+    the shard's suffix taken off (``pk_tasks_102010`` → ``pk_tasks``)."""
+    name = _diag(driver, "constraint_name")
+    if name:
+        return name
+    match = _NAMED_CONSTRAINT.search(_primary_message(driver))
+    return _unsharded(f'"{match.group("name")}"').strip('"') if match else None
+
+
+#: SQLSTATE unique_violation.
+UNIQUE_VIOLATION: Final = "23505"
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a duplicate key. (A COPY into a Citus table reports one raised on a
+    worker as an internal error, XX000, with PostgreSQL's message.)"""
+    driver = _driver_error(exc)
+    state = _sqlstate(driver)
+    return state == UNIQUE_VIOLATION or (
+        state == "XX000" and _primary_message(driver).startswith("duplicate key value"))
 
 
 def translate(exc: BaseException, *, operation: str = "database operation") -> PersistenceError:
@@ -171,8 +206,8 @@ def translate(exc: BaseException, *, operation: str = "database operation") -> P
     kind = classify(exc) or _OTHER
     driver = _driver_error(exc)
     state = _sqlstate(driver)
-    primary = _primary_message(driver)
-    constraint = _diag(driver, "constraint_name")
+    primary = _unsharded(_primary_message(driver))
+    constraint = constraint_name(driver)
     error = kind.error
     if error is InvalidTransitionError:
         match = _TRANSITION_DETAIL.search(_diag(driver, "message_detail") or primary)

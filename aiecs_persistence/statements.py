@@ -346,6 +346,32 @@ def save_steps(saves: Sequence[Statement]) -> Statement:
     return Statement("save_task_history (batch)", SAVE_STEPS, params)
 
 
+#: The cluster's shape of ``SAVE_STEPS`` (docs/scaling.md): the saves of one user as one call
+#: of ``aiecs_save_steps`` (revision 0006), which Citus sends whole to the node that owns the
+#: user (``citus.py`` distributes it by its first argument). Same rows, same events; no NOTIFY,
+#: which would not reach the coordinator's listeners (watchers poll on Citus).
+SAVE_STEPS_CALL: Final = (
+    "SELECT aiecs_save_steps(%(user_id)s, "
+    + ", ".join(f"%({c})b::{_ARRAY_TYPES.get(c, 'text')}[]" for c in STEP_COLUMNS[1:])
+    + ", %(lock_timeout)s)"
+)
+
+
+def save_steps_call(saves: Sequence[Statement], lock_timeout_ms: int | None = None
+                    ) -> Statement:
+    """``SAVE_STEPS_CALL`` for ``save_step`` statements of one user and distinct keys, under
+    the caller's lock timeout (milliseconds; None: the node's)."""
+    ordered = sorted(saves, key=step_key)
+    users = {save.params["user_id"] for save in ordered}
+    if len(users) != 1:
+        raise ValueError(f"save_steps_call: one user's saves only, got {len(users)} users")
+    params: dict[str, Any] = {c: [save.params[c] for save in ordered] for c in STEP_COLUMNS[1:]}
+    params["user_id"] = users.pop()
+    params["lock_timeout"] = None if lock_timeout_ms is None else str(int(lock_timeout_ms))
+    name = "save_task_history" if len(ordered) == 1 else "save_task_history (batch)"
+    return Statement(name, SAVE_STEPS_CALL, params)
+
+
 START_TASK: Final = f"""
 INSERT INTO tasks AS t (user_id, task_id, status) VALUES (%(user_id)s, %(task_id)s, 'running')
 ON CONFLICT (user_id, task_id) DO UPDATE SET status = 'running'
@@ -436,10 +462,11 @@ WITH cancelled AS (
     WHERE t.status IN ('pending', 'running')
   RETURNING 1
 )
-SELECT EXISTS (SELECT FROM cancelled)
-    OR EXISTS (SELECT FROM tasks WHERE user_id = %(user_id)s AND task_id = %(task_id)s
-                                   AND status = 'cancelled')
+SELECT EXISTS (SELECT 1 FROM cancelled)
+    OR EXISTS (SELECT 1 FROM tasks WHERE user_id = %(user_id)s AND task_id = %(task_id)s
+                                     AND status = 'cancelled')
 """
+# (``SELECT 1``, not ``SELECT``: Citus cannot plan a zero-column read of a modifying CTE.)
 
 CANCEL_MESSAGE: Final = "Task cancelled"
 
@@ -543,6 +570,31 @@ SELECT count(*) FROM gone
 """
 
 
+# On Citus (docs/scaling.md) row locks across shards (FOR UPDATE) are refused, and transaction
+# ids are each node's own, so the horizon above means nothing on a worker. A cluster's cleanup
+# goes by the tasks' activity alone: candidates are read without locks, and the DELETE checks
+# again, under its row locks, that each is still inactive. In exchange it never deletes a task
+# active in the last ``CLUSTER_CLEANUP_MARGIN``, whatever the age asked: a save in flight when
+# the cleanup began wrote its task's activity (its transaction's start) within that margin.
+
+#: What a cluster's cleanup always keeps (a save would have to run longer to be lost).
+CLUSTER_CLEANUP_MARGIN: Final = dt.timedelta(minutes=15)
+_INACTIVE_CLUSTER: Final = "t.updated_at < %(cutoff)s"
+COUNT_INACTIVE_CLUSTER: Final = f"SELECT count(*) FROM tasks t WHERE {_INACTIVE_CLUSTER}"
+CLEANUP_PICK_CLUSTER: Final = f"""
+SELECT t.user_id, t.task_id FROM tasks t WHERE {_INACTIVE_CLUSTER}
+ORDER BY t.updated_at LIMIT %(batch_size)s
+"""
+CLEANUP_DELETE_CLUSTER: Final = f"""
+WITH gone AS (
+  DELETE FROM tasks t USING {_LOCKED}
+  WHERE t.user_id = d.user_id AND t.task_id = d.task_id AND {_INACTIVE_CLUSTER}
+  RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+
 def check_days_old(days_old: Any) -> float:
     if isinstance(days_old, bool) or not isinstance(days_old, int | float) or (
         isinstance(days_old, float) and not math.isfinite(days_old)
@@ -574,20 +626,36 @@ class Cleanup:
     """One cleanup call's statements, from its start (``CLEANUP_START``'s row)."""
 
     params: Mapping[str, Any]
+    #: On Citus: the cluster's statements (see above).
+    cluster: bool = False
 
     @classmethod
-    def starting(cls, days_old: Any, batch_size: int, start: Sequence[Any]) -> Cleanup:
+    def starting(cls, days_old: Any, batch_size: int, start: Sequence[Any],
+                 *, cluster: bool = False) -> Cleanup:
         now, horizon = start
-        return cls({"cutoff": cutoff(now, check_days_old(days_old)), "horizon": horizon,
-                    "batch_size": batch_size})
+        limit = cutoff(now, check_days_old(days_old))
+        if cluster:
+            limit = min(limit, now - CLUSTER_CLEANUP_MARGIN)
+        return cls({"cutoff": limit, "horizon": horizon, "batch_size": batch_size}, cluster)
 
     @property
     def count(self) -> Statement:
-        return Statement("cleanup_old_tasks", COUNT_INACTIVE, self.params)
+        return Statement("cleanup_old_tasks",
+                         COUNT_INACTIVE_CLUSTER if self.cluster else COUNT_INACTIVE, self.params)
 
     @property
     def lock(self) -> Statement:
-        return Statement("cleanup_old_tasks", CLEANUP_LOCK, self.params, statements=3)
+        """A batch's first statement: its candidates (locked, off Citus)."""
+        return Statement("cleanup_old_tasks",
+                         CLEANUP_PICK_CLUSTER if self.cluster else CLEANUP_LOCK, self.params,
+                         statements=3)
+
+    @property
+    def then(self) -> tuple[str, ...]:
+        """The batch's next statements, with ``locked``'s parameters; the last counts."""
+        if self.cluster:
+            return (CLEANUP_DELETE_CLUSTER,)
+        return CLEANUP_LOCK_STEPS, CLEANUP_DELETE
 
     def locked(self, keys: Sequence[Sequence[Any]]) -> dict[str, Any]:
         """Parameters of ``CLEANUP_LOCK_STEPS`` and ``CLEANUP_DELETE`` for the locked keys."""
@@ -618,6 +686,19 @@ WITH {_OWN_EVENTS}, task AS ({TASKS_UPSERT})
 SELECT user_id, task_id, NULL, NULL, NULL, NULL, NULL, status, error_code, error_message,
        updated_at
 FROM task WHERE inserted"""
+
+#: A chunk's tasks on Citus: ``TASKS_UPSERT`` without its shortcut (a subquery beside
+#: ``unnest`` that Citus refuses) and with its filter in a form Citus accepts (no ``now()``:
+#: ``EXCLUDED.updated_at`` is the statement's ``now()``). The events are the triggers' there:
+#: ``aiecs.bulk_events`` set on the coordinator does not reach the workers' sessions.
+BULK_TASKS_CLUSTER: Final = """
+INSERT INTO tasks AS t (user_id, task_id, status)
+SELECT u, k, 'running'::task_status
+FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k)
+ORDER BY 1, 2
+ON CONFLICT (user_id, task_id) DO UPDATE
+  SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
+  WHERE t.status = 'pending' OR EXCLUDED.updated_at - t.updated_at > interval '1 second'"""
 
 BULK_COPY: Final = f"COPY task_history ({_names(STEP_COLUMNS)}) FROM STDIN"
 
@@ -707,9 +788,11 @@ def bulk_statement(records: Any) -> Statement:
 class BulkChunk:
     """Validated rows of up to ``size`` records, one per step (the last given)."""
 
-    def __init__(self, max_result_bytes: int, size: int = BULK_CHUNK) -> None:
+    def __init__(self, max_result_bytes: int, size: int = BULK_CHUNK, *,
+                 cluster: bool = False) -> None:
         self.max_result_bytes = max_result_bytes
         self.size = size
+        self.tasks_sql = BULK_TASKS_CLUSTER if cluster else BULK_TASKS
         self.seen = 0  # records taken so far, over all chunks
         self._rows: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
@@ -737,7 +820,7 @@ class BulkChunk:
         self._rows = {}
         keys = sorted({(r[0], r[1]) for r in rows})
         tasks = Statement(
-            "save_task_history_many", BULK_TASKS,
+            "save_task_history_many", self.tasks_sql,
             {"users": [k[0] for k in keys], "tasks": [k[1] for k in keys]},
         )
         return rows, tasks

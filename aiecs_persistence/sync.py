@@ -24,7 +24,7 @@ from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
 from .group import Queued
 from .records import Page, StepRecord, TaskRecord
-from .sqlstates import connection_lost
+from .sqlstates import connection_lost, is_unique_violation
 from .watch import HEARTBEAT, Listener, Waiter
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
@@ -231,6 +231,10 @@ class SyncDatabaseManager(ManagerBase):
         """One save in its own statement: the step alone when this manager touched the task
         less than a second ago, else (or when the task was deleted meanwhile) the full save."""
         user_id, task_id, _ = sql.step_key(full)
+        self._ready()  # connected: the shape of the save is known
+        if self._citus:  # the cluster's shape (the call checks the task's freshness itself)
+            self._run(self._saves([full]), writer=True)
+            return
         if fast is not None:
             try:
                 self._run(fast, writer=True)
@@ -271,7 +275,7 @@ class SyncDatabaseManager(ManagerBase):
         (permissions, a closed manager) is every caller's."""
         if len(batch) > 1:
             try:
-                self._run(sql.save_steps([save.full for save in batch]), writer=True)
+                self._run(self._saves([save.full for save in batch]), writer=True)
             except (ValidationError, RetryExhaustedError, QueryTimeoutError):
                 pass  # below, one at a time
             except Exception as exc:
@@ -300,10 +304,12 @@ class SyncDatabaseManager(ManagerBase):
         statement = sql.bulk_statement(records)
 
         def load(conn: Connection[tuple[Any, ...]]) -> int:
-            chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size)
+            chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
+                                  cluster=self._citus)
             with conn.transaction():
                 self._set_local_timeouts(conn)
-                conn.execute(sql.BULK_EVENTS_ON)
+                if not self._citus:  # on Citus the triggers log (statements.py, bulk)
+                    conn.execute(sql.BULK_EVENTS_ON)
                 self._write_chunks(conn, chunk, iter(records))
             return chunk.seen
 
@@ -326,13 +332,16 @@ class SyncDatabaseManager(ManagerBase):
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
         under one client deadline."""
         with self._deadline(conn, tasks, sql.CHUNK_STATEMENTS):
-            self._write_chunk_now(conn, rows, tasks)
+            self._write_chunk_now(conn, rows, tasks, own_events=not self._citus)
 
     @staticmethod
     def _write_chunk_now(
-        conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement
+        conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement,
+        *, own_events: bool,
     ) -> None:
-        from psycopg.errors import UniqueViolation
+        """``own_events``: the chunk logs its events and wakes watchers (off on Citus, where
+        the triggers log and watchers poll)."""
+        import psycopg
 
         with conn.cursor() as cur:
             cur.execute(tasks.sql, tasks.params)
@@ -340,19 +349,24 @@ class SyncDatabaseManager(ManagerBase):
                 with conn.transaction(), cur.copy(sql.BULK_COPY) as copy:
                     for row in rows:
                         copy.write_row(row)
-            except UniqueViolation:  # some steps exist already: merge this chunk
+            except psycopg.Error as exc:  # some steps exist already: merge this chunk
+                if not is_unique_violation(exc):
+                    raise
                 cur.execute(sql.BULK_STAGING)
                 cur.execute(sql.BULK_STAGING_CLEAR)
                 with cur.copy(sql.BULK_STAGING_COPY) as copy:
                     for row in rows:
                         copy.write_row(row)
                 cur.execute(sql.BULK_MERGE)
-                cur.execute(sql.BULK_MERGE_EVENTS)
+                if own_events:
+                    cur.execute(sql.BULK_MERGE_EVENTS)
             else:
-                with cur.copy(sql.BULK_EVENTS_COPY) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-            cur.execute(sql.BULK_NOTIFY, tasks.params)
+                if own_events:
+                    with cur.copy(sql.BULK_EVENTS_COPY) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+            if own_events:
+                cur.execute(sql.BULK_NOTIFY, tasks.params)
 
     def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""
@@ -381,7 +395,8 @@ class SyncDatabaseManager(ManagerBase):
         ``dry_run``, would be). ``on_batch`` is called with each batch's count. Activity
         acknowledged after the call began is never deleted (see statements.py, retention)."""
         start = self._run(sql.cleanup_start(days_old))
-        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0])
+        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0],
+                                       cluster=self._citus)
         self._forget_touched()
         if dry_run:
             rows = self._run(cleanup.count)
@@ -395,8 +410,8 @@ class SyncDatabaseManager(ManagerBase):
                 if not keys:
                     return 0, 0
                 params = cleanup.locked(keys)
-                conn.execute(sql.CLEANUP_LOCK_STEPS, params)
-                cur = conn.execute(sql.CLEANUP_DELETE, params)
+                for statement in cleanup.then:
+                    cur = conn.execute(statement, params)
                 row = cur.fetchone()
             return len(keys), int(row[0]) if row else 0
 
@@ -511,8 +526,8 @@ class SyncDatabaseManager(ManagerBase):
 
     def _subscribe(self, watch: sql.Watch) -> Waiter | None:
         """Wake-ups for ``watch``'s key, registered so writers notify; None when watchers
-        poll (``notifications=False``, or behind a transaction-mode pooler)."""
-        if not self.settings.notifications or self.settings.transaction_pooling:
+        poll (``ManagerBase._notified``)."""
+        if not self._notified:
             return None
         if self._listener is None:
             self._ready()

@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/run.py                # full size (about 3 minutes)
     .venv/bin/python benchmarks/run.py --scale 0.01   # a quick smoke run (CI)
+    .venv/bin/python benchmarks/run.py --only citus --citus-url postgresql://…/aiecs
+                                                      # a save on Citus vs plain PostgreSQL
 
 The server is ``--url``, else ``AIECS_DATABASE_URL``, else the embedded PostgreSQL. A fresh
 database (``aiecs_bench`` unless ``--database``) is created on it, migrated, filled by the
-benchmark itself (seeded, deterministic) and dropped at the end (``--keep`` keeps it).
+benchmark itself (seeded, deterministic) and dropped at the end (``--keep`` keeps it). A
+Citus coordinator's database (one with the ``citus`` extension: Citus does not propagate
+``CREATE DATABASE``) is used as it is: it must hold no tasks, and is emptied at the end.
 
 Every case prints our figure, the raw-psycopg baseline measured in the same run, their ratio
 and whether the target is met (ratios, not absolute times, are the targets: the machines are
@@ -592,6 +596,36 @@ class Bench:
                            f"{cost:.0f} ms", "—", None, "≤ 150 ms", cost <= 150,
                            "a fresh interpreter, minus one that imports nothing (medians of 9)"))
 
+    async def citus(self, citus_url: Any) -> None:
+        """The same saves, one after another, through a manager on a Citus cluster and through
+        one on this run's plain PostgreSQL (on the same machine), alternating call by call."""
+        count = self.n(3000)
+        data = list(records("x", count // 10 + 1, 10, seed=4))[:count]
+        user = f"citus-bench-{os.getpid()}"
+        ours: list[float] = []
+        base: list[float] = []
+        async with DatabaseManager(url=citus_url) as cluster, DatabaseManager(
+                url=self.url, auto_migrate=False) as plain:
+            try:
+                for i, (_, task, step, r) in enumerate(data):
+                    t0 = time.perf_counter()
+                    await cluster.save_task_history(user, task, step, r)
+                    t1 = time.perf_counter()
+                    await plain.save_task_history(user, task, step, r)
+                    t2 = time.perf_counter()
+                    if i >= 20:
+                        ours.append(t1 - t0)
+                        base.append(t2 - t1)
+            finally:
+                async with await psycopg.AsyncConnection.connect(
+                        libpq_conninfo(citus_url), autocommit=True) as conn:
+                    await conn.execute("DELETE FROM tasks WHERE user_id = %s", [user])
+        self.report(latency_result(
+            f"citus: save_task_history ×{count} on a Citus cluster (baseline: plain "
+            "PostgreSQL, same machine)", ours, base, 2.5,
+            "one call of aiecs_save_steps, run whole on the worker that owns the user; "
+            "10 steps per task"))
+
     def retention(self, tasks: int) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             before = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
@@ -670,11 +704,19 @@ def server_info(conninfo: str) -> str:
 
 
 CASES = ("import", "upstream", "single", "blocking", "concurrent", "watchers", "bulk", "memory",
-         "read", "listing", "report", "retention")
+         "read", "listing", "report", "retention", "citus")
 
 
-async def run_all(bench: Bench, only: set[str]) -> None:
+async def run_all(bench: Bench, only: set[str], citus_url: Any = None) -> None:
     tasks = 0
+    if "citus" in only:
+        if citus_url is None:
+            console.print("  citus: not run (give --citus-url, a Citus coordinator's URL)")
+        else:
+            await bench.citus(citus_url)
+        only = only - {"citus"}
+    if not only:
+        return
     async with DatabaseManager(url=bench.url, auto_migrate=False) as db:
         conn = await psycopg.AsyncConnection.connect(bench.conninfo, autocommit=True)
         try:
@@ -737,6 +779,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES),
                         help="run these cases only (memory also runs for read, retention)")
+    parser.add_argument("--citus-url", help="a Citus coordinator, for the citus case")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -746,9 +789,18 @@ def main() -> int:
     server = normalize_url(resolve_url(url=args.url))
     admin = libpq_conninfo(server)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{args.database}"')
-    url = server.set(database=args.database)
+        on_citus = bool(one(conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()))
+        if on_citus and one(conn.execute(
+                "SELECT to_regclass('tasks') IS NOT NULL AND EXISTS (SELECT FROM tasks)"
+        ).fetchone()):
+            parser.error("--url: a Citus coordinator's database is used as it is, and this "
+                         "one holds tasks: give an empty one")
+        if not on_citus:
+            conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{args.database}"')
+    url = server if on_citus else server.set(database=args.database)
+    citus_url = normalize_url(args.citus_url) if args.citus_url else None
     results: list[Result] = []
     started = time.perf_counter()
     try:
@@ -763,9 +815,12 @@ def main() -> int:
             console.print(f"  {result.case}: {result.ours} vs {result.baseline}{ratio} {mark}",
                           highlight=False)
 
-        asyncio.run(run_all(Bench(url, args.scale, report), set(args.only)))
+        asyncio.run(run_all(Bench(url, args.scale, report), set(args.only), citus_url))
     finally:
-        if not args.keep:
+        if on_citus and not args.keep:  # it was empty: empty again
+            with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+                conn.execute("TRUNCATE tasks, task_history, task_events CASCADE")
+        elif not args.keep:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
     table = Table("case", "ours", "raw psycopg", "ratio", "target", "mark",

@@ -9,6 +9,8 @@
   instead of queueing every other query behind it; a second migrator waits at most
   ``-x migration_lock_timeout`` (default 60s) for the first, then fails with E002 naming the
   lock. The connection is opened within its ``connect_timeout`` (default 10s).
+* On a Citus coordinator, every run ends by distributing what is not distributed yet
+  (``aiecs_persistence.citus``): no hand-written step.
 * ``-x legacy_timezone=Europe/Paris`` sets the zone in which upstream AIECS's naive timestamps
   are read when its history is adopted (default: the server's TimeZone).
 """
@@ -22,6 +24,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from aiecs_persistence import citus
 from aiecs_persistence.config import resolve_url
 from aiecs_persistence.errors import QueryTimeoutError, ValidationError
 from aiecs_persistence.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE
@@ -111,11 +114,16 @@ def _migrate(connection: Connection) -> None:
     _take_migration_lock(connection)
     try:
         connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        on_citus = citus.present(connection)
+        if on_citus:  # revisions may replace the triggers of distributed tables
+            connection.exec_driver_sql("SET citus.enable_unsafe_triggers = on")
         connection.commit()
         context.configure(connection=connection, **COMMON)
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()
+        if on_citus and context.get_context().get_current_revision() is not None:
+            citus.distribute(connection)  # what is not placed on the cluster yet
         # Downgraded to base: leave nothing behind, not even the (now empty) version table.
         if context.get_context().get_current_revision() is None:
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {VERSION_TABLE}")

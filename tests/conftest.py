@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from aiecs_persistence import migrate
 from aiecs_persistence.config import libpq_conninfo
 
-from .database import Server, find_server, temporary_database
+from .database import Server, clean_shared, find_server, temporary_database
 from .managers import Driven, close, make_manager
 
 _server: Server | None = None
@@ -46,7 +46,12 @@ def pg() -> Server:
 
 @pytest.fixture(scope="session")
 def template_db(pg: Server) -> Iterator[str]:
-    """A database migrated to head, copied for each test that needs the schema."""
+    """A database migrated to head, copied for each test that needs the schema (on Citus: the
+    shared database, migrated and distributed)."""
+    if pg.citus:
+        migrate.upgrade(pg.admin_url)
+        yield str(pg.admin_url.database)
+        return
     url = pg.create_database(prefix="aiecs_template")
     migrate.upgrade(url)
     try:
@@ -57,9 +62,22 @@ def template_db(pg: Server) -> Iterator[str]:
 
 @pytest.fixture
 def db_url(pg: Server, template_db: str) -> Iterator[URL]:
-    """A fresh database at head, for this test only."""
+    """A fresh database at head, for this test only (on Citus: the shared one, emptied)."""
+    if pg.citus:
+        clean_shared(pg.admin_url)
+        yield pg.admin_url
+        return
     with temporary_database(pg, template_db) as url:
         yield url
+
+
+@pytest.fixture
+def private_db_url(pg: Server, db_url: URL) -> URL:
+    """``db_url`` for a test that changes the schema itself (an enum label cannot be taken
+    back): skipped where the tests share one database (Citus)."""
+    if pg.citus:
+        pytest.skip("changes the schema itself, and the Citus run shares one database")
+    return db_url
 
 
 @pytest.fixture

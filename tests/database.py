@@ -3,7 +3,10 @@
 Order: ``AIECS_TEST_DATABASE_URL``; else a testcontainers PostgreSQL where a Docker engine
 answers *and* the container starts (any failure falls through, within a fraction of a second
 when there is no engine); else the embedded PostgreSQL from PyPI, in a throwaway directory
-under /tmp. Tests never share a database: each gets a fresh copy of a migrated template.
+under /tmp. Tests never share a database: each gets a fresh copy of a migrated template —
+except on a Citus coordinator (a URL whose database has the ``citus`` extension): Citus does
+not propagate ``CREATE DATABASE``, so the tests share that one distributed database, emptied
+before each test, and a test that needs a database of its own is skipped there, saying so.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
@@ -31,6 +35,8 @@ class Server:
     backend: str
     admin_url: URL
     version: str = ""
+    #: A Citus coordinator: every test shares ``admin_url``'s database (see above).
+    citus: bool = False
     _cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def url(self, database: str) -> URL:
@@ -41,6 +47,9 @@ class Server:
                                 poolclass=sa.NullPool)
 
     def create_database(self, template: str | None = None, prefix: str = "aiecs_test") -> URL:
+        if self.citus:
+            pytest.skip("needs a database of its own, and Citus does not propagate CREATE "
+                        "DATABASE to its workers (the Citus run shares one database)")
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         clause = f" TEMPLATE {template}" if template else ""
         engine = self.admin()
@@ -65,11 +74,41 @@ class Server:
                 self._cleanup.pop()()
 
 
-def _version(url: URL) -> str:
+def _version(url: URL) -> tuple[str, bool]:
+    """The server's version, and whether ``url``'s database is a Citus coordinator's."""
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            return str(conn.exec_driver_sql("SHOW server_version").scalar_one())
+            version = str(conn.exec_driver_sql("SHOW server_version").scalar_one())
+            citus = bool(conn.exec_driver_sql(
+                "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").scalar())
+            return version, citus
+    finally:
+        engine.dispose()
+
+
+#: What a test on the shared Citus database starts from: no rows, no leftovers of other tests.
+CITUS_CLEAN = (
+    """DO $$ DECLARE s text; BEGIN
+  FOR s IN SELECT nspname FROM pg_namespace
+           WHERE nspname NOT IN ('public', 'information_schema', 'columnar', 'columnar_internal',
+                                 'citus', 'citus_internal')
+             AND left(nspname, 3) <> 'pg_' LOOP
+    EXECUTE 'DROP SCHEMA ' || quote_ident(s) || ' CASCADE';
+  END LOOP;
+END $$""",
+    "DROP TABLE IF EXISTS legacy_task_history",
+    "TRUNCATE tasks, task_history, task_events, aiecs_watched, legacy_task_history_rejects "
+    "CASCADE",
+)
+
+
+def clean_shared(url: URL) -> None:
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            for statement in CITUS_CLEAN:
+                conn.exec_driver_sql(statement)
     finally:
         engine.dispose()
 
@@ -136,7 +175,9 @@ def find_server() -> Server:
         server = Server(f"{TEST_DATABASE_URL_ENV}", url)
     else:
         server = _testcontainers() or _embedded()
-    server.version = _version(server.admin_url)
+    server.version, server.citus = _version(server.admin_url)
+    if server.citus:
+        server.backend = "Citus coordinator, one shared database"
     server.backend += f" ({time.monotonic() - started:.1f}s to find)"
     return server
 

@@ -439,7 +439,7 @@ def test_lock_timeout_raises_query_timeout(kind, db_url):
     try:
         manager.save_task_history("u", "t", 0, done("op"))
         with psycopg.connect(conninfo(db_url)) as blocker:
-            blocker.execute("SELECT * FROM tasks FOR UPDATE")
+            blocker.execute("SELECT * FROM tasks WHERE user_id = 'u' FOR UPDATE")
             import time
 
             started = time.monotonic()
@@ -451,9 +451,9 @@ def test_lock_timeout_raises_query_timeout(kind, db_url):
         close(manager)
 
 
-def test_enum_drift_is_reported_at_connect(kind, db_url, psql):
+def test_enum_drift_is_reported_at_connect(kind, private_db_url, psql):
     psql.execute("ALTER TYPE task_status ADD VALUE 'paused'")
-    manager = make_manager(kind, url=db_url)
+    manager = make_manager(kind, url=private_db_url)
     try:
         with pytest.raises(SchemaMismatchError, match=r"task_status.*paused"):
             manager.connect()

@@ -26,7 +26,6 @@ from aiecs_persistence import (
 )
 
 from ..conftest import conninfo
-from .test_faults import kill_loop
 
 BATCHES = "save_task_history (batch)"
 
@@ -182,20 +181,40 @@ def test_racing_resaves_of_one_step_move_by_legal_transitions_only(route, kind):
 @pytest.mark.parametrize("kind", ["async", "sync"])
 def test_killed_connections_during_a_burst_lose_and_duplicate_nothing(db_url, kind):
     stop = threading.Event()
-    kills: list[int] = []
-    killer = threading.Thread(target=lambda: kills.append(kill_loop(db_url, stop, 0.05)))
-    saves = [("u", f"task-{i % 64}", i // 64, result("completed", i // 64))
-             for i in range(64 * 25)]
+    kills = [0]
+
+    def killer_loop() -> None:  # kill_loop's, counting as it goes
+        with psycopg.connect(conninfo(db_url), autocommit=True) as admin:
+            while not stop.wait(0.05):
+                kills[0] += len(admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend'").fetchall())
+
+    killer = threading.Thread(target=killer_loop)
     settings = {"max_attempts": 10, "backoff_base": 0.01, "backoff_max": 0.1, "pool_size": 4,
                 "max_overflow": 4}
+    saves: list[tuple[str, str, int, Any]] = []
+    outcomes: list[BaseException | None] = []
+    batches = 0
     killer.start()
     try:
-        outcomes, report = burst(kind, db_url, saves, settings)
+        # Bursts of 1,600 saves (new steps each time) until the killer has struck a few times
+        # while one ran: group commit can write a whole burst faster than the killer's period.
+        for round_ in range(8):
+            more = [("u", f"task-{i % 64}", 25 * round_ + i // 64,
+                     result("completed", 25 * round_ + i // 64)) for i in range(64 * 25)]
+            got, report = burst(kind, db_url, more, settings)
+            saves += more
+            outcomes += got
+            batches += report[BATCHES]["count"]
+            if kills[0] > 5:
+                break
     finally:
         stop.set()
         killer.join(30)
-    assert kills and kills[0] > 5, "the killer did not kill"
-    assert report[BATCHES]["count"] > 0
+    assert kills[0] > 5, "the killer did not kill"
+    assert batches > 0
     with psycopg.connect(conninfo(db_url)) as psql:
         stored = psql.execute("SELECT task_id, step FROM task_history").fetchall()
     assert len(stored) == len(set(stored))  # exactly once

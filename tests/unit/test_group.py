@@ -63,3 +63,16 @@ def test_finishing_without_taking_frees_the_writer():
     assert group.finish([("u", "a", 0)], take=False) == []
     assert group.queued == 1
     assert group.arrive(save("u", "c", 0))  # the writer is free
+
+
+def test_on_citus_a_batch_holds_one_users_saves_in_arrival_order_of_users():
+    group = GroupCommit(writers=1, max_batch=10)
+    group.one_user = True
+    assert group.arrive(save("w", "x", 0))
+    for item in (save("v", "b", 0), save("u", "a", 0), save("v", "a", 0), save("u", "b", 0)):
+        assert not group.arrive(item)
+    batch = group.finish([("w", "x", 0)])
+    assert [s.key for s in batch] == [("v", "a", 0), ("v", "b", 0)]  # the first queued user's
+    batch = group.finish([s.key for s in batch])
+    assert [s.key for s in batch] == [("u", "a", 0), ("u", "b", 0)]
+    assert group.finish([s.key for s in batch]) == []

@@ -1,0 +1,174 @@
+"""On a Citus cluster (docs/scaling.md): rows spread over the workers by user, every rule is
+enforced on the workers, errors stay precise, a save runs on one node, bulk re-saves merge.
+
+These tests need a Citus coordinator: ``.ci/run`` starts a three-node cluster
+(``../shared/citus``) and runs the integration tests against it. Elsewhere they are skipped,
+saying so; the rest of the integration suite runs on both.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from aiecs_persistence import InvalidTransitionError, TaskStepResult, ValidationError
+from aiecs_persistence import citus as cluster
+from aiecs_persistence import statements as sql
+
+from ..database import Server
+
+
+@pytest.fixture(autouse=True)
+def _on_citus(pg: Server) -> None:
+    if not pg.citus:
+        pytest.skip("needs a Citus coordinator as AIECS_TEST_DATABASE_URL (.ci/run starts one)")
+
+
+def done(name: str = "op") -> TaskStepResult:
+    return TaskStepResult(name, {"ok": True}, completed=True, message="done",
+                          status="completed")
+
+
+def test_upgrade_left_every_table_where_it_belongs(psql):
+    placed = dict(psql.execute(
+        "SELECT logicalrelid::regclass::text, partmethod || ':' || "
+        "coalesce(column_to_column_name(logicalrelid, partkey), '') FROM pg_dist_partition"
+    ).fetchall())
+    for table in cluster.DISTRIBUTED:
+        assert placed[table] == "h:user_id", table
+    for table in cluster.REFERENCE:
+        assert placed[table].startswith("n:"), table
+    for table in cluster.LOCAL:
+        assert table not in placed
+    groups = {r[0] for r in psql.execute(
+        "SELECT colocationid FROM pg_dist_partition WHERE logicalrelid::regclass::text = ANY(%s)",
+        [list(cluster.DISTRIBUTED)]).fetchall()}
+    assert len(groups) == 1  # co-located: a user's rows of every table on one node
+    delegated = psql.execute(
+        "SELECT count(*) FROM pg_dist_object WHERE classid = 'pg_proc'::regclass "
+        "AND objid = 'aiecs_save_steps'::regproc AND distribution_argument_index = 0"
+    ).fetchone()
+    assert delegated == (1,)
+
+
+def test_rows_of_50_users_land_on_both_workers(db, psql):
+    users = [f"user-{i}" for i in range(50)]
+    for user in users:
+        db.save_task_history(user, "t", 0, done())
+    nodes = set()
+    for user in users:
+        row = psql.execute(
+            "SELECT nodename, nodeport FROM citus_shards WHERE table_name = 'tasks'::regclass "
+            "AND shardid = get_shard_id_for_distribution_column('tasks', %s)", [user]).fetchone()
+        nodes.add(row)
+        assert db.load_task_history(user, "t")[0]["step_name"] == "op"
+    workers = set(psql.execute(
+        "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0").fetchall())
+    assert len(workers) == 2 and nodes == workers
+    assert psql.execute("SELECT count(*) FROM task_history").fetchone() == (50,)
+
+
+def test_an_illegal_update_in_psql_fails_on_the_worker_naming_both_statuses(psql):
+    psql.execute("INSERT INTO tasks (user_id, task_id, status) VALUES ('u', 't', 'running')")
+    psql.execute("UPDATE tasks SET status = 'completed' WHERE user_id = 'u' AND task_id = 't'")
+    with pytest.raises(psycopg.DatabaseError) as info:
+        psql.execute("UPDATE tasks SET status = 'running' WHERE user_id = 'u' AND task_id = 't'")
+    assert info.value.sqlstate == "AE001"
+    assert "completed -> running" in str(info.value)
+    assert "while executing command on" in (info.value.diag.context or "")  # on a worker
+
+
+def test_a_check_violation_through_a_manager_names_its_rule(db, psql):
+    # A rule the managers do not check themselves (a DBA's), so only a worker can refuse it.
+    psql.execute("ALTER TABLE task_history ADD CONSTRAINT ck_task_history_short_message "
+                 "CHECK (char_length(message) < 20)")
+    try:
+        with pytest.raises(ValidationError) as info:
+            db.save_task_history("u", "t", 0, TaskStepResult(
+                "op", None, completed=True, message="x" * 30, status="completed"))
+        assert info.value.constraint == "ck_task_history_short_message"
+        assert info.value.field == "ck_task_history_short_message"
+        assert "task_history_1" not in info.value.message  # the table, not its shard
+    finally:
+        psql.execute("ALTER TABLE task_history DROP CONSTRAINT ck_task_history_short_message")
+    assert psql.execute("SELECT count(*) FROM task_history").fetchone() == (0,)
+
+
+def test_an_illegal_resave_through_a_manager_is_an_invalid_transition(db):
+    db.save_task_history("u", "t", 0, done())
+    with pytest.raises(InvalidTransitionError) as info:
+        db.save_task_history("u", "t", 0, TaskStepResult("op", None, status="running"))
+    assert (info.value.from_status, info.value.to_status) == ("completed", "running")
+
+
+def test_a_save_runs_on_the_one_node_that_owns_its_user(psql):
+    save = sql.save_step("u", "t", 0, done(), max_result_bytes=1 << 20)
+    call = sql.save_steps_call([save], 1000)
+    plan = "\n".join(r[0] for r in psql.execute("EXPLAIN " + call.sql, call.params).fetchall())
+    assert "Task Count: 1" in plan, plan
+    assert "Distributed Subplan" not in plan and "intermediate_result" not in plan, plan
+    assert "aiecs_save_steps(" in plan.split("Node:")[0], plan  # the whole call is sent
+
+
+def test_bulk_resaves_merge_and_events_are_logged_once(db, psql):
+    records = [(f"u{i % 7}", f"t{i}", s, done()) for i in range(30) for s in range(3)]
+    assert db.save_task_history_many(records) == 90
+    assert db.save_task_history_many(records) == 90  # every step exists: merged
+    assert psql.execute("SELECT count(*) FROM task_history").fetchone() == (90,)
+    steps, tasks = psql.execute(
+        "SELECT count(*) FILTER (WHERE step IS NOT NULL), count(*) FILTER (WHERE step IS NULL) "
+        "FROM task_events").fetchone()
+    assert (steps, tasks) == (180, 30)  # each write logged once, by the workers' triggers
+
+
+def test_concurrent_saves_of_several_users_all_land(db):
+    # Many saves at once, of a few users: group commit batches them per user on Citus
+    # (tests/unit/test_group.py checks the batches themselves).
+    import threading
+
+    errors: list[BaseException] = []
+
+    def write(user: str) -> None:
+        try:
+            for step in range(20):
+                db.save_task_history(user, "t", step, done())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    if db.kind == "async":
+        import asyncio
+
+        async def burst() -> None:
+            await asyncio.gather(*(db.manager.save_task_history(f"u{u}", "t", s, done())
+                                   for u in range(4) for s in range(20)))
+
+        db.loop.run_until_complete(burst())
+    else:
+        threads = [threading.Thread(target=write, args=(f"u{u}",)) for u in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    for u in range(4):
+        assert len(db.load_task_history(f"u{u}", "t")) == 20
+
+
+def test_check_reports_a_table_left_local_and_upgrade_places_it(psql, db_url):
+    from typer.testing import CliRunner
+
+    from aiecs_persistence.cli import app
+
+    runner = CliRunner()
+    url = db_url.render_as_string(hide_password=False)
+    psql.execute("SELECT undistribute_table('aiecs_watched')")
+    try:
+        found = runner.invoke(app, ["check", "--url", url])
+        assert found.exit_code == 1, found.output
+        assert "aiecs_watched is not distributed by user_id" in found.output
+    finally:
+        fixed = runner.invoke(app, ["upgrade", "--url", url])
+    assert fixed.exit_code == 0, fixed.output
+    assert runner.invoke(app, ["check", "--url", url]).exit_code == 0
+    assert psql.execute("SELECT partmethod FROM pg_dist_partition "
+                        "WHERE logicalrelid = 'aiecs_watched'::regclass").fetchone() == ("h",)
