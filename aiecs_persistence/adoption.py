@@ -103,11 +103,12 @@ ON CONFLICT (legacy_id) DO NOTHING;
 CREATE TEMP TABLE aiecs_legacy_tasks ON COMMIT DROP AS
 SELECT a.user_id, a.task_id,
        bool_or(a.row_cancelled AND a.status <> 'cancelled') AS cancelled,
-       CASE WHEN bool_or(a.row_cancelled AND a.status <> 'cancelled') THEN 'cancelled'
-            WHEN (array_agg(a.status ORDER BY a.step DESC))[1] IN ('pending', 'running')
-              THEN 'running'
-            ELSE (array_agg(a.status ORDER BY a.step DESC))[1] END AS final_status,
-       (array_agg(a.error_code ORDER BY a.step DESC))[1] AS last_code,
+       (CASE WHEN bool_or(a.row_cancelled AND a.status <> 'cancelled') THEN 'cancelled'
+             WHEN (array_agg(a.status ORDER BY a.step DESC))[1] IN ('pending', 'running')
+               THEN 'running'
+             ELSE (array_agg(a.status ORDER BY a.step DESC))[1] END)::task_status
+         AS final_status,
+       ((array_agg(a.error_code ORDER BY a.step DESC))[1])::error_code AS last_code,
        (array_agg(a.error_message ORDER BY a.step DESC))[1] AS last_message,
        COALESCE(min(a.ts), now()) AS first_ts,
        COALESCE(max(a.ts), now()) AS last_ts
@@ -123,10 +124,11 @@ INSERT INTO tasks (user_id, task_id, status, created_at, updated_at, started_at)
 SELECT t.user_id, t.task_id, 'running', t.first_ts, '-infinity', t.first_ts
 FROM aiecs_legacy_tasks t
 ON CONFLICT (user_id, task_id) DO NOTHING;
+-- (Typed in the temporary table already: Citus refuses casts of columns in an UPDATE.)
 UPDATE tasks d
-SET status = t.final_status::task_status, updated_at = t.last_ts,
+SET status = t.final_status, updated_at = t.last_ts,
     error_code = CASE WHEN t.cancelled THEN 'E004'::error_code
-                      WHEN t.final_status IN ('failed', 'timed_out') THEN t.last_code::error_code
+                      WHEN t.final_status IN ('failed', 'timed_out') THEN t.last_code
                  END,
     error_message = CASE WHEN t.cancelled THEN 'Task cancelled (adopted from upstream AIECS)'
                          WHEN t.final_status IN ('failed', 'timed_out') THEN t.last_message END,

@@ -1066,10 +1066,58 @@ SELECT
 """
 
 
-def report(since: Any = None, until: Any = None, top: Any = 10) -> Statement:
+_REPORT_WINDOW: Final = """FROM step_details
+  WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
+    AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')"""
+
+#: ``REPORT`` on Citus, which cannot run ``GROUPING SETS`` over distributed tables: one
+#: aggregate per figure, each straight over the view, so that every worker aggregates its own
+#: shards and the coordinator only adds their partial counts (no CTE read twice, which Citus
+#: would gather on the coordinator first).
+REPORT_CLUSTER: Final = f"""
+WITH by_name AS (
+  SELECT step_name, count(*) AS steps,
+         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+  {_REPORT_WINDOW}
+  GROUP BY step_name
+),
+by_day AS (
+  SELECT ((created_at AT TIME ZONE 'UTC')::date)::text AS day, count(*) AS steps,
+         count(*) FILTER (WHERE status = 'completed') AS completed,
+         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+  {_REPORT_WINDOW}
+  GROUP BY 1
+),
+failed AS (
+  SELECT error_code, error_name, error_category, count(*) AS failures,
+         count(DISTINCT (user_id, task_id)) AS tasks
+  {_REPORT_WINDOW} AND error_code IS NOT NULL
+  GROUP BY error_code, error_name, error_category
+)
+SELECT
+  (SELECT jsonb_build_object(
+            'steps', COALESCE(sum(c.steps), 0),
+            'tasks', (SELECT count(*) FROM (SELECT DISTINCT user_id, task_id
+                                            {_REPORT_WINDOW}) d),
+            'failures', COALESCE(sum(c.failures), 0))
+   FROM by_day c),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.error_code), '[]') FROM failed x),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.category), '[]')
+   FROM (SELECT error_category AS category, sum(failures) AS failures
+         FROM failed GROUP BY error_category) x),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.steps DESC, x.step_name), '[]')
+   FROM (SELECT step_name, steps, failures FROM by_name
+         ORDER BY steps DESC, step_name LIMIT %(top)s) x),
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.day), '[]')
+   FROM (SELECT day, steps, completed, failures FROM by_day) x)
+"""
+
+
+def report(since: Any = None, until: Any = None, top: Any = 10, *,
+           cluster: bool = False) -> Statement:
     """Failures by error code and by category, the busiest step names and per-day counts of
-    the steps created in ``[since, until)`` (UTC days)."""
-    return Statement("report", REPORT, {
+    the steps created in ``[since, until)`` (UTC days); ``cluster``: Citus's shape."""
+    return Statement("report", REPORT_CLUSTER if cluster else REPORT, {
         "since": None if since is None else check_time(since, "since"),
         "until": None if until is None else check_time(until, "until"),
         "top": check_limit(top, "top"),

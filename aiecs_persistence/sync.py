@@ -431,7 +431,9 @@ class SyncDatabaseManager(ManagerBase):
     ) -> dict[str, Any]:
         """Failures by error code and category, busiest steps and per-day counts of the steps
         created in ``[since, until)``, read through the reporting views."""
-        return sql.report_data(self._run(sql.report(since, until, top)))
+        self._ready()  # connected: the shape of the statement is known
+        return sql.report_data(self._run(sql.report(since, until, top,
+                                                          cluster=self._citus)))
 
     def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""

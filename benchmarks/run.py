@@ -792,7 +792,7 @@ def main() -> int:
         on_citus = bool(one(conn.execute(
             "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()))
         if on_citus and one(conn.execute(
-                "SELECT to_regclass('tasks') IS NOT NULL AND EXISTS (SELECT FROM tasks)"
+                "SELECT to_regclass('tasks') IS NOT NULL AND EXISTS (SELECT 1 FROM tasks)"
         ).fetchone()):
             parser.error("--url: a Citus coordinator's database is used as it is, and this "
                          "one holds tasks: give an empty one")

@@ -31,7 +31,7 @@ def done(name: str = "op") -> TaskStepResult:
 
 def test_upgrade_left_every_table_where_it_belongs(psql):
     placed = dict(psql.execute(
-        "SELECT logicalrelid::regclass::text, partmethod || ':' || "
+        "SELECT logicalrelid::regclass::text, partmethod::text || ':' || "
         "coalesce(column_to_column_name(logicalrelid, partkey), '') FROM pg_dist_partition"
     ).fetchall())
     for table in cluster.DISTRIBUTED:
@@ -59,9 +59,10 @@ def test_rows_of_50_users_land_on_both_workers(db, psql):
     for user in users:
         row = psql.execute(
             "SELECT nodename, nodeport FROM citus_shards WHERE table_name = 'tasks'::regclass "
-            "AND shardid = get_shard_id_for_distribution_column('tasks', %s)", [user]).fetchone()
+            "AND shardid = get_shard_id_for_distribution_column('tasks', %s::text)", [user]
+        ).fetchone()
         nodes.add(row)
-        assert db.load_task_history(user, "t")[0]["step_name"] == "op"
+        assert db.load_task_history(user, "t")[0]["result"]["step"] == "op"
     workers = set(psql.execute(
         "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0").fetchall())
     assert len(workers) == 2 and nodes == workers
@@ -104,10 +105,16 @@ def test_an_illegal_resave_through_a_manager_is_an_invalid_transition(db):
 def test_a_save_runs_on_the_one_node_that_owns_its_user(psql):
     save = sql.save_step("u", "t", 0, done(), max_result_bytes=1 << 20)
     call = sql.save_steps_call([save], 1000)
-    plan = "\n".join(r[0] for r in psql.execute("EXPLAIN " + call.sql, call.params).fetchall())
+    # The call with its values inlined (a plan with parameters hides the node's).
+    inlined = psycopg.ClientCursor(psql).mogrify(call.sql.replace(")b", ")s"), call.params)
+    plan = "\n".join(r[0] for r in psql.execute("EXPLAIN VERBOSE " + inlined).fetchall())
     assert "Task Count: 1" in plan, plan
     assert "Distributed Subplan" not in plan and "intermediate_result" not in plan, plan
-    assert "aiecs_save_steps(" in plan.split("Node:")[0], plan  # the whole call is sent
+    assert "SELECT public.aiecs_save_steps(" in plan, plan  # the whole call is sent
+    owner = psql.execute(
+        "SELECT nodeport FROM citus_shards WHERE table_name = 'tasks'::regclass "
+        "AND shardid = get_shard_id_for_distribution_column('tasks', 'u'::text)").fetchone()
+    assert f"port={owner[0]} " in plan, plan  # to the worker that owns the user
 
 
 def test_bulk_resaves_merge_and_events_are_logged_once(db, psql):
@@ -172,3 +179,43 @@ def test_check_reports_a_table_left_local_and_upgrade_places_it(psql, db_url):
     assert runner.invoke(app, ["check", "--url", url]).exit_code == 0
     assert psql.execute("SELECT partmethod FROM pg_dist_partition "
                         "WHERE logicalrelid = 'aiecs_watched'::regclass").fetchone() == ("h",)
+
+
+def test_a_cleanup_beside_writers_takes_old_tasks_and_keeps_every_acknowledged_save(db, psql):
+    import threading
+
+    psql.execute("INSERT INTO tasks (user_id, task_id, status, updated_at) "
+                 "SELECT 'u' || (i % 20), 'old-' || i, 'running', now() - interval '60 days' "
+                 "FROM generate_series(1, 200) i")
+    revived = [(f"u{i % 20}", f"old-{i}") for i in range(1, 200, 10)]  # written meanwhile
+    saved: list[tuple[str, str, int]] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        from aiecs_persistence import SyncDatabaseManager
+
+        with SyncDatabaseManager(url=str(db.manager.url.render_as_string(False)),
+                                 auto_migrate=False) as writer:
+            for n in range(400):
+                if stop.is_set() and n > len(revived):
+                    break
+                user, task = revived[n] if n < len(revived) else (f"u{n % 20}", f"new-{n}")
+                writer.save_task_history(user, task, 0, done())
+                saved.append((user, task, 0))
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    deleted = 0
+    try:
+        for _ in range(5):
+            deleted += db.cleanup_old_tasks(30)
+    finally:
+        stop.set()
+        thread.join(60)
+    deleted += db.cleanup_old_tasks(30)
+    left = {(u, t) for u, t in psql.execute("SELECT user_id, task_id FROM tasks").fetchall()}
+    assert not {(u, t) for u, t in left if t.startswith("old-")} - set(revived)
+    assert set(revived) <= left  # written meanwhile: kept (or deleted first, then created)
+    assert 200 - len(revived) <= deleted <= 200
+    stored = set(psql.execute("SELECT user_id, task_id, step FROM task_history").fetchall())
+    assert set(saved) <= stored  # every acknowledged save is there

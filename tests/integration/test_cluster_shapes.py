@@ -78,3 +78,17 @@ def test_the_call_takes_the_callers_lock_timeout(psql, db_url):
 def test_one_users_saves_only():
     with pytest.raises(ValueError, match="one user"):
         sql.save_steps_call(saves("a") + saves("b"))
+
+
+def test_the_clusters_report_counts_what_the_plain_one_counts(psql):
+    import datetime as dt
+
+    for user in ("a", "b"):
+        batch = sql.save_steps(saves(user))
+        psql.execute(batch.sql, batch.params)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    for window in ({}, {"since": since}, {"since": since, "until": since}, {"top": 1}):
+        plain = sql.report(**window)
+        cluster = sql.report(**window, cluster=True)
+        assert psql.execute(cluster.sql, cluster.params).fetchall() == psql.execute(
+            plain.sql, plain.params).fetchall(), window
