@@ -98,8 +98,11 @@ CITUS_CLEAN = (
   END LOOP;
 END $$""",
     "DROP TABLE IF EXISTS legacy_task_history",
-    "TRUNCATE tasks, task_history, task_events, aiecs_watched, legacy_task_history_rejects "
-    "CASCADE",
+    # DELETE, not TRUNCATE: tests leave few rows; truncating 128 shards takes 0.2 s a test.
+    "DELETE FROM aiecs_watched",
+    "DELETE FROM task_events",
+    "DELETE FROM tasks",  # and their steps (ON DELETE CASCADE)
+    "DELETE FROM legacy_task_history_rejects",
 )
 
 

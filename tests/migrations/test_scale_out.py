@@ -1,13 +1,16 @@
 """Scale-out readiness, read from the catalogs: every primary key, unique key, unique index and
 foreign key of the tables a sharded PostgreSQL (Citus) would distribute includes ``user_id``,
-the distribution column (docs/scaling.md)."""
+the distribution column (docs/scaling.md). On a Citus coordinator (.ci/run) the same checks run
+on the distributed database itself."""
 
 from __future__ import annotations
 
-# create_distributed_table(..., 'user_id'), co-located
-DISTRIBUTED = {"tasks", "task_history", "task_events", "aiecs_watched"}
-REFERENCE = {"error_codes"}  # create_reference_table: small, copied to every node
-LOCAL = {"aiecs_alembic_version", "legacy_task_history_rejects"}  # coordinator only
+from aiecs_persistence import citus
+
+# Where each table goes on a cluster, as `aiecs-db upgrade` places them there (citus.py).
+DISTRIBUTED = set(citus.DISTRIBUTED)  # by user_id, co-located
+REFERENCE = set(citus.REFERENCE)  # small, copied to every node
+LOCAL = set(citus.LOCAL)  # coordinator only
 
 
 def test_every_table_has_a_placement(psql):
