@@ -78,6 +78,13 @@ def _delegated(conn: Connection) -> set[str]:
     return {str(r[0]) for r in conn.exec_driver_sql(_DELEGATED_SQL)}
 
 
+def _undelegated(conn: Connection) -> list[str]:
+    """``FUNCTIONS`` that exist (at an older revision, not all do) and are not delegated."""
+    delegated = {sig.split("(")[0] for sig in _delegated(conn)}
+    return [sig for sig in FUNCTIONS if sig.split("(")[0] not in delegated
+            and conn.exec_driver_sql("SELECT to_regprocedure(%s) IS NOT NULL", (sig,)).scalar()]
+
+
 def problems(conn: Connection) -> list[str]:
     """What is not placed as it should be (empty off Citus, or when all is well)."""
     if not present(conn):
@@ -90,10 +97,8 @@ def problems(conn: Connection) -> list[str]:
     for table in REFERENCE:
         if placed.get(table, ("",))[0] != "n":
             found.append(f"table {table} is not a reference table")
-    delegated = {sig.split("(")[0] for sig in _delegated(conn)}
-    for signature in FUNCTIONS:
-        if signature.split("(")[0] not in delegated:
-            found.append(f"function {signature.split('(')[0]} is not distributed by its user")
+    for signature in _undelegated(conn):
+        found.append(f"function {signature.split('(')[0]} is not distributed by its user")
     return found
 
 
@@ -124,12 +129,10 @@ def distribute(conn: Connection) -> list[str]:
         if table not in placed:
             conn.exec_driver_sql("SELECT truncate_local_data_after_distributing_table(%s)",
                                  (table,))
-    delegated = {sig.split("(")[0] for sig in _delegated(conn)}
-    for signature, argument in FUNCTIONS.items():
-        if signature.split("(")[0] not in delegated:
-            conn.exec_driver_sql(
-                "SELECT create_distributed_function(%s, %s, colocate_with => %s)",
-                (signature, argument, DISTRIBUTED[0]))
-            done.append(f"{signature.split('(')[0]}: run on the node of {argument}")
+    for signature in _undelegated(conn):
+        argument = FUNCTIONS[signature]
+        conn.exec_driver_sql("SELECT create_distributed_function(%s, %s, colocate_with => %s)",
+                             (signature, argument, DISTRIBUTED[0]))
+        done.append(f"{signature.split('(')[0]}: run on the node of {argument}")
     conn.commit()
     return done

@@ -140,4 +140,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(_in_current_schema(DELETED_BEFORE))
-    op.execute(_in_current_schema(f"DROP FUNCTION IF EXISTS @S@.{SIGNATURE}"))
+    # By its argument types alone (the names are not part of its identity).
+    op.execute(_in_current_schema(
+        "DROP FUNCTION IF EXISTS @S@.aiecs_save_steps(text, text[], integer[], text[], jsonb[], "
+        "boolean[], text[], @S@.task_status[], @S@.error_code[], text[], text)"))

@@ -205,7 +205,7 @@ def test_alembic_verbs(empty_db_url):
     assert stamped.exit_code == 0 and migrate.current(url) == head
     sql_down = runner.invoke(app, ["downgrade", rows[1]["revision"], "--sql"])
     assert sql_down.exit_code == 0, sql_down.output
-    assert "DROP FUNCTION IF EXISTS @S@.aiecs_save_steps(" in sql_down.output
+    assert "DROP FUNCTION IF EXISTS @S@.aiecs_save_steps(text" in sql_down.output
     sql_up = runner.invoke(app, ["upgrade", "--sql", "-x", "lock_timeout=3s"])
     assert sql_up.exit_code == 0 and "SET lock_timeout = '3s'" in sql_up.output
     for command in (["upgrade", "bogus", "--url", url], ["downgrade", "bogus", "--yes",

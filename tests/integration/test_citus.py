@@ -219,3 +219,24 @@ def test_a_cleanup_beside_writers_takes_old_tasks_and_keeps_every_acknowledged_s
     assert 200 - len(revived) <= deleted <= 200
     stored = set(psql.execute("SELECT user_id, task_id, step FROM task_history").fetchall())
     assert set(saved) <= stored  # every acknowledged save is there
+
+
+def test_a_later_revision_runs_over_the_distributed_tables(db, psql, db_url):
+    """Down to 0005 and up again: revision 0006 (a function, a trigger function) runs over
+    tables that are already distributed, and the upgrade delegates the new function again."""
+    from aiecs_persistence import migrate
+
+    db.save_task_history("u", "t", 0, done())
+    try:
+        migrate.downgrade(db_url, "0005_saves_and_reports")
+        assert psql.execute("SELECT to_regproc('aiecs_save_steps')").fetchone() == (None,)
+    finally:
+        migrate.upgrade(db_url)
+    assert migrate.inspect(db_url).ok
+    assert db.load_task_history("u", "t")[0]["status"] == "completed"
+    db.save_task_history("u", "t", 1, done())  # through the function, delegated again
+    delegated = psql.execute(
+        "SELECT count(*) FROM pg_dist_object WHERE classid = 'pg_proc'::regclass "
+        "AND objid = 'aiecs_save_steps'::regproc AND distribution_argument_index = 0"
+    ).fetchone()
+    assert delegated == (1,)
