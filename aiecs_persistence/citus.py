@@ -31,6 +31,7 @@ LOCAL: Final = ("aiecs_alembic_version", "legacy_task_history_rejects")
 FUNCTIONS: Final = {
     "aiecs_save_steps(text, text[], integer[], text[], jsonb[], boolean[], text[], "
     "task_status[], error_code[], text[], text)": "p_user_id",
+    "aiecs_xmin_horizon(text)": "p_user_id",
 }
 
 #: Whether this database is a Citus coordinator: the extension is there and this node is the

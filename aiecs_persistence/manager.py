@@ -577,12 +577,17 @@ class DatabaseManager(ManagerBase):
         until_finished: bool, interval: float,
     ) -> AsyncIterator[dict[str, Any]]:
         """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
+        await self._ready()  # connected: the shape of the catch-up is known
         waiter = await self._subscribe(watch)
         try:
             while True:
                 if waiter is not None:
                     waiter.clear()
-                rows = await self._run(watch.statement())
+                if self._citus:  # the horizon of the user's node (statements.WATCH_HORIZON)
+                    node = await self._run(watch.node_horizon())
+                    rows = await self._run(watch.statement(int(node[0][0])))
+                else:
+                    rows = await self._run(watch.statement())
                 # [async]
                 for entry in take(rows):
                     yield entry

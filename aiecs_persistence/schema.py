@@ -498,6 +498,18 @@ $$
 """
 
 
+#: The xmin horizon of the node that holds a user's rows, for watchers on Citus
+#: (``statements.WATCH_HORIZON``; revision 0006): their events carry that node's transaction
+#: ids, to which the coordinator's own snapshot says nothing. Distributed by ``p_user_id``.
+HORIZON_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_xmin_horizon(p_user_id text) RETURNS bigint
+LANGUAGE plpgsql STABLE {PINNED_SEARCH_PATH} AS $$
+BEGIN
+  RETURN pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+END
+$$
+"""
+
 EVENT_TRIGGERS: Final = (
     f"""CREATE TRIGGER tr_task_history_changed AFTER INSERT OR UPDATE ON task_history
 FOR EACH ROW {EVENTS_NOT_OWN} EXECUTE FUNCTION aiecs_task_history_changed()""",
@@ -583,6 +595,7 @@ DDL_STATEMENTS: Final = (
     in_current_schema(TASKS_GONE_FUNCTION),
     *EVENT_TRIGGERS,
     in_current_schema(SAVE_STEPS_FUNCTION),
+    in_current_schema(HORIZON_FUNCTION),
     STEP_DETAILS_VIEW,
     TASK_SUMMARY_VIEW,
     FAILURES_BY_DAY_VIEW,
@@ -611,6 +624,7 @@ for _drop in (
     *(f"DROP VIEW IF EXISTS {v}" for v in reversed(VIEW_NAMES)),
     "DROP FUNCTION IF EXISTS aiecs_save_steps(text, text[], integer[], text[], jsonb[], "
     "boolean[], text[], task_status[], error_code[], text[], text)",
+    "DROP FUNCTION IF EXISTS aiecs_xmin_horizon(text)",
     "DROP FUNCTION IF EXISTS aiecs_tasks_changed() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_tasks_deleted() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_task_history_changed() CASCADE",

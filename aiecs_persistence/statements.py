@@ -1140,6 +1140,13 @@ _UNSEEN: Final = """e.tx >= %(horizon)s
 # events were read with; a row of NULLs stands for "no new event".
 _SNAPSHOT: Final = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon"
 
+#: On Citus (docs/scaling.md) the events carry the transaction ids of the user's node, so the
+#: horizon is that node's: read just before the catch-up by a call Citus runs there (revision
+#: 0006), and given to the catch-up in place of its own snapshot's. An earlier horizon is a
+#: safe one: every transaction before it had ended when the catch-up took its snapshot.
+WATCH_HORIZON: Final = "SELECT aiecs_xmin_horizon(%(user_id)s)"
+_GIVEN_HORIZON: Final = "SELECT %(node_horizon)s::bigint AS horizon"
+
 WATCH_TASK: Final = f"""
 WITH snap AS ({_SNAPSHOT})
 SELECT snap.horizon,
@@ -1215,11 +1222,21 @@ class Watch:
                   "ttl": REGISTRATION_TTL}
         return Statement("watch", UNREGISTER_WATCH if stop else REGISTER_WATCH, params)
 
-    def statement(self) -> Statement:
+    def statement(self, node_horizon: int | None = None) -> Statement:
+        """The catch-up; on Citus, under ``node_horizon`` (``WATCH_HORIZON``'s answer)."""
         params = {"user_id": self.user_id, **self.position.params()}
-        if self.task_id is None:
-            return Statement("watch_user_tasks", WATCH_USER, params)
-        return Statement("watch_task_history", WATCH_TASK, {**params, "task_id": self.task_id})
+        task = self.task_id is not None
+        text = WATCH_TASK if task else WATCH_USER
+        if node_horizon is not None:
+            text = text.replace(_SNAPSHOT, _GIVEN_HORIZON, 1)
+            params["node_horizon"] = node_horizon
+        if not task:
+            return Statement("watch_user_tasks", text, params)
+        return Statement("watch_task_history", text, {**params, "task_id": self.task_id})
+
+    def node_horizon(self) -> Statement:
+        """On Citus: the statement that reads the horizon of the user's node."""
+        return Statement("watch", WATCH_HORIZON, {"user_id": self.user_id})
 
     def steps(self, rows: Sequence[Sequence[Any]]) -> Iterator[dict[str, Any]]:
         """``load_task_history``-shaped entries, each with its resume ``token``."""

@@ -513,12 +513,17 @@ class SyncDatabaseManager(ManagerBase):
         until_finished: bool, interval: float,
     ) -> Iterator[dict[str, Any]]:
         """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
+        self._ready()  # connected: the shape of the catch-up is known
         waiter = self._subscribe(watch)
         try:
             while True:
                 if waiter is not None:
                     waiter.clear()
-                rows = self._run(watch.statement())
+                if self._citus:  # the horizon of the user's node (statements.WATCH_HORIZON)
+                    node = self._run(watch.node_horizon())
+                    rows = self._run(watch.statement(int(node[0][0])))
+                else:
+                    rows = self._run(watch.statement())
                 yield from take(rows)
                 if until_finished and watch.finished:
                     return

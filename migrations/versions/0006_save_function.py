@@ -1,4 +1,5 @@
-"""A save as one function call, for Citus: ``aiecs_save_steps``; a cleanup trigger Citus runs.
+"""For Citus: a save as one function call (``aiecs_save_steps``), a watcher's horizon from the
+user's node (``aiecs_xmin_horizon``), and a cleanup trigger Citus can run.
 
 On a Citus cluster a save must run on the node that owns its user: Citus sends a whole call of
 a function distributed by its user argument to that node (``citus.py`` distributes it), where
@@ -95,6 +96,17 @@ $$
 """
 
 
+# Watchers on Citus read events stamped with the transaction ids of the user's node: their
+# horizon must come from that node's snapshot, not the coordinator's.
+HORIZON = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_xmin_horizon(p_user_id text) RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+END
+$$
+"""
+
 DELETED = """
 CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_deleted() RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -135,11 +147,13 @@ def _in_current_schema(ddl: str) -> str:
 
 def upgrade() -> None:
     op.execute(_in_current_schema(FUNCTION))
+    op.execute(_in_current_schema(HORIZON))
     op.execute(_in_current_schema(DELETED))
 
 
 def downgrade() -> None:
     op.execute(_in_current_schema(DELETED_BEFORE))
+    op.execute(_in_current_schema("DROP FUNCTION IF EXISTS @S@.aiecs_xmin_horizon(text)"))
     # By its argument types alone (the names are not part of its identity).
     op.execute(_in_current_schema(
         "DROP FUNCTION IF EXISTS @S@.aiecs_save_steps(text, text[], integer[], text[], jsonb[], "

@@ -240,3 +240,33 @@ def test_a_later_revision_runs_over_the_distributed_tables(db, psql, db_url):
         "AND objid = 'aiecs_save_steps'::regproc AND distribution_argument_index = 0"
     ).fetchone()
     assert delegated == (1,)
+
+
+def test_a_watcher_follows_a_task_with_its_nodes_horizon(db, psql):
+    events: list[tuple[int, str]] = []
+
+    def save_and_finish() -> None:
+        for step in range(4):
+            db.save_task_history("u", "t", step, TaskStepResult(f"op{step}", None,
+                                                                status="running"))
+            db.save_task_history("u", "t", step, done(f"op{step}"))
+        db.finish_task("u", "t", "completed")
+
+    save_and_finish()
+    watch = db.manager.watch_task_history("u", "t", poll_interval=0.05)
+    if db.kind == "async":
+        async def collect() -> None:
+            async for entry in watch:
+                events.append((entry["step"], entry["status"]))
+
+        db.loop.run_until_complete(collect())
+    else:
+        events.extend((entry["step"], entry["status"]) for entry in watch)
+    assert events == [(s, status) for s in range(4) for status in ("running", "completed")]
+    save = sql.Watch("u", "t", None).node_horizon()
+    inlined = psycopg.ClientCursor(psql).mogrify(save.sql, save.params)
+    plan = "\n".join(r[0] for r in psql.execute("EXPLAIN VERBOSE " + inlined).fetchall())
+    owner = psql.execute(
+        "SELECT nodeport FROM citus_shards WHERE table_name = 'tasks'::regclass "
+        "AND shardid = get_shard_id_for_distribution_column('tasks', 'u'::text)").fetchone()
+    assert "Task Count: 1" in plan and f"port={owner[0]} " in plan, plan

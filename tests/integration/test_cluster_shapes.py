@@ -92,3 +92,18 @@ def test_the_clusters_report_counts_what_the_plain_one_counts(psql):
         cluster = sql.report(**window, cluster=True)
         assert psql.execute(cluster.sql, cluster.params).fetchall() == psql.execute(
             plain.sql, plain.params).fetchall(), window
+
+
+def test_a_catch_up_under_a_given_horizon_reads_what_its_own_snapshot_reads(psql):
+    batch = sql.save_steps(saves("u"))
+    psql.execute(batch.sql, batch.params)
+    own = sql.Watch("u", "t1", None).statement()
+    horizon = psql.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+                           ).fetchone()[0]
+    given = sql.Watch("u", "t1", None).statement(horizon)
+    mine = psql.execute(own.sql, own.params).fetchall()
+    theirs = psql.execute(given.sql, given.params).fetchall()
+    assert [r[1:] for r in theirs] == [r[1:] for r in mine] and len(mine) == 2
+    assert {r[0] for r in theirs} == {horizon}
+    node = sql.Watch("u", "t1", None).node_horizon()
+    assert psql.execute(node.sql, node.params).fetchone()[0] >= horizon  # a later snapshot

@@ -39,7 +39,7 @@ def test_b_migrations_and_models_build_the_same_schema(db_url, empty_db_url):
         assert migrated[kind] == modelled[kind], kind
     # And the picture is not trivially empty.
     assert len(migrated["constraints"]) >= 15 and len(migrated["triggers"]) == 6
-    assert len(migrated["views"]) == 3 and len(migrated["functions"]) == 7
+    assert len(migrated["views"]) == 3 and len(migrated["functions"]) == 8
 
 
 def test_c_upgrade_downgrade_upgrade_with_data(empty_db_url, pg):
