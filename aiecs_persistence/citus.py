@@ -8,8 +8,9 @@ keys, foreign keys, cascades and triggers stay on that node), ``error_codes`` a 
 runs a whole save on the node that owns the user. The migration bookkeeping stays on the
 coordinator. ``problems`` reports any drift from that (``aiecs-db check``).
 
-Nothing here runs on plain PostgreSQL: ``present`` is False there. The statements that differ on
-a cluster are in ``statements.py`` (``Shape``); docs/scaling.md explains each choice.
+Nothing here runs on plain PostgreSQL: ``present`` is False there, and ``problems`` and
+``distribute`` are for a coordinator only. The statements that differ on a cluster are in
+``statements.py``, named there; docs/scaling.md explains each choice.
 """
 
 from __future__ import annotations
@@ -44,20 +45,19 @@ SELECT citus_is_coordinator() OR NOT EXISTS (SELECT FROM pg_dist_node)
 """
 
 _PLACED_SQL: Final = """
-SELECT c.relname, p.partmethod, a.attname
-FROM pg_dist_partition p
-JOIN pg_class c ON c.oid = p.logicalrelid
-LEFT JOIN pg_attribute a ON a.attrelid = p.logicalrelid
-  AND a.attnum = (SELECT attnum FROM pg_attribute
-                  WHERE attrelid = p.logicalrelid
-                    AND attname = column_to_column_name(p.logicalrelid, p.partkey))
+SELECT c.relname, p.partmethod, column_to_column_name(p.logicalrelid, p.partkey)
+FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
 WHERE c.relnamespace = current_schema()::regnamespace
 """
 
-_DELEGATED_SQL: Final = """
-SELECT o.objid::regprocedure::text
-FROM pg_dist_object o
-WHERE o.classid = 'pg_proc'::regclass AND o.distribution_argument_index IS NOT NULL
+#: Which of the given signatures exist (an older revision has not all of them) and are not
+#: distributed by an argument yet.
+_UNDELEGATED_SQL: Final = """
+SELECT sig FROM unnest(%s::text[]) AS sig
+WHERE to_regprocedure(sig) IS NOT NULL
+  AND NOT EXISTS (SELECT FROM pg_dist_object o
+                  WHERE o.classid = 'pg_proc'::regclass AND o.objid = to_regprocedure(sig)
+                    AND o.distribution_argument_index IS NOT NULL)
 """
 
 
@@ -75,21 +75,13 @@ def _placed(conn: Connection) -> dict[str, tuple[str, str | None]]:
             for name, method, column in conn.exec_driver_sql(_PLACED_SQL)}
 
 
-def _delegated(conn: Connection) -> set[str]:
-    return {str(r[0]) for r in conn.exec_driver_sql(_DELEGATED_SQL)}
-
-
 def _undelegated(conn: Connection) -> list[str]:
-    """``FUNCTIONS`` that exist (at an older revision, not all do) and are not delegated."""
-    delegated = {sig.split("(")[0] for sig in _delegated(conn)}
-    return [sig for sig in FUNCTIONS if sig.split("(")[0] not in delegated
-            and conn.exec_driver_sql("SELECT to_regprocedure(%s) IS NOT NULL", (sig,)).scalar()]
+    """``FUNCTIONS`` that exist and do not run where their user lives yet."""
+    return [str(r[0]) for r in conn.exec_driver_sql(_UNDELEGATED_SQL, (list(FUNCTIONS),))]
 
 
 def problems(conn: Connection) -> list[str]:
-    """What is not placed as it should be (empty off Citus, or when all is well)."""
-    if not present(conn):
-        return []
+    """On a coordinator (``present``): what is not placed as it should be."""
     placed = _placed(conn)
     found = []
     for table in DISTRIBUTED:
@@ -104,10 +96,9 @@ def problems(conn: Connection) -> list[str]:
 
 
 def distribute(conn: Connection) -> list[str]:
-    """Place whatever is not placed yet (each step committed; nothing when all is); returns
-    what it did. Distributing a table that holds rows copies them to the workers."""
-    if not present(conn):
-        return []
+    """On a coordinator (``present``): place whatever is not placed yet (each step committed;
+    nothing when all is); returns what it did. Distributing a table that holds rows copies
+    them to the workers."""
     done = []
     placed = _placed(conn)
     # The triggers write only rows of the same user (co-located, same node): safe here.

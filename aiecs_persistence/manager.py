@@ -267,7 +267,8 @@ class DatabaseManager(ManagerBase):
         """One save in its own statement: the step alone when this manager touched the task
         less than a second ago, else (or when the task was deleted meanwhile) the full save."""
         user_id, task_id, _ = sql.step_key(full)
-        await self._ready()  # connected: the shape of the save is known
+        if self._pool is None:  # connected: the shape of the save is known
+            await self.connect()
         if self._citus:  # the cluster's shape (the call checks the task's freshness itself)
             await self._run(self._saves([full]), writer=True)
             return

@@ -164,13 +164,14 @@ def _primary_message(driver: BaseException) -> str:
 _TRANSITION_DETAIL: Final = re.compile(r"from (?P<from>\w+) to (?P<to>\w+)")
 #: A constraint named in a message (``violates check constraint "ck_tasks_error_pair"``).
 _NAMED_CONSTRAINT: Final = re.compile(r'constraint "(?P<name>[^"]+)"')
-#: A Citus shard's name in a message raised on a worker: the table's, then the shard id.
-_SHARD_NAME: Final = re.compile(r'"(?P<name>[A-Za-z_][A-Za-z0-9_$]*?)_(?P<shard>\d{6,})"')
+#: A Citus shard's suffix on a name raised on a worker (``tasks_102010``): the shard id.
+_SHARD_SUFFIX: Final = re.compile(r"_\d{6,}$")
+_QUOTED: Final = re.compile(r'"([^"]+)"')
 
 
 def _unsharded(text: str) -> str:
-    """``text`` with each Citus shard name (``"tasks_102010"``) read as its table's."""
-    return _SHARD_NAME.sub(lambda m: f'"{m.group("name")}"', text)
+    """``text`` with each quoted shard name (``"tasks_102010"``) read as its table's."""
+    return _QUOTED.sub(lambda m: f'"{_SHARD_SUFFIX.sub("", m.group(1))}"', text)
 
 
 def constraint_name(driver: BaseException) -> str | None:
@@ -181,7 +182,7 @@ def constraint_name(driver: BaseException) -> str | None:
     if name:
         return name
     match = _NAMED_CONSTRAINT.search(_primary_message(driver))
-    return _unsharded(f'"{match.group("name")}"').strip('"') if match else None
+    return _SHARD_SUFFIX.sub("", match.group("name")) if match else None
 
 
 #: SQLSTATE unique_violation.

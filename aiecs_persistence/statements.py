@@ -269,23 +269,30 @@ step AS (
 {_LOG_STEPS}{_NOTIFY_WATCHERS}"""
 
 
-#: The tasks of many saves (distinct, in key order, so concurrent batches lock them in one
-#: order): created running, or moved pending → running, or their activity refreshed when it is
-#: more than a second old — ``SAVE_STEP``'s task part over arrays (parameters: users, tasks).
-#: Run after ``own`` (the statements using it log the tasks they create).
-TASKS_UPSERT: Final = f"""
-INSERT INTO tasks AS t (user_id, task_id, status)
-SELECT u, k, 'running'::task_status
-FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k), own
+def _tasks_upsert(*, cluster: bool) -> str:
+    """The tasks of many saves (distinct, in key order, so concurrent batches lock them in one
+    order): created running, or moved pending → running, or their activity refreshed when it
+    is more than a second old — ``SAVE_STEP``'s task part over arrays (parameters: users,
+    tasks). ``EXCLUDED.updated_at`` is the statement's ``now()`` (Citus wants no ``now()`` in an
+    ``ON CONFLICT`` filter). Off Citus it runs after ``own`` (the statements using it log the
+    tasks they create) and first skips tasks refreshed within the second, a subquery beside
+    ``unnest`` that Citus refuses."""
+    shortcut = "" if cluster else """, own
 WHERE NOT EXISTS (
   SELECT FROM tasks f
   WHERE f.user_id = x.u AND f.task_id = x.k AND f.status <> 'pending'
-    AND f.updated_at >= now() - interval '1 second')
+    AND f.updated_at >= now() - interval '1 second')"""
+    return f"""
+INSERT INTO tasks AS t (user_id, task_id, status)
+SELECT u, k, 'running'::task_status
+FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k){shortcut}
 ORDER BY 1, 2
 ON CONFLICT (user_id, task_id) DO UPDATE
   SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
-  WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
-{_TASK_RETURNING}"""
+  WHERE t.status = 'pending' OR EXCLUDED.updated_at - t.updated_at > interval '1 second'"""
+
+
+TASKS_UPSERT: Final = f"{_tasks_upsert(cluster=False)}\n{_TASK_RETURNING}"
 
 #: Each column's array type in ``SAVE_STEPS`` (text otherwise).
 _ARRAY_TYPES: Final = {"step": "integer", "completed": "boolean", "result": "jsonb",
@@ -687,18 +694,9 @@ SELECT user_id, task_id, NULL, NULL, NULL, NULL, NULL, status, error_code, error
        updated_at
 FROM task WHERE inserted"""
 
-#: A chunk's tasks on Citus: ``TASKS_UPSERT`` without its shortcut (a subquery beside
-#: ``unnest`` that Citus refuses) and with its filter in a form Citus accepts (no ``now()``:
-#: ``EXCLUDED.updated_at`` is the statement's ``now()``). The events are the triggers' there:
+#: A chunk's tasks on Citus: no shortcut, no ``own``. The events are the triggers' there:
 #: ``aiecs.bulk_events`` set on the coordinator does not reach the workers' sessions.
-BULK_TASKS_CLUSTER: Final = """
-INSERT INTO tasks AS t (user_id, task_id, status)
-SELECT u, k, 'running'::task_status
-FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k)
-ORDER BY 1, 2
-ON CONFLICT (user_id, task_id) DO UPDATE
-  SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
-  WHERE t.status = 'pending' OR EXCLUDED.updated_at - t.updated_at > interval '1 second'"""
+BULK_TASKS_CLUSTER: Final = _tasks_upsert(cluster=True)
 
 BULK_COPY: Final = f"COPY task_history ({_names(STEP_COLUMNS)}) FROM STDIN"
 
@@ -1024,70 +1022,20 @@ def step_page(rows: Sequence[Sequence[Any]], limit: int) -> tuple[list[StepRecor
 # through the BRIN index on created_at. (A CTE of all the window's steps, sorted again for each
 # count(DISTINCT ...), was 3.4x slower on 2M steps; four separate reads, 1.15x faster on a
 # whole table, read a small window four times. See docs/performance.md.)
-REPORT: Final = """
-WITH counts AS (
-  SELECT GROUPING(s.step_name, s.day) AS grouped, s.step_name, s.day, count(*) AS steps,
-         count(*) FILTER (WHERE s.error_code IS NOT NULL) AS failures,
-         count(*) FILTER (WHERE s.status = 'completed') AS completed
-  FROM (SELECT step_name, error_code, status,
-               ((created_at AT TIME ZONE 'UTC')::date)::text AS day
-        FROM step_details
-        WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
-          AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')) s
-  GROUP BY GROUPING SETS ((s.step_name), (s.day), ())
-),
-failed AS (
-  SELECT error_code, error_name, error_category, count(*) AS failures,
-         count(DISTINCT (user_id, task_id)) AS tasks
-  FROM step_details
-  WHERE error_code IS NOT NULL
-    AND created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
-    AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')
-  GROUP BY error_code, error_name, error_category
-)
-SELECT
-  (SELECT jsonb_build_object(
-            'steps', COALESCE(sum(c.steps), 0),
-            'tasks', (SELECT count(*) FROM (
-                        SELECT DISTINCT user_id, task_id FROM step_details
-                        WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
-                          AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')) d),
-            'failures', COALESCE(sum(c.failures), 0))
-   FROM counts c WHERE c.grouped = 3),
-  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.error_code), '[]') FROM failed x),
-  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.category), '[]')
-   FROM (SELECT error_category AS category, sum(failures) AS failures
-         FROM failed GROUP BY error_category) x),
-  (SELECT COALESCE(jsonb_agg(x ORDER BY x.steps DESC, x.step_name), '[]')
-   FROM (SELECT step_name, steps, failures FROM counts WHERE grouped = 1
-         ORDER BY steps DESC, step_name LIMIT %(top)s) x),
-  (SELECT COALESCE(jsonb_agg(x ORDER BY x.day), '[]')
-   FROM (SELECT day, steps, completed, failures FROM counts WHERE grouped = 2) x)
-"""
+
 
 
 _REPORT_WINDOW: Final = """FROM step_details
   WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
     AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')"""
 
-#: ``REPORT`` on Citus, which cannot run ``GROUPING SETS`` over distributed tables: one
-#: aggregate per figure, each straight over the view, so that every worker aggregates its own
-#: shards and the coordinator only adds their partial counts (no CTE read twice, which Citus
-#: would gather on the coordinator first).
-REPORT_CLUSTER: Final = f"""
-WITH by_name AS (
-  SELECT step_name, count(*) AS steps,
-         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
-  {_REPORT_WINDOW}
-  GROUP BY step_name
-),
-by_day AS (
-  SELECT ((created_at AT TIME ZONE 'UTC')::date)::text AS day, count(*) AS steps,
-         count(*) FILTER (WHERE status = 'completed') AS completed,
-         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
-  {_REPORT_WINDOW}
-  GROUP BY 1
-),
+
+def _report(counts: str, totals: str, names: str, days: str) -> str:
+    """The report over the window's step counts (``counts``: CTEs; ``totals``, ``names``,
+    ``days``: where the whole window's, each step name's and each day's rows are), with the
+    failures by code and category and the distinct tasks read apart."""
+    return f"""
+WITH {counts},
 failed AS (
   SELECT error_code, error_name, error_category, count(*) AS failures,
          count(DISTINCT (user_id, task_id)) AS tasks
@@ -1100,17 +1048,57 @@ SELECT
             'tasks', (SELECT count(*) FROM (SELECT DISTINCT user_id, task_id
                                             {_REPORT_WINDOW}) d),
             'failures', COALESCE(sum(c.failures), 0))
-   FROM by_day c),
+   FROM {totals}),
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.error_code), '[]') FROM failed x),
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.category), '[]')
    FROM (SELECT error_category AS category, sum(failures) AS failures
          FROM failed GROUP BY error_category) x),
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.steps DESC, x.step_name), '[]')
-   FROM (SELECT step_name, steps, failures FROM by_name
+   FROM (SELECT step_name, steps, failures FROM {names}
          ORDER BY steps DESC, step_name LIMIT %(top)s) x),
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.day), '[]')
-   FROM (SELECT day, steps, completed, failures FROM by_day) x)
+   FROM (SELECT day, steps, completed, failures FROM {days}) x)
 """
+
+
+#: Per step name, per day and in all, in one hash GROUPING SETS scan of the window.
+REPORT: Final = _report(
+    f"""counts AS (
+  SELECT GROUPING(s.step_name, s.day) AS grouped, s.step_name, s.day, count(*) AS steps,
+         count(*) FILTER (WHERE s.error_code IS NOT NULL) AS failures,
+         count(*) FILTER (WHERE s.status = 'completed') AS completed
+  FROM (SELECT step_name, error_code, status,
+               ((created_at AT TIME ZONE 'UTC')::date)::text AS day
+        {_REPORT_WINDOW}) s
+  GROUP BY GROUPING SETS ((s.step_name), (s.day), ())
+)""",
+    totals="counts c WHERE c.grouped = 3",
+    names="counts WHERE grouped = 1",
+    days="counts WHERE grouped = 2",
+)
+
+#: ``REPORT`` on Citus, which cannot run ``GROUPING SETS`` over distributed tables: one
+#: aggregate per figure, each straight over the view, so that every worker aggregates its own
+#: shards and the coordinator only adds their partial counts (no CTE read twice, which Citus
+#: would gather on the coordinator first).
+REPORT_CLUSTER: Final = _report(
+    f"""by_name AS (
+  SELECT step_name, count(*) AS steps,
+         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+  {_REPORT_WINDOW}
+  GROUP BY step_name
+),
+by_day AS (
+  SELECT ((created_at AT TIME ZONE 'UTC')::date)::text AS day, count(*) AS steps,
+         count(*) FILTER (WHERE status = 'completed') AS completed,
+         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+  {_REPORT_WINDOW}
+  GROUP BY 1
+)""",
+    totals="by_day c",
+    names="by_name",
+    days="by_day",
+)
 
 
 def report(since: Any = None, until: Any = None, top: Any = 10, *,
@@ -1172,6 +1160,10 @@ FROM snap LEFT JOIN LATERAL (
 ORDER BY e.seq
 """
 
+#: Each catch-up with the node's horizon given in place of its own snapshot's (Citus).
+_UNDER_NODE_HORIZON: Final = {sql: sql.replace(_SNAPSHOT, _GIVEN_HORIZON, 1)
+                              for sql in (WATCH_TASK, WATCH_USER)}
+
 #: How long a registration in ``aiecs_watched`` lasts unless its listener renews it (seconds).
 REGISTRATION_TTL: Final = 300
 
@@ -1228,7 +1220,7 @@ class Watch:
         task = self.task_id is not None
         text = WATCH_TASK if task else WATCH_USER
         if node_horizon is not None:
-            text = text.replace(_SNAPSHOT, _GIVEN_HORIZON, 1)
+            text = _UNDER_NODE_HORIZON[text]
             params["node_horizon"] = node_horizon
         if not task:
             return Statement("watch_user_tasks", text, params)

@@ -29,6 +29,23 @@ def done(name: str = "op") -> TaskStepResult:
                           status="completed")
 
 
+def owner_port(psql, user: str) -> int:
+    """The port of the worker that holds ``user``'s rows."""
+    row = psql.execute(
+        "SELECT nodeport FROM citus_shards WHERE table_name = 'tasks'::regclass "
+        "AND shardid = get_shard_id_for_distribution_column('tasks', %s::text)", [user]
+    ).fetchone()
+    return int(row[0])
+
+
+def plan_of(psql, statement: sql.Statement) -> str:
+    """``EXPLAIN VERBOSE`` of ``statement`` with its values inlined (a plan with parameters
+    hides the node's)."""
+    inlined = psycopg.ClientCursor(psql).mogrify(statement.sql.replace(")b", ")s"),
+                                                 statement.params)
+    return "\n".join(r[0] for r in psql.execute("EXPLAIN VERBOSE " + inlined).fetchall())
+
+
 def test_upgrade_left_every_table_where_it_belongs(psql):
     placed = dict(psql.execute(
         "SELECT logicalrelid::regclass::text, partmethod::text || ':' || "
@@ -104,17 +121,11 @@ def test_an_illegal_resave_through_a_manager_is_an_invalid_transition(db):
 
 def test_a_save_runs_on_the_one_node_that_owns_its_user(psql):
     save = sql.save_step("u", "t", 0, done(), max_result_bytes=1 << 20)
-    call = sql.save_steps_call([save], 1000)
-    # The call with its values inlined (a plan with parameters hides the node's).
-    inlined = psycopg.ClientCursor(psql).mogrify(call.sql.replace(")b", ")s"), call.params)
-    plan = "\n".join(r[0] for r in psql.execute("EXPLAIN VERBOSE " + inlined).fetchall())
+    plan = plan_of(psql, sql.save_steps_call([save], 1000))
     assert "Task Count: 1" in plan, plan
     assert "Distributed Subplan" not in plan and "intermediate_result" not in plan, plan
     assert "SELECT public.aiecs_save_steps(" in plan, plan  # the whole call is sent
-    owner = psql.execute(
-        "SELECT nodeport FROM citus_shards WHERE table_name = 'tasks'::regclass "
-        "AND shardid = get_shard_id_for_distribution_column('tasks', 'u'::text)").fetchone()
-    assert f"port={owner[0]} " in plan, plan  # to the worker that owns the user
+    assert f"port={owner_port(psql, 'u')} " in plan, plan  # to the worker that owns the user
 
 
 def test_bulk_resaves_merge_and_events_are_logged_once(db, psql):
@@ -263,10 +274,5 @@ def test_a_watcher_follows_a_task_with_its_nodes_horizon(db, psql):
     else:
         events.extend((entry["step"], entry["status"]) for entry in watch)
     assert events == [(s, status) for s in range(4) for status in ("running", "completed")]
-    save = sql.Watch("u", "t", None).node_horizon()
-    inlined = psycopg.ClientCursor(psql).mogrify(save.sql, save.params)
-    plan = "\n".join(r[0] for r in psql.execute("EXPLAIN VERBOSE " + inlined).fetchall())
-    owner = psql.execute(
-        "SELECT nodeport FROM citus_shards WHERE table_name = 'tasks'::regclass "
-        "AND shardid = get_shard_id_for_distribution_column('tasks', 'u'::text)").fetchone()
-    assert "Task Count: 1" in plan and f"port={owner[0]} " in plan, plan
+    plan = plan_of(psql, sql.Watch("u", "t", None).node_horizon())
+    assert "Task Count: 1" in plan and f"port={owner_port(psql, 'u')} " in plan, plan
