@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -107,7 +108,7 @@ class Settings:
         low = max(1, min_size if min_size is not None else self.pool_size)
         high = max(low, max_size if max_size is not None else self.pool_size + self.max_overflow)
         prepare = None if self.transaction_pooling else self.prepare_threshold
-        kwargs = {"autocommit": True, "prepare_threshold": prepare,
+        kwargs = {"autocommit": True, "prepare_threshold": prepare, "client_encoding": "utf8",
                   **self.connect_args(url_options)}
         return {"min_size": low, "max_size": high, "timeout": self.pool_timeout,
                 "kwargs": kwargs, "open": False}
@@ -219,7 +220,13 @@ class ManagerBase:
         #: The database is a Citus coordinator (found at connect): saves take the cluster's
         #: shape, a batch holds one user's saves, watchers poll.
         self._citus = False
-        self._touched: dict[tuple[str, str], float] = {}
+        #: Saves take the lean path (prepared.py): not behind a transaction-mode pooler, and
+        #: not with server-side prepared statements turned off.
+        self._lean = not self.settings.transaction_pooling and (
+            self.settings.prepare_threshold is not None)
+        #: Oldest first (an ``OrderedDict``: forgetting the oldest is O(1); a dict's first key
+        #: is found by scanning past every slot freed before it).
+        self._touched: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._touched_lock = threading.Lock()
         self._db_config = db_config
         self._url_arg = url
@@ -292,11 +299,13 @@ class ManagerBase:
         return touched is not None and time.monotonic() - touched < TOUCH_TTL
 
     def _touch(self, user_id: str, task_id: str) -> None:
+        key, now = (user_id, task_id), time.monotonic()
         with self._touched_lock:
-            self._touched.pop((user_id, task_id), None)
-            self._touched[user_id, task_id] = time.monotonic()
-            if len(self._touched) > TOUCH_MAX:
-                del self._touched[next(iter(self._touched))]
+            touched = self._touched
+            touched[key] = now
+            touched.move_to_end(key)
+            if len(touched) > TOUCH_MAX:
+                touched.popitem(last=False)
 
     def _save_statements(
         self, user_id: Any, task_id: Any, step: Any, step_result: Any

@@ -72,13 +72,19 @@ class _Watchdog:
         deadline = Deadline(next(self._keys), fd, seconds, operation)
         with self._lock:
             self._armed[deadline.key] = deadline
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="aiecs-deadlines",
                                                 daemon=True)
                 self._thread.start()
             elif len(self._armed) == 1:
                 self._wake.notify()
         return deadline
+
+    def forget_thread(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._armed.clear()
+        self._thread = None
 
     def disarm(self, deadline: Deadline) -> None:
         with self._lock:
@@ -109,6 +115,8 @@ def _shut_down(fd: int) -> None:
 
 
 _WATCHDOG: Final = _Watchdog()
+# A forked child has no watchdog thread: it starts its own on its first deadline.
+os.register_at_fork(after_in_child=_WATCHDOG.forget_thread)
 
 
 def arm(fd: int, seconds: float, operation: str) -> Deadline:

@@ -61,21 +61,27 @@ class _Queued:
 
 
 class AsyncQueued(_Queued):
-    """A save queued by the async manager (woken on the loop that queued it)."""
+    """A save queued by the async manager (woken on the loop that queued it). Its future is
+    made only when it waits: a save that goes out at once never needs one."""
 
-    __slots__ = ("_done",)
+    __slots__ = ("_done", "_resolved")
 
     def __init__(self, key: Key, full: Statement, fast: Statement | None) -> None:
         super().__init__(key, full, fast)
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._done: asyncio.Future[None] | None = None
+        self._resolved = False
 
     def resolve(self, error: BaseException | None = None) -> None:
         self.error = error
-        if not self._done.done():  # its caller may have been cancelled
-            self._done.set_result(None)
+        self._resolved = True
+        done = self._done
+        if done is not None and not done.done():  # its caller may have been cancelled
+            done.set_result(None)
 
     async def wait(self) -> None:
-        await self._done
+        if not self._resolved:
+            self._done = asyncio.get_running_loop().create_future()
+            await self._done
 
 
 class Queued(_Queued):
@@ -136,6 +142,8 @@ class GroupCommit:
             self._queue.remove(save)
 
     def _take(self) -> list[Any]:
+        if not self._queue:
+            return []
         batch: list[Any] = []
         keys: set[Key] = set()
         left: deque[Any] = deque()

@@ -39,10 +39,11 @@ from collections.abc import (
 # from collections.abc import Callable, Iterable, Iterator, Mapping
 # from concurrent.futures import ThreadPoolExecutor
 # [end]
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from . import prepared
 from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
@@ -161,23 +162,24 @@ class DatabaseManager(ManagerBase):
         assert self._pool is not None
         return self._pool
 
-    @asynccontextmanager
-    async def _writer(
-        self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
-    ) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
-        """A connection for a save: the one a save last used, when idle (its backend is warm,
-        its statements prepared), else one from the pool. Up to ``group_commit_writers`` are
-        kept between saves, leaving at least one in the pool for everything else; any that
-        failed goes back to the pool, which checks it."""
+    async def _checkout(
+        self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]], writer: bool
+    ) -> AsyncConnection[tuple[Any, ...]]:
+        """A connection for a call; for a save (``writer``), the one a save last used when it
+        is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
-        conn = held.pop() if held else await pool.getconn()
-        try:
-            yield conn
-        except BaseException:
-            await pool.putconn(conn)
-            raise
-        if len(held) < min(self.settings.group_commit_writers, pool.max_size - 1) and (
-                reusable(conn)):
+        return held.pop() if writer and held else await pool.getconn()
+
+    async def _checkin(
+        self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]],
+        conn: AsyncConnection[tuple[Any, ...]], writer: bool, ok: bool,
+    ) -> None:
+        """A connection back after a call. Up to ``group_commit_writers`` are kept for saves
+        between them, leaving at least one in the pool for everything else; any that failed
+        goes back to the pool, which checks it."""
+        held = self._held
+        if writer and ok and len(held) < min(self.settings.group_commit_writers,
+                                             pool.max_size - 1) and reusable(conn):
             held.append(conn)
         else:
             await pool.putconn(conn)
@@ -193,24 +195,31 @@ class DatabaseManager(ManagerBase):
         self, statement: sql.Statement,
         work: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[T]], *, writer: bool = False,
     ) -> T:
-        """``work`` on a pooled connection (``writer``: see ``_writer``), retried by
+        """``work`` on a pooled connection (``writer``: see ``_checkout``), retried by
         ``retry_delay``'s policy."""
-        pool = await self._ready()
+        pool = self._pool or await self._ready()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
-            checkout = self._writer(pool) if writer else pool.connection()
+            conn = None
             try:
-                async with checkout as conn:
-                    with self._deadline(conn, statement):
-                        result = await work(conn)
+                conn = await self._checkout(pool, writer)
+                with self._deadline(conn, statement):
+                    result = await work(conn)
             except Exception as exc:
+                if conn is not None:
+                    await self._checkin(pool, conn, writer, False)
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
                     await pool.check()  # other idle connections are likely gone too
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                if conn is not None:
+                    await self._checkin(pool, conn, writer, False)
+                raise
+            await self._checkin(pool, conn, writer, True)
             self.observe(statement, started, True)
             return result
 
@@ -221,6 +230,9 @@ class DatabaseManager(ManagerBase):
 
         async def execute(conn: AsyncConnection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             if local is None:
+                if statement.lean and self._lean:
+                    await self._send(conn, statement)
+                    return []
                 cur = await conn.execute(statement.sql, statement.params)
             else:
                 async with conn.pipeline(), conn.transaction():
@@ -229,6 +241,24 @@ class DatabaseManager(ManagerBase):
             return await cur.fetchall() if returns_rows(cur) else []
 
         return await self._with_retries(statement, execute, writer=writer)
+
+    async def _send(self, conn: AsyncConnection[tuple[Any, ...]], statement: sql.Statement) -> None:
+        """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
+        on the connection first when it is not yet (or no longer) there."""
+        pgconn, query = conn.pgconn, prepared.prepared(statement.sql)
+        if not prepared.is_prepared(conn, query):
+            pgconn.send_prepare(query.name, query.query)
+            results = await conn.wait(prepared.results(pgconn))
+            if prepared.failure(results) != prepared.ALREADY_PREPARED:
+                prepared.check(results)
+            prepared.mark_prepared(conn, query)
+        pgconn.send_query_prepared(query.name, query.values(statement.params))
+        results = await conn.wait(prepared.results(pgconn))
+        if prepared.failure(results) == prepared.NOT_PREPARED:  # deallocated meanwhile
+            prepared.forget(conn)
+            await self._send(conn, statement)
+            return
+        prepared.check(results)
 
     async def _set_local_timeouts(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
@@ -309,6 +339,10 @@ class DatabaseManager(ManagerBase):
                     save.resolve(exc)
                 self._group.finish([save.key for save in batch], take=False)
                 raise
+            # The callers just answered save again at once, as a rule: let them queue before
+            # this writer takes its next batch (or goes free, and the first of them would go
+            # out alone while the others queue behind it).
+            await asyncio.sleep(0)
             batch = self._group.finish([save.key for save in batch])
 
     async def _write_batch(self, batch: list[AsyncQueued]) -> None:

@@ -42,6 +42,8 @@ class Statement:
     #: How many statements the call runs, each allowed ``statement_timeout``: its client
     #: deadline (deadline.py). None: the call arms its own deadlines (the bulk path, per chunk).
     statements: int | None = 1
+    #: Sent by the managers' lean path (prepared.py): text parameters only, no rows read.
+    lean: bool = False
 
 
 #: The timeouts for one transaction, when a transaction-mode pooler forbids session settings.
@@ -334,7 +336,7 @@ def save_step(
         "step": check_step_index(step),
         **step_fields(step_result, max_result_bytes=max_result_bytes),
     }
-    return Statement("save_task_history", SAVE_STEP, params)
+    return Statement("save_task_history", SAVE_STEP, params, lean=True)
 
 
 def step_key(save: Statement) -> tuple[str, str, int]:

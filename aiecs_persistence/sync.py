@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from . import prepared
 from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
@@ -126,23 +127,24 @@ class SyncDatabaseManager(ManagerBase):
         assert self._pool is not None
         return self._pool
 
-    @contextmanager
-    def _writer(
-        self, pool: ConnectionPool[Connection[tuple[Any, ...]]]
-    ) -> Iterator[Connection[tuple[Any, ...]]]:
-        """A connection for a save: the one a save last used, when idle (its backend is warm,
-        its statements prepared), else one from the pool. Up to ``group_commit_writers`` are
-        kept between saves, leaving at least one in the pool for everything else; any that
-        failed goes back to the pool, which checks it."""
+    def _checkout(
+        self, pool: ConnectionPool[Connection[tuple[Any, ...]]], writer: bool
+    ) -> Connection[tuple[Any, ...]]:
+        """A connection for a call; for a save (``writer``), the one a save last used when it
+        is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
-        conn = held.pop() if held else pool.getconn()
-        try:
-            yield conn
-        except BaseException:
-            pool.putconn(conn)
-            raise
-        if len(held) < min(self.settings.group_commit_writers, pool.max_size - 1) and (
-                reusable(conn)):
+        return held.pop() if writer and held else pool.getconn()
+
+    def _checkin(
+        self, pool: ConnectionPool[Connection[tuple[Any, ...]]],
+        conn: Connection[tuple[Any, ...]], writer: bool, ok: bool,
+    ) -> None:
+        """A connection back after a call. Up to ``group_commit_writers`` are kept for saves
+        between them, leaving at least one in the pool for everything else; any that failed
+        goes back to the pool, which checks it."""
+        held = self._held
+        if writer and ok and len(held) < min(self.settings.group_commit_writers,
+                                             pool.max_size - 1) and reusable(conn):
             held.append(conn)
         else:
             pool.putconn(conn)
@@ -158,23 +160,31 @@ class SyncDatabaseManager(ManagerBase):
         self, statement: sql.Statement,
         work: Callable[[Connection[tuple[Any, ...]]], T], *, writer: bool = False,
     ) -> T:
-        """``work`` on a pooled connection (``writer``: see ``_writer``), retried by
+        """``work`` on a pooled connection (``writer``: see ``_checkout``), retried by
         ``retry_delay``'s policy."""
-        pool = self._ready()
+        pool = self._pool or self._ready()
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
-            checkout = self._writer(pool) if writer else pool.connection()
+            conn = None
             try:
-                with checkout as conn, self._deadline(conn, statement):
+                conn = self._checkout(pool, writer)
+                with self._deadline(conn, statement):
                     result = work(conn)
             except Exception as exc:
+                if conn is not None:
+                    self._checkin(pool, conn, writer, False)
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
                     pool.check()  # other idle connections are likely gone too
                 time.sleep(delay)
                 continue
+            except BaseException:
+                if conn is not None:
+                    self._checkin(pool, conn, writer, False)
+                raise
+            self._checkin(pool, conn, writer, True)
             self.observe(statement, started, True)
             return result
 
@@ -185,6 +195,9 @@ class SyncDatabaseManager(ManagerBase):
 
         def execute(conn: Connection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             if local is None:
+                if statement.lean and self._lean:
+                    self._send(conn, statement)
+                    return []
                 cur = conn.execute(statement.sql, statement.params)
             else:
                 with conn.pipeline(), conn.transaction():
@@ -193,6 +206,24 @@ class SyncDatabaseManager(ManagerBase):
             return cur.fetchall() if returns_rows(cur) else []
 
         return self._with_retries(statement, execute, writer=writer)
+
+    def _send(self, conn: Connection[tuple[Any, ...]], statement: sql.Statement) -> None:
+        """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
+        on the connection first when it is not yet (or no longer) there."""
+        pgconn, query = conn.pgconn, prepared.prepared(statement.sql)
+        if not prepared.is_prepared(conn, query):
+            pgconn.send_prepare(query.name, query.query)
+            results = conn.wait(prepared.results(pgconn))
+            if prepared.failure(results) != prepared.ALREADY_PREPARED:
+                prepared.check(results)
+            prepared.mark_prepared(conn, query)
+        pgconn.send_query_prepared(query.name, query.values(statement.params))
+        results = conn.wait(prepared.results(pgconn))
+        if prepared.failure(results) == prepared.NOT_PREPARED:  # deallocated meanwhile
+            prepared.forget(conn)
+            self._send(conn, statement)
+            return
+        prepared.check(results)
 
     def _set_local_timeouts(self, conn: Connection[tuple[Any, ...]]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
@@ -267,6 +298,10 @@ class SyncDatabaseManager(ManagerBase):
                     save.resolve(exc)
                 self._group.finish([save.key for save in batch], take=False)
                 raise
+            # The callers just answered save again at once, as a rule: let them queue before
+            # this writer takes its next batch (or goes free, and the first of them would go
+            # out alone while the others queue behind it).
+            time.sleep(0)
             batch = self._group.finish([save.key for save in batch])
 
     def _write_batch(self, batch: list[Queued]) -> None:

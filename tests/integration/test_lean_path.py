@@ -1,0 +1,114 @@
+"""The saves' lean path (prepared.py): a save is our own prepared statement on the writer's
+connection, prepared again when it went missing, and off behind a transaction-mode pooler."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from aiecs_persistence import DatabaseManager, TaskStepResult, prepared
+from aiecs_persistence import statements as sql
+
+from ..conftest import conninfo
+from ..database import Server
+from ..managers import Driven
+
+STEP = TaskStepResult("op", {"n": 1}, True, "done", "completed")
+NAMES = "SELECT name FROM pg_prepared_statements WHERE name LIKE 'aiecs\\_%' ORDER BY 1"
+
+
+@pytest.fixture(autouse=True)
+def _plain(pg: Server) -> None:
+    if pg.citus:
+        pytest.skip("on Citus a save is the cluster's function call, not this statement")
+
+
+def on_writer(db: Driven, query: str) -> list[Any]:
+    """``query`` on the connection the manager keeps for its saves."""
+    conn = db.manager._held[-1]
+    if db.loop is None:
+        cur = conn.execute(query)
+        return cur.fetchall() if cur.description else []
+
+    async def run() -> list[Any]:
+        cur = await conn.execute(query)
+        return await cur.fetchall() if cur.description else []
+
+    return db.loop.run_until_complete(run())
+
+
+def name_of(text: str) -> str:
+    return prepared.prepared(text).name.decode()
+
+
+def test_a_save_is_our_prepared_statement(db, psql):
+    db.save_task_history("u", "t", 0, STEP)  # a new task: the full save
+    db.save_task_history("u", "t", 1, STEP)  # its task fresh: the step alone
+    assert [row[0] for row in on_writer(db, NAMES)] == sorted(
+        [name_of(sql.SAVE_STEP), name_of(sql.SAVE_STEP_ONLY)])
+    assert psql.execute("SELECT count(*) FROM task_history").fetchone()[0] == 2
+
+
+def test_a_deallocated_statement_is_prepared_again(db, psql):
+    db.save_task_history("u", "a", 0, STEP)
+    on_writer(db, "DEALLOCATE ALL")
+    db.save_task_history("u", "b", 0, STEP)  # the same statement, gone from the server
+    assert [row[0] for row in on_writer(db, NAMES)] == [name_of(sql.SAVE_STEP)]
+    rows = psql.execute("SELECT task_id, status::text FROM tasks ORDER BY 1").fetchall()
+    assert rows == [("a", "running"), ("b", "running")]
+
+
+def test_a_statement_already_prepared_under_our_name_is_used(db_url, psql):
+    """A server connection handed over with our statement on it (a session-mode pooler with
+    no reset query): the name is the text's digest, so it is the same statement."""
+    statement = sql.save_step("u", "t", 0, STEP, max_result_bytes=1 << 20)
+    query = prepared.prepared(statement.sql)
+
+    async def main() -> None:
+        manager = DatabaseManager(url=db_url, auto_migrate=False)
+        async with await psycopg.AsyncConnection.connect(conninfo(db_url),
+                                                         autocommit=True) as conn:
+            conn.pgconn.prepare(query.name, query.query)
+            await manager._send(conn, statement)
+            assert prepared.is_prepared(conn, query)
+
+    asyncio.run(main())
+    assert psql.execute("SELECT count(*) FROM task_history").fetchone()[0] == 1
+
+
+def test_an_error_comes_back_as_psycopg_would_raise_it(db_url):
+    """The server's error, built from its result as psycopg builds it: the same exception
+    class and diagnostics (sqlstates.translate reads them)."""
+    statement = sql.save_step("u", "t", 0, STEP, max_result_bytes=1 << 20)
+    broken = sql.Statement(statement.name, statement.sql, {**statement.params, "step": -1},
+                           lean=True)
+
+    async def main() -> BaseException:
+        manager = DatabaseManager(url=db_url, auto_migrate=False)
+        async with await psycopg.AsyncConnection.connect(conninfo(db_url),
+                                                         autocommit=True) as conn:
+            try:
+                await manager._send(conn, broken)
+            except psycopg.Error as exc:
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                return exc
+        raise AssertionError("a negative step was accepted")
+
+    error = asyncio.run(main())
+    assert isinstance(error, psycopg.errors.CheckViolation)
+    assert error.diag.constraint_name == "ck_task_history_step_index"
+
+
+@pytest.mark.parametrize("settings", [{"transaction_pooling": True},
+                                      {"prepare_threshold": None}])
+def test_no_lean_path_behind_a_pooler_or_without_prepared_statements(db_url, psql, settings):
+    async def main() -> None:
+        async with DatabaseManager(url=db_url, auto_migrate=False, **settings) as manager:
+            assert not manager._lean
+            await manager.save_task_history("u", "t", 0, STEP)
+
+    asyncio.run(main())
+    assert psql.execute("SELECT count(*) FROM task_history").fetchone()[0] == 1
