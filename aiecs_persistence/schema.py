@@ -533,8 +533,19 @@ def in_current_schema(ddl: str) -> str:
 
 
 TASKS_TRIGGER: Final = """
-CREATE TRIGGER tr_tasks_status_transition BEFORE INSERT OR UPDATE ON tasks
+CREATE TRIGGER tr_tasks_status_transition BEFORE UPDATE ON tasks
 FOR EACH ROW EXECUTE FUNCTION aiecs_tasks_before_write()
+"""
+
+#: The same function for a new task, unless it is created running with its start time and no
+#: finish time (the rows the saves write: nothing to check, since pending → running is
+#: allowed, and nothing to fill in), which spares a save of a new task the PL/pgSQL call
+#: (revision 0007). Every other insert is checked and completed as an update is.
+TASKS_INSERT_TRIGGER: Final = """
+CREATE TRIGGER tr_tasks_status_created BEFORE INSERT ON tasks
+FOR EACH ROW WHEN (NEW.status <> 'running' OR NEW.started_at IS NULL
+                   OR NEW.finished_at IS NOT NULL)
+EXECUTE FUNCTION aiecs_tasks_before_write()
 """
 
 HISTORY_TRIGGER: Final = """
@@ -589,6 +600,7 @@ DDL_STATEMENTS: Final = (
     in_current_schema(TASKS_TRIGGER_FUNCTION),
     in_current_schema(HISTORY_TRIGGER_FUNCTION),
     TASKS_TRIGGER,
+    TASKS_INSERT_TRIGGER,
     HISTORY_TRIGGER,
     in_current_schema(STEP_EVENTS_FUNCTION),
     in_current_schema(TASK_EVENTS_FUNCTION),

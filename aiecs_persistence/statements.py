@@ -243,8 +243,8 @@ FROM (SELECT DISTINCT l.user_id, l.task_id FROM logged l
 SAVE_STEP: Final = f"""
 WITH {_OWN_EVENTS},
 task AS (
-  INSERT INTO tasks AS t (user_id, task_id, status)
-  SELECT %(user_id)s, %(task_id)s, 'running' FROM own
+  INSERT INTO tasks AS t (user_id, task_id, status, started_at)
+  SELECT %(user_id)s, %(task_id)s, 'running', now() FROM own
   WHERE NOT EXISTS (
     SELECT FROM tasks f
     WHERE f.user_id = %(user_id)s AND f.task_id = %(task_id)s AND f.status <> 'pending'
@@ -277,16 +277,18 @@ def _tasks_upsert(*, cluster: bool) -> str:
     is more than a second old — ``SAVE_STEP``'s task part over arrays (parameters: users,
     tasks). ``EXCLUDED.updated_at`` is the statement's ``now()`` (Citus wants no ``now()`` in an
     ``ON CONFLICT`` filter). Off Citus it runs after ``own`` (the statements using it log the
-    tasks they create) and first skips tasks refreshed within the second, a subquery beside
-    ``unnest`` that Citus refuses."""
+    tasks they create), first skips tasks refreshed within the second, a subquery beside
+    ``unnest`` that Citus refuses, and gives new tasks their start time, so they skip the
+    status trigger (``schema.TASKS_INSERT_TRIGGER``; on Citus the trigger fills it in)."""
     shortcut = "" if cluster else """, own
 WHERE NOT EXISTS (
   SELECT FROM tasks f
   WHERE f.user_id = x.u AND f.task_id = x.k AND f.status <> 'pending'
     AND f.updated_at >= now() - interval '1 second')"""
+    started = ("", "") if cluster else (", started_at", ", now()")
     return f"""
-INSERT INTO tasks AS t (user_id, task_id, status)
-SELECT u, k, 'running'::task_status
+INSERT INTO tasks AS t (user_id, task_id, status{started[0]})
+SELECT u, k, 'running'::task_status{started[1]}
 FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k){shortcut}
 ORDER BY 1, 2
 ON CONFLICT (user_id, task_id) DO UPDATE
@@ -382,7 +384,8 @@ def save_steps_call(saves: Sequence[Statement], lock_timeout_ms: int | None = No
 
 
 START_TASK: Final = f"""
-INSERT INTO tasks AS t (user_id, task_id, status) VALUES (%(user_id)s, %(task_id)s, 'running')
+INSERT INTO tasks AS t (user_id, task_id, status, started_at)
+VALUES (%(user_id)s, %(task_id)s, 'running', now())
 ON CONFLICT (user_id, task_id) DO UPDATE SET status = 'running'
 RETURNING {_names(TASK_COLUMNS)}
 """

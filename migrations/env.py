@@ -117,6 +117,10 @@ def _migrate(connection: Connection) -> None:
         on_citus = citus.present(connection)
         if on_citus:  # revisions may replace the triggers of distributed tables
             connection.exec_driver_sql("SET citus.enable_unsafe_triggers = on")
+            # ... and one run may change a distributed table, then a function: Citus refuses
+            # a function command after a parallel operation on a distributed table in the
+            # same transaction, so the shards are changed one by one.
+            connection.exec_driver_sql("SET citus.multi_shard_modify_mode = 'sequential'")
         connection.commit()
         context.configure(connection=connection, **COMMON)
         with context.begin_transaction():

@@ -233,8 +233,9 @@ def test_a_cleanup_beside_writers_takes_old_tasks_and_keeps_every_acknowledged_s
 
 
 def test_a_later_revision_runs_over_the_distributed_tables(db, psql, db_url):
-    """Down to 0005 and up again: revision 0006 (a function, a trigger function) runs over
-    tables that are already distributed, and the upgrade delegates the new function again."""
+    """Down to 0005 and up again: revisions 0006 (a function, a trigger function) and 0007
+    (the tasks' status triggers) run over tables that are already distributed, in one
+    transaction each way, and the upgrade delegates the new function again."""
     from aiecs_persistence import migrate
 
     db.save_task_history("u", "t", 0, done())
@@ -246,6 +247,11 @@ def test_a_later_revision_runs_over_the_distributed_tables(db, psql, db_url):
     assert migrate.inspect(db_url).ok
     assert db.load_task_history("u", "t")[0]["status"] == "completed"
     db.save_task_history("u", "t", 1, done())  # through the function, delegated again
+    triggers = psql.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal "
+        "AND tgname LIKE 'tr_tasks_status%' ORDER BY 1").fetchall()
+    assert triggers == [("tr_tasks_status_changed",), ("tr_tasks_status_created",),
+                        ("tr_tasks_status_transition",)]
     delegated = psql.execute(
         "SELECT count(*) FROM pg_dist_object WHERE classid = 'pg_proc'::regclass "
         "AND objid = 'aiecs_save_steps'::regproc AND distribution_argument_index = 0"

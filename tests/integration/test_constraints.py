@@ -182,3 +182,23 @@ def test_triggers_keep_timestamps_truthful(psql):
     started, finished, updated = psql.execute(
         "SELECT started_at, finished_at, updated_at FROM tasks").fetchone()
     assert started is not None and finished is not None and started <= finished <= updated
+
+
+def test_an_insert_the_trigger_skips_is_one_it_has_nothing_to_do_for(psql):
+    """Revision 0007: a task created running with its start time and no finish time skips the
+    status trigger (the saves' rows); every other insert is still checked and completed."""
+    psql.execute("INSERT INTO tasks (user_id, task_id, status, started_at) "
+                 "VALUES ('u', 'given', 'running', '2026-01-01T00:00:00Z')")
+    psql.execute("INSERT INTO tasks (user_id, task_id, status) VALUES ('u', 'filled', 'running')")
+    psql.execute("INSERT INTO tasks (user_id, task_id, status, started_at, finished_at) "
+                 "VALUES ('u', 'cleared', 'running', now(), now())")
+    rows = psql.execute(
+        "SELECT task_id, started_at = '2026-01-01T00:00:00Z', started_at = updated_at, "
+        "finished_at IS NULL FROM tasks ORDER BY 1").fetchall()
+    assert rows == [("cleared", False, True, True), ("filled", False, True, True),
+                    ("given", True, False, True)]
+    for status in ("completed", "failed", "timed_out"):
+        with pytest.raises(psycopg.DatabaseError, match=f"pending -> {status}") as info:
+            psql.execute("INSERT INTO tasks (user_id, task_id, status, started_at) "
+                         f"VALUES ('u', 'x', '{status}', now())")
+        assert info.value.sqlstate == "AE001"

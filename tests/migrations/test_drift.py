@@ -38,7 +38,7 @@ def test_b_migrations_and_models_build_the_same_schema(db_url, empty_db_url):
     for kind in migrated:
         assert migrated[kind] == modelled[kind], kind
     # And the picture is not trivially empty.
-    assert len(migrated["constraints"]) >= 15 and len(migrated["triggers"]) == 6
+    assert len(migrated["constraints"]) >= 15 and len(migrated["triggers"]) == 7
     assert len(migrated["views"]) == 3 and len(migrated["functions"]) == 8
 
 
