@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,6 +86,13 @@ def empty_db_url(pg: Server) -> Iterator[URL]:
     """A fresh empty database, for this test only."""
     with temporary_database(pg) as url:
         yield url
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a command a test interrupts: Ctrl-C reaches it as in a terminal, even
+    when the tests run as a background job (whose shell ignores SIGINT, and so would the
+    command, which inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def conninfo(url: URL) -> str:

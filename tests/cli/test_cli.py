@@ -18,7 +18,7 @@ from aiecs_persistence import SyncDatabaseManager, TaskStepResult, migrate
 from aiecs_persistence.cli import app
 from aiecs_persistence.config import libpq_conninfo
 
-from ..conftest import conninfo
+from ..conftest import conninfo, interruptible
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -205,7 +205,7 @@ def test_alembic_verbs(empty_db_url):
     assert stamped.exit_code == 0 and migrate.current(url) == head
     sql_down = runner.invoke(app, ["downgrade", rows[1]["revision"], "--sql"])
     assert sql_down.exit_code == 0, sql_down.output
-    assert "DROP FUNCTION IF EXISTS @S@.aiecs_save_steps(text" in sql_down.output
+    assert f"Running downgrade {head} -> {rows[1]['revision']}" in sql_down.output
     sql_up = runner.invoke(app, ["upgrade", "--sql", "-x", "lock_timeout=3s"])
     assert sql_up.exit_code == 0 and "SET lock_timeout = '3s'" in sql_up.output
     for command in (["upgrade", "bogus", "--url", url], ["downgrade", "bogus", "--yes",
@@ -234,7 +234,8 @@ def test_ctrl_c_is_one_line_and_exit_130():
     listener.listen(8)
     url = f"postgresql://u@127.0.0.1:{listener.getsockname()[1]}/x?connect_timeout=30"
     command = subprocess.Popen([sys.executable, "-m", "aiecs_persistence", "report", "--url",
-                                url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=interruptible)
     try:
         time.sleep(2.0)  # started, and waiting to connect
         command.send_signal(signal.SIGINT)

@@ -24,7 +24,7 @@ from aiecs_persistence import (
     ValidationError,
 )
 
-from ..conftest import conninfo
+from ..conftest import conninfo, interruptible
 
 TASKS, STEPS_PER_WRITER = 8, 50
 
@@ -269,7 +269,8 @@ def test_ctrl_c_ends_follow_with_exit_0(db_url):
         db.save_task_history("u", "t", 0, completed(0))  # the task never ends
         follower = subprocess.Popen(
             [sys.executable, "-m", "aiecs_persistence", "history", "u", "t", "--follow",
-             "--url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             "--url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=interruptible)
         try:
             assert "op0" in (follower.stdout.readline() if follower.stdout else "")
             follower.send_signal(signal.SIGINT)
