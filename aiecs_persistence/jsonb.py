@@ -77,6 +77,8 @@ def check_text(value: str, path: str) -> None:
             f"{path}: contains a NUL character (\\x00), which PostgreSQL cannot store",
             field=path,
         )
+    if value.isascii():  # the common case: no surrogate, nothing to encode
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -220,7 +222,8 @@ def encode_result(
             candidate = "\\u0000"
         if "\\u0000" not in candidate:
             try:
-                size = len(candidate.encode("utf-8"))
+                size = len(candidate) if candidate.isascii() else len(
+                    candidate.encode("utf-8"))
             except UnicodeEncodeError:
                 pass
             else:
