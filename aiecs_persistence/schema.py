@@ -190,9 +190,10 @@ class TaskHistory(_TaskKey, _Outcome, Base):
         Index("ix_task_history_error_code_created_at", "error_code", "created_at",
               postgresql_where=text("error_code IS NOT NULL")),
         # Reports over a time window: steps are appended in time order, so a BRIN index (one
-        # summary per 32 pages, next to nothing per insert) finds the window's blocks.
+        # summary per 32 pages, next to nothing per insert) finds the window's blocks;
+        # autovacuum summarizes each range as it fills (an unsummarized one is always read).
         Index("ix_task_history_created_at", "created_at", postgresql_using="brin",
-              postgresql_with={"pages_per_range": 32}),
+              postgresql_with={"pages_per_range": 32, "autosummarize": "on"}),
         # list_tasks(step_name=…): a user's tasks with a step of that name.
         Index("ix_task_history_user_id_step_name", "user_id", "step_name", "task_id"),
     )

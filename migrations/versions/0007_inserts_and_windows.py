@@ -1,4 +1,5 @@
-"""A task a save creates running skips the status trigger.
+"""A task a save creates running skips the status trigger; the BRIN index of report windows
+is summarized as it fills.
 
 ``tr_tasks_status_transition`` ran its PL/pgSQL function for every new task; for a task created
 running with its start time set and no finish time, the function has nothing to check (pending
@@ -15,9 +16,17 @@ transaction). So the trigger is split:
 
 Both changes run in the migration's one transaction, so no insert ever goes unchecked.
 
+``ix_task_history_created_at`` (revision 0005) gets ``autosummarize = on``: a BRIN index
+summarizes new block ranges only when the table is vacuumed, and until then a report over any
+window reads every unsummarized range. On the benchmark's freshly loaded 1.1M-step table
+(PostgreSQL 15, analyzed), a window of a fifth of the table read 32,542 heap blocks through
+the index and took 0.57 s; summarized, 0.25 s. With ``autosummarize`` autovacuum summarizes
+each range once it is full, without waiting for a vacuum of the table. Only the index's
+options change: no rebuild.
+
 A frozen snapshot (see 0001).
 
-Revision ID: 0007_created_running
+Revision ID: 0007_inserts_and_windows
 Revises: 0006_save_function
 Create Date: 2026-11-26
 """
@@ -28,7 +37,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0007_created_running"
+revision: str = "0007_inserts_and_windows"
 down_revision: str | Sequence[str] | None = "0006_save_function"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -54,8 +63,10 @@ FOR EACH ROW EXECUTE FUNCTION aiecs_tasks_before_write()
 def upgrade() -> None:
     op.execute(ON_UPDATE)
     op.execute(ON_INSERT)
+    op.execute("ALTER INDEX ix_task_history_created_at SET (autosummarize = on)")
 
 
 def downgrade() -> None:
+    op.execute("ALTER INDEX ix_task_history_created_at RESET (autosummarize)")
     op.execute(BEFORE)
     op.execute("DROP TRIGGER IF EXISTS tr_tasks_status_created ON tasks")
