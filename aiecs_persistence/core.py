@@ -64,7 +64,8 @@ class Settings:
     #: Records per chunk of ``save_task_history_many`` (each chunk is validated, then COPYed).
     bulk_chunk_size: int = BULK_CHUNK
     #: psycopg prepares a statement on a connection after this many runs of it; ``None``
-    #: turns server-side prepared statements off (PgBouncer < 1.21 in transaction mode).
+    #: turns server-side prepared statements off (PgBouncer < 1.21 in transaction mode), the
+    #: saves' own (prepared.py) included.
     prepare_threshold: int | None = 5
     #: Added to the server's ``statement_timeout`` to make a call's client-side deadline
     #: (deadline.py): a call whose server never answers ends this long after its statement
