@@ -202,24 +202,21 @@ class DatabaseManager(ManagerBase):
         while True:
             attempt += 1
             started = time.perf_counter()
-            conn = None
             try:
                 conn = await self._checkout(pool, writer)
-                with self._deadline(conn, statement):
-                    result = await work(conn)
+                ok = False
+                try:
+                    with self._deadline(conn, statement):
+                        result = await work(conn)
+                    ok = True
+                finally:
+                    await self._checkin(pool, conn, writer, ok)
             except Exception as exc:
-                if conn is not None:
-                    await self._checkin(pool, conn, writer, False)
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
                     await pool.check()  # other idle connections are likely gone too
                 await asyncio.sleep(delay)
                 continue
-            except BaseException:
-                if conn is not None:
-                    await self._checkin(pool, conn, writer, False)
-                raise
-            await self._checkin(pool, conn, writer, True)
             self.observe(statement, started, True)
             return result
 
@@ -242,9 +239,12 @@ class DatabaseManager(ManagerBase):
 
         return await self._with_retries(statement, execute, writer=writer)
 
-    async def _send(self, conn: AsyncConnection[tuple[Any, ...]], statement: sql.Statement) -> None:
+    async def _send(self, conn: AsyncConnection[tuple[Any, ...]], statement: sql.Statement,
+                    again: bool = True) -> None:
         """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
-        on the connection first when it is not yet (or no longer) there."""
+        on the connection first when it is not yet there, or again (once) when it is no longer
+        there (a pooler that changes server connections under a session would lose it every
+        time: that error is raised)."""
         pgconn, query = conn.pgconn, prepared.prepared(statement.sql)
         if not prepared.is_prepared(conn, query):
             pgconn.send_prepare(query.name, query.query)
@@ -254,9 +254,9 @@ class DatabaseManager(ManagerBase):
             prepared.mark_prepared(conn, query)
         pgconn.send_query_prepared(query.name, query.values(statement.params))
         results = await conn.wait(prepared.results(pgconn))
-        if prepared.failure(results) == prepared.NOT_PREPARED:  # deallocated meanwhile
+        if again and prepared.failure(results) == prepared.NOT_PREPARED:  # deallocated
             prepared.forget(conn)
-            await self._send(conn, statement)
+            await self._send(conn, statement, again=False)
             return
         prepared.check(results)
 

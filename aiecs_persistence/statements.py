@@ -285,10 +285,10 @@ WHERE NOT EXISTS (
   SELECT FROM tasks f
   WHERE f.user_id = x.u AND f.task_id = x.k AND f.status <> 'pending'
     AND f.updated_at >= now() - interval '1 second')"""
-    started = ("", "") if cluster else (", started_at", ", now()")
+    started_column, started_value = ("", "") if cluster else (", started_at", ", now()")
     return f"""
-INSERT INTO tasks AS t (user_id, task_id, status{started[0]})
-SELECT u, k, 'running'::task_status{started[1]}
+INSERT INTO tasks AS t (user_id, task_id, status{started_column})
+SELECT u, k, 'running'::task_status{started_value}
 FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k){shortcut}
 ORDER BY 1, 2
 ON CONFLICT (user_id, task_id) DO UPDATE

@@ -167,24 +167,21 @@ class SyncDatabaseManager(ManagerBase):
         while True:
             attempt += 1
             started = time.perf_counter()
-            conn = None
             try:
                 conn = self._checkout(pool, writer)
-                with self._deadline(conn, statement):
-                    result = work(conn)
+                ok = False
+                try:
+                    with self._deadline(conn, statement):
+                        result = work(conn)
+                    ok = True
+                finally:
+                    self._checkin(pool, conn, writer, ok)
             except Exception as exc:
-                if conn is not None:
-                    self._checkin(pool, conn, writer, False)
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc):
                     pool.check()  # other idle connections are likely gone too
                 time.sleep(delay)
                 continue
-            except BaseException:
-                if conn is not None:
-                    self._checkin(pool, conn, writer, False)
-                raise
-            self._checkin(pool, conn, writer, True)
             self.observe(statement, started, True)
             return result
 
@@ -207,9 +204,12 @@ class SyncDatabaseManager(ManagerBase):
 
         return self._with_retries(statement, execute, writer=writer)
 
-    def _send(self, conn: Connection[tuple[Any, ...]], statement: sql.Statement) -> None:
+    def _send(self, conn: Connection[tuple[Any, ...]], statement: sql.Statement,
+                    again: bool = True) -> None:
         """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
-        on the connection first when it is not yet (or no longer) there."""
+        on the connection first when it is not yet there, or again (once) when it is no longer
+        there (a pooler that changes server connections under a session would lose it every
+        time: that error is raised)."""
         pgconn, query = conn.pgconn, prepared.prepared(statement.sql)
         if not prepared.is_prepared(conn, query):
             pgconn.send_prepare(query.name, query.query)
@@ -219,9 +219,9 @@ class SyncDatabaseManager(ManagerBase):
             prepared.mark_prepared(conn, query)
         pgconn.send_query_prepared(query.name, query.values(statement.params))
         results = conn.wait(prepared.results(pgconn))
-        if prepared.failure(results) == prepared.NOT_PREPARED:  # deallocated meanwhile
+        if again and prepared.failure(results) == prepared.NOT_PREPARED:  # deallocated
             prepared.forget(conn)
-            self._send(conn, statement)
+            self._send(conn, statement, again=False)
             return
         prepared.check(results)
 
