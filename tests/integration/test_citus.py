@@ -29,6 +29,14 @@ def done(name: str = "op") -> TaskStepResult:
                           status="completed")
 
 
+def save_function_delegations(psql) -> tuple[int]:
+    """How many times ``aiecs_save_steps`` is distributed by its user argument (a row)."""
+    return psql.execute(
+        "SELECT count(*) FROM pg_dist_object WHERE classid = 'pg_proc'::regclass "
+        "AND objid = 'aiecs_save_steps'::regproc AND distribution_argument_index = 0"
+    ).fetchone()
+
+
 def owner_port(psql, user: str) -> int:
     """The port of the worker that holds ``user``'s rows."""
     row = psql.execute(
@@ -61,10 +69,7 @@ def test_upgrade_left_every_table_where_it_belongs(psql):
         "SELECT colocationid FROM pg_dist_partition WHERE logicalrelid::regclass::text = ANY(%s)",
         [list(cluster.DISTRIBUTED)]).fetchall()}
     assert len(groups) == 1  # co-located: a user's rows of every table on one node
-    delegated = psql.execute(
-        "SELECT count(*) FROM pg_dist_object WHERE classid = 'pg_proc'::regclass "
-        "AND objid = 'aiecs_save_steps'::regproc AND distribution_argument_index = 0"
-    ).fetchone()
+    delegated = save_function_delegations(psql)
     assert delegated == (1,)
 
 
@@ -252,10 +257,7 @@ def test_a_later_revision_runs_over_the_distributed_tables(db, psql, db_url):
         "AND tgname LIKE 'tr_tasks_status%' ORDER BY 1").fetchall()
     assert triggers == [("tr_tasks_status_changed",), ("tr_tasks_status_created",),
                         ("tr_tasks_status_transition",)]
-    delegated = psql.execute(
-        "SELECT count(*) FROM pg_dist_object WHERE classid = 'pg_proc'::regclass "
-        "AND objid = 'aiecs_save_steps'::regproc AND distribution_argument_index = 0"
-    ).fetchone()
+    delegated = save_function_delegations(psql)
     assert delegated == (1,)
 
 
