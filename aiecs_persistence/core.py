@@ -115,7 +115,7 @@ class Settings:
                 "kwargs": kwargs, "open": False}
 
     def local_timeouts(self) -> dict[str, str] | None:
-        """Parameters of ``statements.SET_LOCAL_TIMEOUTS`` under ``transaction_pooling``
+        """The timeouts for ``statements.SET_LOCAL`` under ``transaction_pooling``
         (``0`` means no limit, as in PostgreSQL); None when timeouts travel at connect."""
         if not self.transaction_pooling:
             return None

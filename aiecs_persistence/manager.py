@@ -224,6 +224,8 @@ class DatabaseManager(ManagerBase):
         self, statement: sql.Statement, *, writer: bool = False
     ) -> list[tuple[Any, ...]]:
         local = self.settings.local_timeouts()
+        if statement.local:
+            local = {**(local or {}), **statement.local}
 
         async def execute(conn: AsyncConnection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             if local is None:
@@ -233,7 +235,7 @@ class DatabaseManager(ManagerBase):
                 cur = await conn.execute(statement.sql, statement.params)
             else:
                 async with conn.pipeline(), conn.transaction():
-                    await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                    await conn.execute(sql.SET_LOCAL, sql.set_local(local))
                     cur = await conn.execute(statement.sql, statement.params)
             return await cur.fetchall() if returns_rows(cur) else []
 
@@ -264,7 +266,7 @@ class DatabaseManager(ManagerBase):
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
         local = self.settings.local_timeouts()
         if local is not None:
-            await conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+            await conn.execute(sql.SET_LOCAL, sql.set_local(local))
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -44,13 +44,20 @@ class Statement:
     statements: int | None = 1
     #: Sent by the managers' lean path (prepared.py): text parameters only, no rows read.
     lean: bool = False
+    #: Server settings for the statement's own transaction only (``SET LOCAL``), such as the
+    #: report's planner settings: the managers run it in a transaction after ``SET_LOCAL``.
+    local: Mapping[str, str] = field(default_factory=dict)
 
 
-#: The timeouts for one transaction, when a transaction-mode pooler forbids session settings.
-SET_LOCAL_TIMEOUTS: Final = (
-    "SELECT set_config('statement_timeout', %(statement_timeout)s, true), "
-    "set_config('lock_timeout', %(lock_timeout)s, true)"
-)
+#: Settings for one transaction (``set_local`` gives its parameters): the timeouts when a
+#: transaction-mode pooler forbids session settings, and a statement's own ``local``.
+SET_LOCAL: Final = ("SELECT set_config(s.name, s.value, true) "
+                    "FROM unnest(%(names)s::text[], %(values)s::text[]) AS s(name, value)")
+
+
+def set_local(settings: Mapping[str, str]) -> dict[str, list[str]]:
+    """The parameters of ``SET_LOCAL`` for ``settings`` (name: value)."""
+    return {"names": list(settings), "values": list(settings.values())}
 
 
 # -- argument checks ---------------------------------------------------------------------------
@@ -1023,12 +1030,20 @@ def step_page(rows: Sequence[Sequence[Any]], limit: int) -> tuple[list[StepRecor
 
 # Three reads of the window, none carrying ``result``: per step name and per day in one scan
 # (hash grouping sets, a handful of groups), the failures (through the partial index on
-# error_code), and the distinct tasks (a hash DISTINCT of two columns). A window is found
-# through the BRIN index on created_at. (A CTE of all the window's steps, sorted again for each
-# count(DISTINCT ...), was 3.4x slower on 2M steps; four separate reads, 1.15x faster on a
-# whole table, read a small window four times. See docs/performance.md.)
+# error_code; the distinct tasks per code by hashing each code's tasks, then counting them,
+# not by count(DISTINCT ...), which sorts every failure, on disk past work_mem), and the
+# distinct tasks (a hash DISTINCT of two columns). A window is found through the BRIN index on
+# created_at. (A CTE of all the window's steps, sorted again for each count(DISTINCT ...), was
+# 3.4x slower on 2M steps; four separate reads, 1.15x faster on a whole table, read a small
+# window four times. See docs/performance.md.)
 
-
+#: The report's own transaction settings. JIT off: PostgreSQL compiles this statement's
+#: aggregates because their estimated cost is high, and on PostgreSQL 15 spent 430 ms of a
+#: 1.2 s report doing so, more than it saved. More work_mem: the hashes of the distinct tasks
+#: (a few hundred thousand (user_id, task_id) pairs on a table of millions of steps) fit in
+#: memory instead of spilling to disk in batches. Each hash may take work_mem times
+#: hash_mem_multiplier, in this one statement's transaction only.
+REPORT_SETTINGS: Final = {"jit": "off", "work_mem": "32MB"}
 
 _REPORT_WINDOW: Final = """FROM step_details
   WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
@@ -1042,9 +1057,10 @@ def _report(counts: str, totals: str, names: str, days: str) -> str:
     return f"""
 WITH {counts},
 failed AS (
-  SELECT error_code, error_name, error_category, count(*) AS failures,
-         count(DISTINCT (user_id, task_id)) AS tasks
-  {_REPORT_WINDOW} AND error_code IS NOT NULL
+  SELECT error_code, error_name, error_category, sum(n) AS failures, count(*) AS tasks
+  FROM (SELECT error_code, error_name, error_category, count(*) AS n
+        {_REPORT_WINDOW} AND error_code IS NOT NULL
+        GROUP BY error_code, error_name, error_category, user_id, task_id) f
   GROUP BY error_code, error_name, error_category
 )
 SELECT
@@ -1114,7 +1130,7 @@ def report(since: Any = None, until: Any = None, top: Any = 10, *,
         "since": None if since is None else check_time(since, "since"),
         "until": None if until is None else check_time(until, "until"),
         "top": check_limit(top, "top"),
-    })
+    }, statements=2, local=REPORT_SETTINGS)
 
 
 def report_data(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:

@@ -189,6 +189,8 @@ class SyncDatabaseManager(ManagerBase):
         self, statement: sql.Statement, *, writer: bool = False
     ) -> list[tuple[Any, ...]]:
         local = self.settings.local_timeouts()
+        if statement.local:
+            local = {**(local or {}), **statement.local}
 
         def execute(conn: Connection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             if local is None:
@@ -198,7 +200,7 @@ class SyncDatabaseManager(ManagerBase):
                 cur = conn.execute(statement.sql, statement.params)
             else:
                 with conn.pipeline(), conn.transaction():
-                    conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+                    conn.execute(sql.SET_LOCAL, sql.set_local(local))
                     cur = conn.execute(statement.sql, statement.params)
             return cur.fetchall() if returns_rows(cur) else []
 
@@ -229,7 +231,7 @@ class SyncDatabaseManager(ManagerBase):
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
         local = self.settings.local_timeouts()
         if local is not None:
-            conn.execute(sql.SET_LOCAL_TIMEOUTS, local)
+            conn.execute(sql.SET_LOCAL, sql.set_local(local))
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -488,3 +488,41 @@ def test_a_task_deleted_under_a_busy_writer_is_created_again(db, psql):
     db.finish_task("u", "t", "completed")
     db.save_task_history("u", "t", 3, done("op"))  # a late step leaves the end as it is
     assert db.check_task_status("u", "t") == TaskStatus.COMPLETED
+
+
+def test_the_report_counts_each_failing_task_once_per_code(db, psql):
+    """Failures by code count failed steps, and tasks with a failure of that code once each
+    (the report hashes each code's tasks instead of a count(DISTINCT ...) sort)."""
+    for task, codes in (("a", ["E003", "E003", "E001"]), ("b", ["E003"]), ("c", [])):
+        db.save_task_history("u", task, 0, done("fetch"))
+        for step, code in enumerate(codes, start=1):
+            db.save_task_history("u", task, step, TaskStepResult(
+                "parse", None, status="failed", error_code=code, error_message="broke"))
+    by_code = {r["error_code"]: (r["failures"], r["tasks"])
+               for r in db.report()["failures_by_error_code"]}
+    assert by_code == {"E003": (3, 2), "E001": (1, 1)}
+    assert by_code == {code: (failures, tasks) for code, failures, tasks in psql.execute(
+        "SELECT error_code::text, count(*), count(DISTINCT (user_id, task_id)) "
+        "FROM task_history WHERE error_code IS NOT NULL GROUP BY 1").fetchall()}
+
+
+@pytest.mark.parametrize("pooling", [False, True], ids=["session", "transaction_pooling"])
+def test_a_statements_own_settings_stay_in_its_transaction(kind, db_url, pooling):
+    """``Statement.local`` (the report's JIT and work_mem, statements.REPORT_SETTINGS) is set
+    for that statement only, with the timeouts under ``transaction_pooling``; the connection
+    it ran on (the pool's only one) keeps its own settings for the next call."""
+    from aiecs_persistence import statements as sql
+
+    assert sql.report().local == sql.REPORT_SETTINGS == {"jit": "off", "work_mem": "32MB"}
+    manager = make_manager(kind, url=db_url, pool_size=1, max_overflow=0,
+                           transaction_pooling=pooling, statement_timeout_ms=4321)
+    try:
+        show = sql.Statement("show", "SELECT current_setting('work_mem'), "
+                                     "current_setting('jit'), current_setting('statement_timeout')")
+        before = manager._run(show)
+        assert before[0][:2] != ("7MB", "off")
+        assert manager._run(dataclasses.replace(show, local={"work_mem": "7MB", "jit": "off"})
+                            ) == [("7MB", "off", "4321ms")]
+        assert manager._run(show) == before
+    finally:
+        close(manager)
