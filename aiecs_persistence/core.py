@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 from .config import resolve_url, safe_url, with_connect_timeout
 from .deadline import arm
-from .errors import RetryExhaustedError, SchemaMismatchError, ValidationError
+from .errors import DatabaseError, RetryExhaustedError, SchemaMismatchError, ValidationError
 from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
 from .sqlstates import FOREIGN_KEY_VIOLATION, classify, translate
@@ -38,6 +38,11 @@ if TYPE_CHECKING:
     from . import migrate
 
 log: Final = logging.getLogger("aiecs_persistence")
+#: How a connection the server accepted and then dropped while it was starting reads: killed by
+#: ``pg_terminate_backend`` or a shutdown (PostgreSQL's words for SQLSTATE 57P01, 57P02), or
+#: closed under libpq. libpq gives these without a SQLSTATE.
+KILLED_AT_START: Final = ("terminating connection due to",
+                          "server closed the connection unexpectedly")
 #: How long a task this manager saved to counts as freshly active (seconds).
 TOUCH_TTL: Final = 1.0
 #: How many such tasks a manager remembers (the oldest is forgotten first).
@@ -272,7 +277,7 @@ class ManagerBase:
         from . import migrate  # Alembic loads on connect, not on import
 
         url = with_connect_timeout(self.url, self.settings.connect_timeout)
-        status = migrate.inspect(url)
+        status = self._inspect_schema(url)
         if (not status.at_head or status.distribution_problems) and self.settings.auto_migrate:
             if status.current is not None and not migrate.is_known_revision(status.current):
                 raise SchemaMismatchError(
@@ -282,13 +287,36 @@ class ManagerBase:
                 )
             log.info("migrating %s to %s", safe_url(self.url), status.head)
             migrate.upgrade(url)
-            status = migrate.inspect(url)
+            status = self._inspect_schema(url)
         if not status.ok:
             raise SchemaMismatchError(status.describe())
         self._citus = status.on_citus
         if self._group is not None:
             self._group.one_user = status.on_citus
         return status
+
+    def _inspect_schema(self, url: URL) -> migrate.SchemaStatus:
+        """``migrate.inspect``, again after a connection the server killed (during the
+        inspection, or while it was starting), by the retry policy of the saves. Any other
+        failure to connect (refused, a wrong password) is raised at once."""
+        from . import migrate
+
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return migrate.inspect(url)
+            except (RetryExhaustedError, DatabaseError) as exc:
+                killed = isinstance(exc, RetryExhaustedError) or (
+                    exc.sqlstate is None and any(m in exc.message for m in KILLED_AT_START))
+                if not killed or attempt >= self.settings.max_attempts:
+                    raise
+                delay = self.settings.backoff(attempt)
+                log.log(logging.WARNING if attempt == 1 else logging.DEBUG,
+                        "inspect the schema: connection lost (attempt %d of %d), retrying "
+                        "in %.3fs: %s", attempt, self.settings.max_attempts, delay,
+                        exc.message)
+                time.sleep(delay)
 
     # -- tasks this manager touched lately (the save's fast path) -------------------------
 

@@ -164,3 +164,43 @@ def test_options_in_the_url_reach_migrations_and_both_managers(empty_db_url, kin
     with psycopg.connect(conninfo(empty_db_url)) as conn:
         assert conn.execute("SELECT count(*) FROM aiecs.task_history").fetchone() == (1,)
         assert conn.execute("SELECT to_regclass('public.tasks')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_server_dropping_connections_as_they_start_is_retried_then_reported(kind):
+    """A server that accepts each connection and drops it while it starts (as
+    ``pg_terminate_backend`` or a restart does) is transient: connect tries again by the retry
+    policy, ``max_attempts`` times in all, then reports it (E006). A refused connection is
+    reported at once (above)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = [0]
+
+    def drop_each() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted[0] += 1
+            conn.close()
+
+    thread = threading.Thread(target=drop_each, daemon=True)
+    thread.start()
+    url = f"postgresql://someone:hunter2@127.0.0.1:{listener.getsockname()[1]}/db"
+    db = make_manager(kind, url=url, connect_timeout=3, max_attempts=3, backoff_base=0.01,
+                      backoff_max=0.02)
+    try:
+        with pytest.raises(DatabaseError) as info:
+            db.connect()
+    finally:
+        close(db)
+        listener.close()
+        thread.join(5)
+    assert "server closed the connection unexpectedly" in info.value.message
+    assert "hunter2" not in str(info.value)
+    assert accepted[0] == 3  # one connection per attempt
