@@ -1,10 +1,20 @@
 """Group commit: saves that arrive while every writer is busy go out together, in one statement.
 
-A manager has a few *writers* (``group_commit_writers``). A save that finds one free goes out at
-once, alone, so an idle manager adds no latency. While all are busy, saves queue; a writer that
-finishes takes every queued save it may (up to ``group_commit_max_batch``) and writes them in one
-statement (``statements.SAVE_STEPS``: the task-first upsert over arrays), so the server's fixed
-cost per statement and per commit is paid once per batch instead of once per save.
+A manager has a few *writers* (``group_commit_writers``). A save that finds them all free goes
+out at once, alone, so an idle manager adds no latency. A save that finds one free while another
+is busy queues and makes the free one its batch's *leader*: the leader takes the queue as soon as
+it runs (the async manager's next loop turn), so the saves that arrive together go out together.
+While all are busy, saves queue; a writer that finishes takes the queued saves it may (up to
+``group_commit_max_batch``) and writes them in one statement (``statements.SAVE_STEPS``: the
+task-first upsert over arrays), so the server's fixed cost per statement and per commit is paid
+once per batch instead of once per save.
+
+Writers share the load: a writer takes at most its even part of the saves outstanding (queued or
+being written by the others), and leaves the rest queued for the others to take when they next
+finish. So under load the writers keep alternating, each with part of the callers, one batch
+on the server while the callers of the other queue their next saves. Without it, one writer
+ended up carrying nearly every caller in one batch while the other wrote a single caller's saves
+over and over (measured in docs/performance.md).
 
 Rules kept here, whatever the I/O style:
 
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -34,12 +45,23 @@ from typing import Any, Final
 
 from .statements import Statement
 
-__all__ = ["AsyncQueued", "GroupCommit", "Key", "Queued"]
+__all__ = ["Arrival", "AsyncQueued", "GroupCommit", "Key", "Queued"]
 
 Key = tuple[str, str, int]
 #: Defaults of the settings of the same names.
 WRITERS: Final = 2
 MAX_BATCH: Final = 256
+
+
+class Arrival(enum.Enum):
+    """What ``GroupCommit.arrive`` tells the caller to do."""
+
+    #: Write the save alone, at once, then call ``finish``.
+    ALONE = "alone"
+    #: Wait: a writer will write the save.
+    QUEUED = "queued"
+    #: Wait, and start a writer that calls ``lead`` (it takes the save in a batch).
+    LEAD = "lead"
 
 
 class _Queued:
@@ -114,16 +136,30 @@ class GroupCommit:
         self._in_flight: set[Key] = set()
         self._queue: deque[Any] = deque()
 
-    def arrive(self, save: _Queued) -> bool:
-        """A save arrives: True when it goes out at once (a writer is free and its key is not
-        being written; the caller then owes ``finish``), else it is queued."""
+    def arrive(self, save: _Queued) -> Arrival:
+        """A save arrives. ``ALONE`` when every writer is free (and its key is not being
+        written): the caller writes it and then owes ``finish``. ``LEAD`` when a writer is free
+        while another is busy: the save is queued and the caller starts that writer, which
+        calls ``lead``. Otherwise ``QUEUED``."""
         with self._lock:
             if self._busy < self.writers and save.key not in self._in_flight:
                 self._busy += 1
-                self._in_flight.add(save.key)
-                return True
+                if self._busy == 1:
+                    self._in_flight.add(save.key)
+                    return Arrival.ALONE
+                self._queue.append(save)
+                return Arrival.LEAD
             self._queue.append(save)
-            return False
+            return Arrival.QUEUED
+
+    def lead(self) -> list[Any]:
+        """A writer started by ``arrive`` runs: its batch (in key order), or ``[]`` when the
+        others took every save meanwhile (the writer is then free)."""
+        with self._lock:
+            batch = self._take()
+            if not batch:
+                self._busy -= 1
+            return batch
 
     def finish(self, keys: Sequence[Key], *, take: bool = True) -> list[Any]:
         """A writer wrote ``keys``: the next batch it writes (in key order), or ``[]`` when
@@ -142,14 +178,19 @@ class GroupCommit:
             self._queue.remove(save)
 
     def _take(self) -> list[Any]:
+        """The taker's batch: the first queued saves whose keys are not being written (the
+        first of each key only), up to ``max_batch`` and to the taker's even part of the saves
+        outstanding (queued, or being written by the other busy writers), rounded up."""
         if not self._queue:
             return []
+        outstanding = len(self._queue) + len(self._in_flight)
+        size = min(self.max_batch, -(-outstanding // self._busy))
         batch: list[Any] = []
         keys: set[Key] = set()
         left: deque[Any] = deque()
         user: str | None = None
         for save in self._queue:
-            if len(batch) < self.max_batch and save.key not in self._in_flight and (
+            if len(batch) < size and save.key not in self._in_flight and (
                     save.key not in keys) and (user is None or save.key[0] == user):
                 if self.one_user:
                     user = save.key[0]

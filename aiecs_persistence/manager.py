@@ -49,7 +49,7 @@ from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
-from .group import AsyncQueued
+from .group import Arrival, AsyncQueued
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost, is_unique_violation
 from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
@@ -281,12 +281,15 @@ class DatabaseManager(ManagerBase):
             await self._save_one(full, fast)
             return True
         save = AsyncQueued(sql.step_key(full), full, fast)
-        if group.arrive(save):  # a writer was free: out at once, alone
+        arrival = group.arrive(save)
+        if arrival is Arrival.ALONE:  # every writer was free: out at once, alone
             try:
                 await self._save_one(full, fast)
             finally:
                 self._drain(group.finish([save.key]))
             return True
+        if arrival is Arrival.LEAD:  # a free writer takes it with whatever queues meanwhile
+            self._drain(None)
         try:
             await save.wait()
         except BaseException:
@@ -319,9 +322,11 @@ class DatabaseManager(ManagerBase):
             await self._run(full, writer=True)  # a cleanup deleted the task meanwhile: again
         self._touch(user_id, task_id)
 
-    def _drain(self, batch: list[AsyncQueued]) -> None:
-        """Write ``batch``, then every batch the queue holds after it, on a task of its own."""
-        if not batch:
+    def _drain(self, batch: list[AsyncQueued] | None) -> None:
+        """Write ``batch`` (None: the batch of a writer that ``GroupCommit.arrive`` started,
+        taken when it runs), then every batch the queue holds after it, on a task of its
+        own."""
+        if batch == []:
             return
         # [async]
         task = asyncio.ensure_future(self._write_batches(batch))
@@ -331,8 +336,10 @@ class DatabaseManager(ManagerBase):
         # self._drainers.submit(self._write_batches, batch)
         # [end]
 
-    async def _write_batches(self, batch: list[AsyncQueued]) -> None:
+    async def _write_batches(self, batch: list[AsyncQueued] | None) -> None:
         assert self._group is not None
+        if batch is None:
+            batch = self._group.lead()
         while batch:
             try:
                 await self._write_batch(batch)
