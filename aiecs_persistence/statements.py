@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeVar
@@ -296,7 +296,7 @@ WHERE NOT EXISTS (
     return f"""
 INSERT INTO tasks AS t (user_id, task_id, status{started_column})
 SELECT u, k, 'running'::task_status{started_value}
-FROM unnest(%(users)b::text[], %(tasks)b::text[]) AS x(u, k){shortcut}
+FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS x(u, k){shortcut}
 ORDER BY 1, 2
 ON CONFLICT (user_id, task_id) DO UPDATE
   SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
@@ -309,16 +309,39 @@ TASKS_UPSERT: Final = f"{_tasks_upsert(cluster=False)}\n{_TASK_RETURNING}"
 _ARRAY_TYPES: Final = {"step": "integer", "completed": "boolean", "result": "jsonb",
                        "status": "task_status", "error_code": "error_code"}
 
+
+def text_array(values: Iterable[Any]) -> str:
+    """``values`` (strings, integers, booleans, None) as one PostgreSQL array literal, for a
+    ``%(name)s::type[]`` parameter: every string quoted, with its backslashes and double quotes
+    escaped, None as NULL. Built here because psycopg's own text arrays look up a dumper per
+    element (0.7 ms of client time for 64 saves), and binary arrays cannot go through the lean
+    path (prepared.py); this is about 1.7 µs a save."""
+    return "{" + ",".join(map(_array_element, values)) + "}"
+
+
+def _array_element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, int):
+        return str(value)
+    if "\\" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{value}"'
+
+
 #: Many saves in one statement (group commit, ``group.py``): the tasks first, then one step per
-#: save (distinct keys, in key order) from one array per column. The arrays travel in binary
-#: (``%b``): psycopg quotes every element of a text-format array, 0.7 ms of client time for 64
-#: saves against 0.15 ms.
+#: save (distinct keys, in key order) from one array per column, each a ``text_array`` literal,
+#: so that the statement goes through the managers' lean path like a lone save.
 SAVE_STEPS: Final = f"""
 WITH {_OWN_EVENTS},
 task AS ({TASKS_UPSERT}),
 step AS (
   {_STEP_INSERT}  SELECT {_names(STEP_COLUMNS, 'r.')}
-  FROM unnest({", ".join(f"%({c})b::{_ARRAY_TYPES.get(c, 'text')}[]" for c in STEP_COLUMNS)})
+  FROM unnest({", ".join(f"%({c})s::{_ARRAY_TYPES.get(c, 'text')}[]" for c in STEP_COLUMNS)})
          AS r({_names(STEP_COLUMNS)}),
        (SELECT count(*) FROM task) AS task_first, own
   ORDER BY r.user_id, r.task_id, r.step{_STEP_CONFLICT}  {_STEP_RETURNING}
@@ -357,11 +380,11 @@ def step_key(save: Statement) -> tuple[str, str, int]:
 def save_steps(saves: Sequence[Statement]) -> Statement:
     """One statement for many ``save_step`` statements of distinct keys (group commit)."""
     ordered = sorted(saves, key=step_key)
-    params: dict[str, Any] = {c: [save.params[c] for save in ordered] for c in STEP_COLUMNS}
+    params = {c: text_array([save.params[c] for save in ordered]) for c in STEP_COLUMNS}
     tasks = sorted({(save.params["user_id"], save.params["task_id"]) for save in ordered})
-    params["users"] = [user for user, _ in tasks]
-    params["tasks"] = [task for _, task in tasks]
-    return Statement("save_task_history (batch)", SAVE_STEPS, params)
+    params["users"] = text_array([user for user, _ in tasks])
+    params["tasks"] = text_array([task for _, task in tasks])
+    return Statement("save_task_history (batch)", SAVE_STEPS, params, lean=True)
 
 
 #: The cluster's shape of ``SAVE_STEPS`` (docs/scaling.md): the saves of one user as one call
@@ -831,7 +854,7 @@ class BulkChunk:
         keys = sorted({(r[0], r[1]) for r in rows})
         tasks = Statement(
             "save_task_history_many", self.tasks_sql,
-            {"users": [k[0] for k in keys], "tasks": [k[1] for k in keys]},
+            {"users": text_array([k[0] for k in keys]), "tasks": text_array([k[1] for k in keys])},
         )
         return rows, tasks
 

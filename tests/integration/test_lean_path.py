@@ -112,3 +112,49 @@ def test_no_lean_path_behind_a_pooler_or_without_prepared_statements(db_url, psq
 
     asyncio.run(main())
     assert psql.execute("SELECT count(*) FROM task_history").fetchone()[0] == 1
+
+
+#: Strings an array literal must quote or escape, and values of every other element type.
+AWKWARD = ["plain", "", "NULL", "null", " padded ", 'say "hi"', "back\\slash", "\\\"", "{a,b}",
+           "comma, and; semicolon", "tab\tnew\nline", "é ☃ 𝄞", "'quote'"]
+
+
+def test_text_arrays_reach_the_server_as_given(psql):
+    """``statements.text_array``, the batch's arrays: every string back as it was, NULL as NULL,
+    integers and booleans as themselves, and JSON as the same JSON."""
+    texts = [*AWKWARD, None]
+    assert psql.execute("SELECT %s::text[]", [sql.text_array(texts)]).fetchone()[0] == texts
+    assert psql.execute("SELECT %s::integer[], %s::boolean[]", [
+        sql.text_array([0, -1, 2**31 - 1, None]), sql.text_array([True, False, None]),
+    ]).fetchone() == ([0, -1, 2**31 - 1, None], [True, False, None])
+    documents = ['{"k": "say \\"hi\\" \\\\ there"}', '[1, "{a,b}", null]', "null", None]
+    assert psql.execute("SELECT %s::jsonb[] = %s::jsonb[]", [
+        sql.text_array(documents), "{" + ",".join(
+            "NULL" if d is None else '"' + d.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for d in documents) + "}"]).fetchone()[0]
+    assert [psql.execute("SELECT %s::jsonb", [d]).fetchone()[0] for d in documents[:3]] == \
+        psql.execute("SELECT %s::jsonb[]", [sql.text_array(documents)]).fetchone()[0][:3]
+
+
+def test_a_batch_is_our_prepared_statement_and_stores_every_value_as_given(db_url, psql):
+    """Saves that queue behind a busy writer go out as one batch, the lean path's prepared
+    statement; awkward step names, messages and results come back exactly."""
+    async def main() -> None:
+        async with DatabaseManager(url=db_url, auto_migrate=False,
+                                   group_commit_writers=1) as manager:
+            await asyncio.gather(*(manager.save_task_history(
+                "u", f"t{i}", 0, TaskStepResult(text, {"text": text, "i": i}, False, text,
+                                                "failed", "E003", text))
+                for i, text in enumerate(AWKWARD[:1] + [t for t in AWKWARD if t.strip()])))
+            conn = manager._held[-1]
+            names = [r[0] for r in await (await conn.execute(NAMES)).fetchall()]
+            assert name_of(sql.SAVE_STEPS) in names
+            assert manager.get_performance_report()["save_task_history (batch)"]["count"] >= 1
+
+    asyncio.run(main())
+    saved = [t for t in AWKWARD if t.strip()]
+    rows = psql.execute("SELECT step_name, message, error_message, result FROM task_history "
+                        "ORDER BY (result->>'i')::int").fetchall()
+    assert [r[0] for r in rows] == AWKWARD[:1] + saved
+    for (name, message, error, result), i in zip(rows, range(len(rows)), strict=True):
+        assert message == error == name and result == {"text": name, "i": i}

@@ -45,7 +45,13 @@ def test_the_saves_go_the_lean_way_with_every_parameter():
         assert set(query.order) <= set(full.params)
         assert b"%(" not in query.query
     assert set(prepared.prepared(sql.SAVE_STEP).order) == set(full.params)
-    assert not sql.save_steps([full]).lean  # binary arrays: psycopg's execute
+    batch = sql.save_steps([full, sql.save_step("u", "t", 4, result, max_result_bytes=1 << 20)])
+    assert batch.lean  # its arrays are text literals (statements.text_array)
+    assert set(prepared.prepared(batch.sql).order) == set(batch.params)
+    query = prepared.prepared(batch.sql)
+    values = dict(zip(query.order, query.values(batch.params), strict=True))
+    assert (values["users"], values["tasks"], values["step"]) == (b'{"u"}', b'{"t"}', b"{3,4}")
+    assert not sql.save_steps_call([full]).lean  # Citus: binary arrays, psycopg's execute
 
 
 def test_the_libpq_constants_are_psycopgs():
