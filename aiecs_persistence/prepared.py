@@ -3,11 +3,12 @@
 psycopg's ``execute`` builds a cursor, converts the query, picks a dumper for each parameter and
 looks the statement up in its prepared-statement cache on every call: 40 to 50 µs of Python per
 save, about a tenth of a lone save's whole round trip (docs/performance.md). A save needs none
-of it: its SQL is one of two fixed texts, its parameters are strings, integers, booleans or
-NULL, and it returns nothing the caller reads. So the managers send it here as a named prepared
-statement on the connection's ``pgconn``, its parameters in text, and wait once for the
-results with psycopg's own generator (``Connection.wait``, which also cancels the statement on
-the server when the caller is interrupted).
+of it: its SQL is one of a few fixed texts (a lone save, the step alone, a batch), its
+parameters are strings, integers, booleans or NULL (a batch's arrays are text literals,
+``statements.text_array``), and it returns nothing the caller reads. So the managers send it
+here as a named prepared statement on the connection's ``pgconn``, its parameters in text, and
+wait once for the results with psycopg's own generator (``Connection.wait``, which also cancels
+the statement on the server when the caller is interrupted).
 
 What stays psycopg's: the connection, its pool, the waiting, and the errors, which are built
 from the server's result by ``psycopg.errors.error_from_result`` exactly as psycopg builds
