@@ -168,7 +168,19 @@ class DatabaseManager(ManagerBase):
         """A connection for a call; for a save (``writer``), the one a save last used when it
         is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
-        return held.pop() if writer and held else await pool.getconn()
+        if writer and held:
+            return held.pop()
+        conn = await pool.getconn()
+        # [async]
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # psycopg_pool waits with asyncio.wait_for, which on Python 3.11 drops a
+            # cancellation that arrives as the connection is handed over: honour it here (a
+            # cancelled watcher would otherwise follow its task for ever).
+            await pool.putconn(conn)
+            raise asyncio.CancelledError
+        # [end]
+        return conn
 
     async def _checkin(
         self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]],

@@ -133,7 +133,10 @@ class SyncDatabaseManager(ManagerBase):
         """A connection for a call; for a save (``writer``), the one a save last used when it
         is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
-        return held.pop() if writer and held else pool.getconn()
+        if writer and held:
+            return held.pop()
+        conn = pool.getconn()
+        return conn
 
     def _checkin(
         self, pool: ConnectionPool[Connection[tuple[Any, ...]]],

@@ -144,3 +144,36 @@ def test_upgrade_waits_for_another_migration_at_most_its_lock_timeout(db_url):
             migrate.upgrade(db_url, options={"migration_lock_timeout": "1s"})
         assert time.monotonic() - started < 1 + 2
         assert info.value.code.value == "E002" and str(ADVISORY_LOCK_KEY) in str(info.value)
+
+
+@pytest.mark.parametrize("call", ["get_task", "watch"])
+def test_a_call_cancelled_as_the_pool_hands_it_a_connection_ends(db_url, call):
+    """psycopg_pool waits for a connection with ``asyncio.wait_for``, which on Python 3.11
+    drops a cancellation that arrives as the connection is handed over: the call carried on,
+    and a cancelled watcher (which never ends by itself) followed its task for ever. The
+    manager honours the cancellation and gives the connection back."""
+    async def main() -> None:
+        async with DatabaseManager(url=db_url, pool_size=1, max_overflow=0,
+                                   auto_migrate=False) as db:
+            await db.get_task("warm", "up")
+            pool = db._pool
+            assert pool is not None
+            if call == "get_task":
+                work: Any = db.get_task("u", "t")
+            else:
+                async def follow() -> None:
+                    async for _ in db.watch_user_tasks("u", poll_interval=0.05):
+                        pass
+
+                work = follow()
+            task = asyncio.ensure_future(work)
+            held = await pool.getconn()  # the pool's one connection, the call waits for it
+            await asyncio.sleep(0.1)
+            await pool.putconn(held)  # handed over to the waiting call ...
+            task.cancel()  # ... as it is cancelled
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert done, "the cancelled call did not end"
+            assert task.cancelled()
+            assert await db.get_task("u", "t") is None  # the connection came back
+
+    asyncio.run(main())
