@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 from .config import resolve_url, safe_url, with_connect_timeout
 from .deadline import arm
-from .errors import DatabaseError, RetryExhaustedError, SchemaMismatchError, ValidationError
+from .errors import PersistenceError, RetryExhaustedError, SchemaMismatchError, ValidationError
 from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
-from .sqlstates import FOREIGN_KEY_VIOLATION, classify, translate
+from .sqlstates import FOREIGN_KEY_VIOLATION, classify, dropped, translate
 from .statements import (
     BULK_CHUNK,
     SAVE_STEP_ONLY,
@@ -38,11 +38,6 @@ if TYPE_CHECKING:
     from . import migrate
 
 log: Final = logging.getLogger("aiecs_persistence")
-#: How a connection the server accepted and then dropped while it was starting reads: killed by
-#: ``pg_terminate_backend`` or a shutdown (PostgreSQL's words for SQLSTATE 57P01, 57P02), or
-#: closed under libpq. libpq gives these without a SQLSTATE.
-KILLED_AT_START: Final = ("terminating connection due to",
-                          "server closed the connection unexpectedly")
 #: How long a task this manager saved to counts as freshly active (seconds).
 TOUCH_TTL: Final = 1.0
 #: How many such tasks a manager remembers (the oldest is forgotten first).
@@ -306,10 +301,8 @@ class ManagerBase:
             attempt += 1
             try:
                 return migrate.inspect(url)
-            except (RetryExhaustedError, DatabaseError) as exc:
-                killed = isinstance(exc, RetryExhaustedError) or (
-                    exc.sqlstate is None and any(m in exc.message for m in KILLED_AT_START))
-                if not killed or attempt >= self.settings.max_attempts:
+            except PersistenceError as exc:
+                if not dropped(exc) or attempt >= self.settings.max_attempts:
                     raise
                 delay = self.settings.backoff(attempt)
                 log.log(logging.WARNING if attempt == 1 else logging.DEBUG,

@@ -34,6 +34,7 @@ __all__ = [
     "connect_error",
     "connection_lost",
     "constraint_name",
+    "dropped",
     "is_transient",
     "is_unique_violation",
     "translate",
@@ -144,6 +145,21 @@ def connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` says the connection itself broke (the pool should be checked)."""
     kind = classify(exc)
     return kind is not None and kind.lost
+
+
+#: How a connection the server accepted and then dropped while it was starting reads: killed by
+#: ``pg_terminate_backend`` or a shutdown (PostgreSQL's words for SQLSTATE 57P01, 57P02), or
+#: closed under libpq. libpq gives these without a SQLSTATE.
+_DROPPED_AT_START: Final = ("terminating connection due to",
+                            "server closed the connection unexpectedly")
+
+
+def dropped(error: PersistenceError) -> bool:
+    """Whether a translated error says the server dropped the connection: mid-call (the lost
+    kind, ``RetryExhaustedError``), or as it was starting (``connect_error``'s words for it),
+    which a refused connection or a wrong password is not."""
+    return isinstance(error, RetryExhaustedError) or (
+        error.sqlstate is None and any(words in error.message for words in _DROPPED_AT_START))
 
 
 def _diag(driver: BaseException, name: str) -> str | None:
