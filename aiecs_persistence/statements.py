@@ -211,8 +211,13 @@ _STEP_CONFLICT: Final = (
 # off for its transaction (their WHEN clause reads the setting, in C, without entering
 # PL/pgSQL), ``logged`` appends the rows the statement inserted or updated (a task it created,
 # then its steps, in that order) to task_events, and the main query wakes whoever watches one
-# of those tasks (or its user, for a task's events). Rows written any other way (psql, a
-# status change of an existing task) are still logged by the triggers.
+# of the saved tasks (or its user, for a task the save created). Rows written any other way
+# (psql, a status change of an existing task) are still logged by the triggers.
+#
+# The main query names the saved tasks by the save's own parameters, not by reading
+# ``logged`` back: PostgreSQL runs a data-modifying WITH query to completion whether or not the
+# main query reads it, and a notification is only sent at commit anyway. Reading ``logged``
+# (its RETURNING rows, their DISTINCT) cost 15 to 20 µs of a lone save (docs/performance.md).
 
 _OWN_EVENTS: Final = "own AS (SELECT set_config('aiecs.bulk_events', 'on', true) AS own)"
 _TASK_RETURNING: Final = (
@@ -224,7 +229,6 @@ _EVENTS_INSERT: Final = f"INSERT INTO task_events ({_names(STEP_COLUMNS)}, at)"
 _LOG_STEPS: Final = f"""logged AS (
   {_EVENTS_INSERT}
   SELECT {_names(STEP_COLUMNS)}, updated_at FROM step
-  RETURNING user_id, task_id, step
 )"""
 _LOG_TASKS_AND_STEPS: Final = f"""logged AS (
   {_EVENTS_INSERT}
@@ -233,15 +237,22 @@ _LOG_TASKS_AND_STEPS: Final = f"""logged AS (
   FROM task WHERE inserted
   UNION ALL
   SELECT {_names(STEP_COLUMNS)}, updated_at FROM step
-  RETURNING user_id, task_id, step
 )"""
-#: The main query of a save: reads every logged row (so all of them are written first).
-_NOTIFY_WATCHERS: Final = """
-SELECT pg_notify('aiecs_events', k.user_id || chr(31) || k.task_id)
-FROM (SELECT DISTINCT l.user_id, l.task_id FROM logged l
-      WHERE EXISTS (SELECT FROM aiecs_watched w
-                    WHERE w.user_id = l.user_id AND w.until > now()
-                      AND (w.task_id = l.task_id OR (w.task_id = '' AND l.step IS NULL)))) k"""
+
+
+def _wake(user: str, task: str, created: str, source: str = "") -> str:
+    """The main query of a save: notify ``aiecs_events`` for the task ``user``/``task`` (SQL
+    expressions, over ``source`` when given) if some listener watches it, or watches its user
+    and ``created`` (the save created the task: its user's watchers follow task events)."""
+    return f"""
+SELECT pg_notify('aiecs_events', {user} || chr(31) || {task}){source}
+WHERE EXISTS (SELECT FROM aiecs_watched w
+              WHERE w.user_id = {user} AND w.until > now()
+                AND (w.task_id = {task} OR (w.task_id = '' AND {created})))"""
+
+
+#: ``_wake``'s ``created`` for a lone save: its ``task`` returned an inserted row.
+_CREATED: Final = "EXISTS (SELECT FROM task WHERE inserted)"
 
 # The task comes first: ``step`` reads ``task`` (count(*) runs it to completion), so a save
 # waits for a concurrent writer's hold on the task *before* it holds its step. (A save holding
@@ -265,7 +276,7 @@ step AS (
   {_STEP_INSERT}  SELECT {_STEP_VALUES}
   FROM (SELECT count(*) FROM task) AS task_first, own{_STEP_CONFLICT}  {_STEP_RETURNING}
 ),
-{_LOG_TASKS_AND_STEPS}{_NOTIFY_WATCHERS}"""
+{_LOG_TASKS_AND_STEPS}{_wake("%(user_id)s", "%(task_id)s", _CREATED)}"""
 
 #: ``SAVE_STEP`` without the task part, for a task this manager touched less than a second ago
 #: (``ManagerBase._recently_touched``): the step's foreign key then proves the task exists, and
@@ -275,7 +286,7 @@ WITH {_OWN_EVENTS},
 step AS (
   {_STEP_INSERT}  SELECT {_STEP_VALUES} FROM own{_STEP_CONFLICT}  {_STEP_RETURNING}
 ),
-{_LOG_STEPS}{_NOTIFY_WATCHERS}"""
+{_LOG_STEPS}{_wake("%(user_id)s", "%(task_id)s", "false")}"""
 
 
 def _tasks_upsert(*, cluster: bool) -> str:
@@ -333,6 +344,13 @@ def _array_element(value: Any) -> str:
     return f'"{value}"'
 
 
+#: ``_wake`` for a batch: each of its tasks (the distinct ``users``/``tasks`` pairs).
+_WAKE_BATCH: Final = _wake(
+    "k.user_id", "k.task_id",
+    "EXISTS (SELECT FROM task t WHERE t.user_id = k.user_id AND t.task_id = k.task_id"
+    " AND t.inserted)",
+    "\nFROM unnest(%(users)s::text[], %(tasks)s::text[]) AS k(user_id, task_id)")
+
 #: Many saves in one statement (group commit, ``group.py``): the tasks first, then one step per
 #: save (distinct keys, in key order) from one array per column, each a ``text_array`` literal,
 #: so that the statement goes through the managers' lean path like a lone save.
@@ -346,7 +364,7 @@ step AS (
        (SELECT count(*) FROM task) AS task_first, own
   ORDER BY r.user_id, r.task_id, r.step{_STEP_CONFLICT}  {_STEP_RETURNING}
 ),
-{_LOG_TASKS_AND_STEPS}{_NOTIFY_WATCHERS}"""
+{_LOG_TASKS_AND_STEPS}{_WAKE_BATCH}"""
 
 
 def save_step(

@@ -173,6 +173,39 @@ def test_a_step_inserted_by_psql_wakes_a_watcher(db_url, psql):
         assert time.monotonic() - started < 10
 
 
+def test_each_shape_of_save_wakes_exactly_its_watchers(db_url, psql):
+    """A lone save that creates its task, a step-only save and a group-committed batch each
+    notify for the tasks they wrote that someone watches, or whose user someone watches when
+    the save created the task; steps of an unwatched task wake nobody. (A watcher that is woken
+    late still catches up when it polls, so only the notifications themselves show this.)"""
+    psql.execute("INSERT INTO aiecs_watched (user_id, task_id, listener, until) VALUES "
+                 "('u', 't', 'test', now() + interval '1 hour'), "
+                 "('u', '', 'test', now() + interval '1 hour')")
+    with psycopg.connect(conninfo(db_url), autocommit=True) as listener, \
+            SyncDatabaseManager(url=db_url, auto_migrate=False) as db:
+        listener.execute("LISTEN aiecs_events")
+
+        def woken() -> set[str]:
+            return {n.payload for n in listener.notifies(timeout=0.5)}
+
+        db.save_task_history("u", "t", 0, running(0))  # creates t: full save
+        assert woken() == {"u\x1ft"}
+        assert db._save_statements("u", "t", 1, running(1))[1] is not None  # t is fresh
+        db.save_task_history("u", "t", 1, running(1))  # step only
+        assert woken() == {"u\x1ft"}
+        db.save_task_history("u", "other", 0, running(0))  # creates other: its user's watcher
+        assert woken() == {"u\x1fother"}
+        db.save_task_history("u", "other", 1, running(1))  # a step of an unwatched task
+        db.save_task_history("v", "t", 0, running(0))  # an unwatched user
+        assert woken() == set()
+        batch = [db._save_statements(user, task, step, running(step))[0]
+                 for user, task, step in [("u", "new", 0), ("u", "other", 2), ("u", "t", 2),
+                                          ("v", "t", 1)]]
+        db._run(db._saves(batch), writer=True)
+        assert woken() == {"u\x1fnew", "u\x1ft"}
+    assert psql.execute("SELECT count(*) FROM task_history").fetchone() == (9,)
+
+
 def test_watch_user_tasks_follows_status_changes(db_url):
     async def main() -> list[tuple[str, str]]:
         async with DatabaseManager(url=db_url, auto_migrate=False) as db:
