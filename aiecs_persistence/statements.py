@@ -251,6 +251,14 @@ WHERE EXISTS (SELECT FROM aiecs_watched w
                 AND (w.task_id = {task} OR (w.task_id = '' AND {created})))"""
 
 
+#: The probe of a save's task: it is running (or ended) and was touched less than a second ago,
+#: so the save may leave it alone. Written so that no index serves ``updated_at`` here: the
+#: probe must find its task by the primary key. Given ``updated_at >= now() - 1 s``, the
+#: planner read the recent end of ``ix_tasks_updated_at`` wherever the statistics made that
+#: range look empty (after an ANALYZE, as autovacuum runs it), which is every task touched in
+#: the last second — about 12,000 index entries a save under load (docs/performance.md).
+_FRESH: Final = "f.status <> 'pending' AND now() - f.updated_at <= interval '1 second'"
+
 #: ``_wake``'s ``created`` for a lone save: its ``task`` returned an inserted row.
 _CREATED: Final = "EXISTS (SELECT FROM task WHERE inserted)"
 
@@ -265,8 +273,7 @@ task AS (
   SELECT %(user_id)s, %(task_id)s, 'running', now() FROM own
   WHERE NOT EXISTS (
     SELECT FROM tasks f
-    WHERE f.user_id = %(user_id)s AND f.task_id = %(task_id)s AND f.status <> 'pending'
-      AND f.updated_at >= now() - interval '1 second')
+    WHERE f.user_id = %(user_id)s AND f.task_id = %(task_id)s AND {_FRESH})
   ON CONFLICT (user_id, task_id) DO UPDATE
     SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
     WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
@@ -297,12 +304,12 @@ def _tasks_upsert(*, cluster: bool) -> str:
     ``ON CONFLICT`` filter). Off Citus it runs after ``own`` (the statements using it log the
     tasks they create), first skips tasks refreshed within the second, a subquery beside
     ``unnest`` that Citus refuses, and gives new tasks their start time, so they skip the
-    status trigger (``schema.TASKS_INSERT_TRIGGER``; on Citus the trigger fills it in)."""
-    shortcut = "" if cluster else """, own
+    status trigger (``schema.TASKS_INSERT_TRIGGER``; on Citus the trigger fills it in).
+    ``OFFSET 0`` keeps that probe a subquery run per task (a primary-key lookup each), which
+    the planner would otherwise be free to turn into a join reading far more of ``tasks``."""
+    shortcut = "" if cluster else f""", own
 WHERE NOT EXISTS (
-  SELECT FROM tasks f
-  WHERE f.user_id = x.u AND f.task_id = x.k AND f.status <> 'pending'
-    AND f.updated_at >= now() - interval '1 second')"""
+  SELECT FROM tasks f WHERE f.user_id = x.u AND f.task_id = x.k AND {_FRESH} OFFSET 0)"""
     started_column, started_value = ("", "") if cluster else (", started_at", ", now()")
     return f"""
 INSERT INTO tasks AS t (user_id, task_id, status{started_column})

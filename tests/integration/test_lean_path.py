@@ -119,6 +119,37 @@ AWKWARD = ["plain", "", "NULL", "null", " padded ", 'say "hi"', "back\\slash", "
            "comma, and; semicolon", "tab\tnew\nline", "é ☃ 𝄞", "'quote'"]
 
 
+def generic_plan(psql: psycopg.Connection, statement: sql.Statement) -> str:
+    """The plan the server caches for ``statement`` on the lean path (the generic one)."""
+    query = prepared.prepared(statement.sql)
+    psql.execute("SET plan_cache_mode = force_generic_plan")
+    assert psql.pgconn.prepare(query.name, query.query).status == psycopg.pq.ExecStatus.COMMAND_OK
+    values = [None if v is None else v.decode() for v in query.values(statement.params)]
+    cur = psycopg.ClientCursor(psql)
+    cur.execute(f"EXPLAIN EXECUTE {query.name.decode()}({', '.join(['%s'] * len(values))})",
+                values)
+    return "\n".join(row[0] for row in cur.fetchall())
+
+
+def test_the_probe_of_a_saves_task_is_a_primary_key_lookup_whatever_the_statistics(psql):
+    """A save first asks whether its task was touched in the last second. After an ANALYZE
+    of tasks touched long ago, the planner took ``updated_at >= now() - 1 s`` for an empty
+    range of ``ix_tasks_updated_at`` and read that index instead of the primary key: every
+    task touched in the last second, for each save. Lone and batched saves alike."""
+    psql.execute("INSERT INTO tasks (user_id, task_id, status, started_at, created_at, "
+                 "updated_at) SELECT 'u' || (i % 50), 't' || i, 'running', "
+                 "now() - interval '2 days', now() - interval '2 days', "
+                 "now() - interval '1 day' - i * interval '1 second' "
+                 "FROM generate_series(1, 20000) i")
+    psql.execute("ANALYZE tasks")
+    lone = sql.save_step("u1", "t1", 0, STEP, max_result_bytes=2**20)
+    batch = sql.save_steps([lone, sql.save_step("u2", "t2", 0, STEP, max_result_bytes=2**20)])
+    for statement in (lone, batch):
+        plan = generic_plan(psql, statement)
+        assert "ix_tasks_updated_at" not in plan, plan
+        assert "Index Scan using pk_tasks on tasks f" in plan, plan
+
+
 def test_text_arrays_reach_the_server_as_given(psql):
     """``statements.text_array``, the batch's arrays: every string back as it was, NULL as NULL,
     integers and booleans as themselves, and JSON as the same JSON."""
