@@ -173,7 +173,8 @@ def test_a_step_inserted_by_psql_wakes_a_watcher(db_url, psql):
         assert time.monotonic() - started < 10
 
 
-def test_each_shape_of_save_wakes_exactly_its_watchers(db_url, psql):
+@pytest.mark.parametrize("options", [{}, {"prepare_threshold": None}], ids=["lean", "execute"])
+def test_each_shape_of_save_wakes_exactly_its_watchers(db_url, psql, options):
     """A lone save that creates its task, a step-only save and a group-committed batch each
     notify for the tasks they wrote that someone watches, or whose user someone watches when
     the save created the task; steps of an unwatched task wake nobody. (A watcher that is woken
@@ -182,7 +183,7 @@ def test_each_shape_of_save_wakes_exactly_its_watchers(db_url, psql):
                  "('u', 't', 'test', now() + interval '1 hour'), "
                  "('u', '', 'test', now() + interval '1 hour')")
     with psycopg.connect(conninfo(db_url), autocommit=True) as listener, \
-            SyncDatabaseManager(url=db_url, auto_migrate=False) as db:
+            SyncDatabaseManager(url=db_url, auto_migrate=False, **options) as db:
         listener.execute("LISTEN aiecs_events")
 
         def woken() -> set[str]:
