@@ -338,6 +338,14 @@ def text_array(values: Iterable[Any]) -> str:
     return "{" + ",".join(map(_array_element, values)) + "}"
 
 
+def task_arrays(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The ``users``/``tasks`` parameters of an upsert of many tasks: the distinct
+    (user_id, task_id) pairs in key order (so concurrent writers lock tasks in one order), as
+    ``text_array`` literals."""
+    keys = sorted(set(pairs))
+    return {"users": text_array([k[0] for k in keys]), "tasks": text_array([k[1] for k in keys])}
+
+
 def _array_element(value: Any) -> str:
     if value is None:
         return "NULL"
@@ -407,9 +415,8 @@ def save_steps(saves: Sequence[Statement]) -> Statement:
     """One statement for many ``save_step`` statements of distinct keys (group commit)."""
     ordered = sorted(saves, key=step_key)
     params = {c: text_array([save.params[c] for save in ordered]) for c in STEP_COLUMNS}
-    tasks = sorted({(save.params["user_id"], save.params["task_id"]) for save in ordered})
-    params["users"] = text_array([user for user, _ in tasks])
-    params["tasks"] = text_array([task for _, task in tasks])
+    params.update(task_arrays((save.params["user_id"], save.params["task_id"])
+                              for save in ordered))
     return Statement("save_task_history (batch)", SAVE_STEPS, params, lean=True)
 
 
@@ -877,11 +884,8 @@ class BulkChunk:
             return None
         rows = [self._rows[k] for k in sorted(self._rows)]
         self._rows = {}
-        keys = sorted({(r[0], r[1]) for r in rows})
-        tasks = Statement(
-            "save_task_history_many", self.tasks_sql,
-            {"users": text_array([k[0] for k in keys]), "tasks": text_array([k[1] for k in keys])},
-        )
+        tasks = Statement("save_task_history_many", self.tasks_sql,
+                          task_arrays((r[0], r[1]) for r in rows))
         return rows, tasks
 
 
