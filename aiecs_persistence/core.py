@@ -1,8 +1,8 @@
 """What the async and the blocking manager share: settings, the schema check on connect,
 the retry policy, error translation and the performance counters.
 
-The managers themselves only move statements (built by ``statements.py``) to PostgreSQL and
-back, each in its own I/O style.
+The managers themselves only move statements (built by ``statements/``, in the form the
+``dialect`` chosen at connect wants) to PostgreSQL and back, each in its own I/O style.
 """
 
 from __future__ import annotations
@@ -19,18 +19,14 @@ from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 from .config import resolve_url, safe_url, with_connect_timeout
 from .deadline import arm
+from .dialect import PLAIN, Dialect, dialect_for
 from .errors import PersistenceError, RetryExhaustedError, SchemaMismatchError, ValidationError
 from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
 from .sqlstates import FOREIGN_KEY_VIOLATION, classify, dropped, translate
-from .statements import (
-    BULK_CHUNK,
-    SAVE_STEP_ONLY,
-    Statement,
-    save_step,
-    save_steps,
-    save_steps_call,
-)
+from .statements import Statement
+from .statements.bulk import BULK_CHUNK
+from .statements.saves import SAVE_STEP_ONLY, save_step
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -215,12 +211,12 @@ class ManagerBase:
         for name in ("group_commit_writers", "group_commit_max_batch"):
             if getattr(self.settings, name) < 1:
                 raise ValidationError(f"{name}: must be at least 1", field=name)
-        self._group = GroupCommit(self.settings.group_commit_writers,
-                                  self.settings.group_commit_max_batch
-                                  ) if self.settings.group_commit else None
-        #: The database is a Citus coordinator (found at connect): saves take the cluster's
-        #: shape, a batch holds one user's saves, watchers poll.
-        self._citus = False
+        #: The server's dialect (plain or Citus), found at connect (``dialect.py``).
+        self._dialect: Dialect = PLAIN
+        self._group = GroupCommit(
+            self.settings.group_commit_writers, self.settings.group_commit_max_batch,
+            one_user=lambda: self._dialect.one_user_batches,
+        ) if self.settings.group_commit else None
         #: Saves take the lean path (prepared.py): not behind a transaction-mode pooler, and
         #: not with server-side prepared statements turned off.
         self._lean = not self.settings.transaction_pooling and (
@@ -259,10 +255,15 @@ class ManagerBase:
         return kwargs
 
     def _pool_kwargs(self, min_size: int | None, max_size: int | None) -> dict[str, Any]:
-        """The pool's arguments for this manager's URL (its ``options`` kept)."""
+        """The pool's arguments for this manager's URL (its ``options`` kept); its connections
+        return rows as dicts, read by name (``statements/rows.py``)."""
+        from psycopg.rows import dict_row
+
         options = self.url.query.get("options")
         given = options if isinstance(options, str) else " ".join(options or ())
-        return self.settings.pool_kwargs(min_size, max_size, given or None)
+        kwargs = self.settings.pool_kwargs(min_size, max_size, given or None)
+        kwargs["kwargs"]["row_factory"] = dict_row
+        return kwargs
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -285,9 +286,7 @@ class ManagerBase:
             status = self._inspect_schema(url)
         if not status.ok:
             raise SchemaMismatchError(status.describe())
-        self._citus = status.on_citus
-        if self._group is not None:
-            self._group.one_user = status.on_citus
+        self._dialect = dialect_for(status.on_citus)
         return status
 
     def _inspect_schema(self, url: URL) -> migrate.SchemaStatus:
@@ -336,7 +335,7 @@ class ManagerBase:
         ``TOUCH_TTL`` ago (None otherwise)."""
         full = save_step(user_id, task_id, step, step_result,
                          max_result_bytes=self.settings.max_result_bytes)
-        fresh = not self._citus and self._recently_touched(user_id, task_id)
+        fresh = self._dialect.step_only_saves and self._recently_touched(user_id, task_id)
         return full, replace(full, sql=SAVE_STEP_ONLY) if fresh else None
 
     @property
@@ -345,15 +344,12 @@ class ManagerBase:
         behind a transaction-mode pooler (no session to LISTEN in), nor on Citus (they are
         raised on the workers, out of reach of a client of the coordinator): they poll."""
         s = self.settings
-        return s.notifications and not s.transaction_pooling and not self._citus
+        return s.notifications and not s.transaction_pooling and self._dialect.notifications
 
     def _saves(self, saves: Sequence[Statement]) -> Statement:
-        """The statement that writes ``save_step`` statements of distinct keys together. On
-        Citus they are one user's (``GroupCommit.one_user``), and the call runs on that user's
-        node."""
-        if self._citus:
-            return save_steps_call(saves, self.settings.lock_timeout_ms)
-        return save_steps(saves)
+        """The statement that writes ``save_step`` statements of distinct keys together (on
+        Citus, one user's: ``GroupCommit.one_user``)."""
+        return self._dialect.batch(saves, self.settings.lock_timeout_ms)
 
     def _task_was_gone(self, exc: ValidationError, user_id: str, task_id: str) -> bool:
         """After a step-only save failed: whether its task had been deleted meanwhile (then

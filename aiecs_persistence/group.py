@@ -5,8 +5,8 @@ out at once, alone, so an idle manager adds no latency. A save that finds one fr
 is busy queues and makes the free one its batch's *leader*: the leader takes the queue as soon as
 it runs (the async manager's next loop turn), so the saves that arrive together go out together.
 While all are busy, saves queue; a writer that finishes takes the queued saves it may (up to
-``group_commit_max_batch``) and writes them in one statement (``statements.SAVE_STEPS``: the
-task-first upsert over arrays), so the server's fixed cost per statement and per commit is paid
+``group_commit_max_batch``) and writes them in one statement (``statements.saves.SAVE_STEPS``:
+the task-first upsert over arrays), so the server's fixed cost per statement and per commit is paid
 once per batch instead of once per save.
 
 Writers share the load: a writer takes at most its even part of the saves outstanding (queued or
@@ -22,8 +22,9 @@ Rules kept here, whatever the I/O style:
   waits for the next batch, so saves of one step are written in the order they arrived.
 * A batch holds distinct keys, in key order (tasks, then steps), so concurrent batches take
   their row locks in one order.
-* On Citus (``one_user``) a batch holds one user's saves: a statement that names one user is
-  what Citus runs on one node (``statements.SAVE_STEPS_CALL``); the others wait for the next.
+* On Citus (``one_user``, asked of the dialect) a batch holds one user's saves: a statement
+  that names one user is what Citus runs on one node (``statements.saves.SAVE_STEPS_CALL``);
+  the others wait for the next.
 * Every caller gets its own outcome. The managers retry a batch that failed transiently; they
   re-run one save at a time a batch that a rule rejected (so one bad save fails alone), that
   timed out or that ran out of retries; any other failure goes to each of its callers.
@@ -40,7 +41,7 @@ import contextlib
 import enum
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .statements import Statement
@@ -126,11 +127,12 @@ class Queued(_Queued):
 class GroupCommit:
     """Who writes what: the free writers, the keys in flight and the queue."""
 
-    def __init__(self, writers: int = WRITERS, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, writers: int = WRITERS, max_batch: int = MAX_BATCH, *,
+                 one_user: Callable[[], bool] = lambda: False) -> None:
         self.writers = writers
         self.max_batch = max_batch
-        #: A batch holds the saves of one user only (set by the managers on Citus).
-        self.one_user = False
+        #: Whether a batch holds the saves of one user only (the managers ask their dialect).
+        self.one_user = one_user
         self._lock = threading.Lock()
         self._busy = 0
         self._in_flight: set[Key] = set()
@@ -189,10 +191,11 @@ class GroupCommit:
         keys: set[Key] = set()
         left: deque[Any] = deque()
         user: str | None = None
+        one_user = self.one_user()
         for save in self._queue:
             if len(batch) < size and save.key not in self._in_flight and (
                     save.key not in keys) and (user is None or save.key[0] == user):
-                if self.one_user:
+                if one_user:
                     user = save.key[0]
                 batch.append(save)
                 keys.add(save.key)

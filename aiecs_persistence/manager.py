@@ -44,7 +44,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from . import prepared
-from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
@@ -52,10 +51,24 @@ from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, Va
 from .group import Arrival, AsyncQueued
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost, is_unique_violation
+from .statements import bulk, checks, reads, saves, tasks
+from .statements import cleanup as retention
+from .statements import report as reporting
+from .statements.rows import (
+    history_rows,
+    report_data,
+    step_page,
+    task_page,
+    task_record,
+    user_task_rows,
+)
+from .statements.statement import SET_LOCAL, Statement, set_local
+from .statements.watching import Watch
 from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
     from psycopg import AsyncConnection
+    from psycopg.rows import DictRow
     from psycopg_pool import AsyncConnectionPool
     from sqlalchemy.engine import URL
 
@@ -79,10 +92,10 @@ class DatabaseManager(ManagerBase):
         **settings: Unpack[SettingsKwargs],
     ) -> None:
         super().__init__(db_config, url=url, **settings)
-        self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+        self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
         self._lock = asyncio.Lock()
         self._listener: AsyncListener | None = None
-        self._held: list[AsyncConnection[tuple[Any, ...]]] = []
+        self._held: list[AsyncConnection[DictRow]] = []
         # [async]
         self._drains: set[asyncio.Future[None]] = set()
         # [sync]
@@ -112,7 +125,7 @@ class DatabaseManager(ManagerBase):
             await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
             from psycopg_pool import AsyncConnectionPool
 
-            pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-async",
                 **self._pool_kwargs(min_size, max_size),
             )
@@ -156,15 +169,15 @@ class DatabaseManager(ManagerBase):
     ) -> None:
         await self.disconnect()
 
-    async def _ready(self) -> AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]:
+    async def _ready(self) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
         if self._pool is None:
             await self.connect()
         assert self._pool is not None
         return self._pool
 
     async def _checkout(
-        self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]], writer: bool
-    ) -> AsyncConnection[tuple[Any, ...]]:
+        self, pool: AsyncConnectionPool[AsyncConnection[DictRow]], writer: bool
+    ) -> AsyncConnection[DictRow]:
         """A connection for a call; for a save (``writer``), the one a save last used when it
         is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
@@ -183,8 +196,8 @@ class DatabaseManager(ManagerBase):
         return conn
 
     async def _checkin(
-        self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]],
-        conn: AsyncConnection[tuple[Any, ...]], writer: bool, ok: bool,
+        self, pool: AsyncConnectionPool[AsyncConnection[DictRow]],
+        conn: AsyncConnection[DictRow], writer: bool, ok: bool,
     ) -> None:
         """A connection back after a call. Up to ``group_commit_writers`` are kept for saves
         between them, leaving at least one in the pool for everything else; any that failed
@@ -204,8 +217,8 @@ class DatabaseManager(ManagerBase):
                 await pool.putconn(conn)
 
     async def _with_retries(
-        self, statement: sql.Statement,
-        work: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[T]], *, writer: bool = False,
+        self, statement: Statement,
+        work: Callable[[AsyncConnection[DictRow]], Awaitable[T]], *, writer: bool = False,
     ) -> T:
         """``work`` on a pooled connection (``writer``: see ``_checkout``), retried by
         ``retry_delay``'s policy."""
@@ -233,13 +246,13 @@ class DatabaseManager(ManagerBase):
             return result
 
     async def _run(
-        self, statement: sql.Statement, *, writer: bool = False
-    ) -> list[tuple[Any, ...]]:
+        self, statement: Statement, *, writer: bool = False
+    ) -> list[DictRow]:
         local = self.settings.local_timeouts()
         if statement.local:
             local = {**(local or {}), **statement.local}
 
-        async def execute(conn: AsyncConnection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        async def execute(conn: AsyncConnection[DictRow]) -> list[DictRow]:
             if local is None:
                 if statement.lean and self._lean:
                     await self._send(conn, statement)
@@ -247,13 +260,13 @@ class DatabaseManager(ManagerBase):
                 cur = await conn.execute(statement.sql, statement.params)
             else:
                 async with conn.pipeline(), conn.transaction():
-                    await conn.execute(sql.SET_LOCAL, sql.set_local(local))
+                    await conn.execute(SET_LOCAL, set_local(local))
                     cur = await conn.execute(statement.sql, statement.params)
             return await cur.fetchall() if returns_rows(cur) else []
 
         return await self._with_retries(statement, execute, writer=writer)
 
-    async def _send(self, conn: AsyncConnection[tuple[Any, ...]], statement: sql.Statement,
+    async def _send(self, conn: AsyncConnection[DictRow], statement: Statement,
                     again: bool = True) -> None:
         """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
         on the connection first when it is not yet there, or again (once) when it is no longer
@@ -274,11 +287,11 @@ class DatabaseManager(ManagerBase):
             return
         prepared.check(results)
 
-    async def _set_local_timeouts(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
+    async def _set_local_timeouts(self, conn: AsyncConnection[DictRow]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
         local = self.settings.local_timeouts()
         if local is not None:
-            await conn.execute(sql.SET_LOCAL, sql.set_local(local))
+            await conn.execute(SET_LOCAL, set_local(local))
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -292,7 +305,7 @@ class DatabaseManager(ManagerBase):
         if group is None:
             await self._save_one(full, fast)
             return True
-        save = AsyncQueued(sql.step_key(full), full, fast)
+        save = AsyncQueued(saves.step_key(full), full, fast)
         arrival = group.arrive(save)
         if arrival is Arrival.ALONE:  # every writer was free: out at once, alone
             try:
@@ -310,15 +323,12 @@ class DatabaseManager(ManagerBase):
         save.outcome()
         return True
 
-    async def _save_one(self, full: sql.Statement, fast: sql.Statement | None) -> None:
+    async def _save_one(self, full: Statement, fast: Statement | None) -> None:
         """One save in its own statement: the step alone when this manager touched the task
         less than a second ago, else (or when the task was deleted meanwhile) the full save."""
-        user_id, task_id, _ = sql.step_key(full)
+        user_id, task_id, _ = saves.step_key(full)
         if self._pool is None:  # connected: the shape of the save is known
             await self.connect()
-        if self._citus:  # the cluster's shape (the call checks the task's freshness itself)
-            await self._run(self._saves([full]), writer=True)
-            return
         if fast is not None:
             try:
                 await self._run(fast, writer=True)
@@ -326,12 +336,13 @@ class DatabaseManager(ManagerBase):
             except ValidationError as exc:
                 if not self._task_was_gone(exc, user_id, task_id):
                     raise
+        lone = self._dialect.lone(full, self.settings.lock_timeout_ms)
         try:
-            await self._run(full, writer=True)
+            await self._run(lone, writer=True)
         except ValidationError as exc:
             if not self._task_was_gone(exc, user_id, task_id):
                 raise
-            await self._run(full, writer=True)  # a cleanup deleted the task meanwhile: again
+            await self._run(lone, writer=True)  # a cleanup deleted the task meanwhile: again
         self._touch(user_id, task_id)
 
     def _drain(self, batch: list[AsyncQueued] | None) -> None:
@@ -398,16 +409,16 @@ class DatabaseManager(ManagerBase):
         them or none. The input is streamed in chunks of ``bulk_chunk_size`` records, each
         COPYed straight into ``task_history`` (merged instead when it re-saves existing
         steps), so memory stays flat however long the input. Returns the number of records."""
-        sql.check_records(records)
-        statement = sql.bulk_statement(records)
+        checks.check_records(records)
+        statement = bulk.bulk_statement(records)
 
-        async def load(conn: AsyncConnection[tuple[Any, ...]]) -> int:
-            chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
-                                  cluster=self._citus)
+        async def load(conn: AsyncConnection[DictRow]) -> int:
+            chunk = bulk.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
+                                   tasks_sql=self._dialect.bulk_tasks)
             async with conn.transaction():
                 await self._set_local_timeouts(conn)
-                if not self._citus:  # on Citus the triggers log (statements.py, bulk)
-                    await conn.execute(sql.BULK_EVENTS_ON)
+                if self._dialect.own_events:  # else the triggers log (dialect.py)
+                    await conn.execute(bulk.BULK_EVENTS_ON)
                 # [async]
                 if isinstance(records, AsyncIterable):
                     async for record in records:
@@ -423,7 +434,7 @@ class DatabaseManager(ManagerBase):
         return await self._with_retries(statement, load)
 
     async def _write_chunks(
-        self, conn: AsyncConnection[tuple[Any, ...]], chunk: sql.BulkChunk, source: Iterator[Any]
+        self, conn: AsyncConnection[DictRow], chunk: bulk.BulkChunk, source: Iterator[Any]
     ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
         # [async]
@@ -446,17 +457,17 @@ class DatabaseManager(ManagerBase):
         # [end]
 
     async def _write_chunk(
-        self, conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
-        tasks: sql.Statement,
+        self, conn: AsyncConnection[DictRow], rows: list[tuple[Any, ...]],
+        tasks: Statement,
     ) -> None:
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
         under one client deadline."""
-        with self._deadline(conn, tasks, sql.CHUNK_STATEMENTS):
-            await self._write_chunk_now(conn, rows, tasks, own_events=not self._citus)
+        with self._deadline(conn, tasks, bulk.CHUNK_STATEMENTS):
+            await self._write_chunk_now(conn, rows, tasks, own_events=self._dialect.own_events)
 
     @staticmethod
     async def _write_chunk_now(
-        conn: AsyncConnection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement,
+        conn: AsyncConnection[DictRow], rows: list[tuple[Any, ...]], tasks: Statement,
         *, own_events: bool,
     ) -> None:
         """``own_events``: the chunk logs its events and wakes watchers (off on Citus, where
@@ -466,45 +477,44 @@ class DatabaseManager(ManagerBase):
         async with conn.cursor() as cur:
             await cur.execute(tasks.sql, tasks.params)
             try:
-                async with conn.transaction(), cur.copy(sql.BULK_COPY) as copy:
+                async with conn.transaction(), cur.copy(bulk.BULK_COPY) as copy:
                     for row in rows:
                         await copy.write_row(row)
             except psycopg.Error as exc:  # some steps exist already: merge this chunk
                 if not is_unique_violation(exc):
                     raise
-                await cur.execute(sql.BULK_STAGING)
-                await cur.execute(sql.BULK_STAGING_CLEAR)
-                async with cur.copy(sql.BULK_STAGING_COPY) as copy:
+                await cur.execute(bulk.BULK_STAGING)
+                await cur.execute(bulk.BULK_STAGING_CLEAR)
+                async with cur.copy(bulk.BULK_STAGING_COPY) as copy:
                     for row in rows:
                         await copy.write_row(row)
-                await cur.execute(sql.BULK_MERGE)
+                await cur.execute(bulk.BULK_MERGE)
                 if own_events:
-                    await cur.execute(sql.BULK_MERGE_EVENTS)
+                    await cur.execute(bulk.BULK_MERGE_EVENTS)
             else:
                 if own_events:
-                    async with cur.copy(sql.BULK_EVENTS_COPY) as copy:
+                    async with cur.copy(bulk.BULK_EVENTS_COPY) as copy:
                         for row in rows:
                             await copy.write_row(row)
             if own_events:
-                await cur.execute(sql.BULK_NOTIFY, tasks.params)
+                await cur.execute(bulk.BULK_NOTIFY, tasks.params)
 
     async def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""
-        rows = await self._run(sql.start_task(user_id, task_id))
-        return sql.task_record(rows[0])
+        found = await self._run(tasks.start_task(user_id, task_id))
+        return task_record(found[0])
 
     async def finish_task(
         self, user_id: str, task_id: str, status: TaskStatus | str,
         error_code: Any = None, error_message: str | None = None,
     ) -> TaskRecord:
         """End a task with a terminal status, following the state machine."""
-        statement = sql.finish_task(user_id, task_id, status, error_code, error_message)
-        return sql.finished_task(await self._run(statement), statement)
+        statement = tasks.finish_task(user_id, task_id, status, error_code, error_message)
+        return tasks.finished_task(await self._run(statement), statement)
 
     async def mark_task_as_cancelled(self, user_id: str, task_id: str) -> bool:
         """Cancel the task (E004). False when it had already ended otherwise."""
-        rows = await self._run(sql.cancel_task(user_id, task_id))
-        return bool(rows[0][0])
+        return tasks.cancelled(await self._run(tasks.cancel_task(user_id, task_id)))
 
     async def cleanup_old_tasks(
         self, days_old: float = 30, *, dry_run: bool = False,
@@ -514,30 +524,30 @@ class DatabaseManager(ManagerBase):
         batches (each its own short transaction); returns how many tasks were deleted (or, with
         ``dry_run``, would be). ``on_batch`` is called with each batch's count. Activity
         acknowledged after the call began is never deleted (see statements.py, retention)."""
-        start = await self._run(sql.cleanup_start(days_old))
-        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0],
-                                       cluster=self._citus)
+        start = await self._run(retention.cleanup_start(days_old))
+        job = retention.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0],
+                                         self._dialect.retention)
         self._forget_touched()
         if dry_run:
-            rows = await self._run(cleanup.count)
-            return int(rows[0][0])
+            counted = await self._run(job.count)
+            return int(counted[0]["tasks"])
 
-        async def batch(conn: AsyncConnection[tuple[Any, ...]]) -> tuple[int, int]:
+        async def batch(conn: AsyncConnection[DictRow]) -> tuple[int, int]:
             async with conn.transaction():
                 await self._set_local_timeouts(conn)
-                cur = await conn.execute(cleanup.lock.sql, cleanup.params)
+                cur = await conn.execute(job.pick.sql, job.params)
                 keys = await cur.fetchall()
                 if not keys:
                     return 0, 0
-                params = cleanup.locked(keys)
-                for statement in cleanup.then:
+                params = job.picked(keys)
+                for statement in job.then:
                     cur = await conn.execute(statement, params)
                 row = await cur.fetchone()
-            return len(keys), int(row[0]) if row else 0
+            return len(keys), int(row["deleted"]) if row else 0
 
         total = 0
         while True:
-            locked, deleted = await self._with_retries(cleanup.lock, batch)
+            locked, deleted = await self._with_retries(job.pick, batch)
             total += deleted
             if on_batch is not None:
                 on_batch(deleted)
@@ -552,12 +562,12 @@ class DatabaseManager(ManagerBase):
         """Failures by error code and category, busiest steps and per-day counts of the steps
         created in ``[since, until)``, read through the reporting views."""
         await self._ready()  # connected: the shape of the statement is known
-        return sql.report_data(await self._run(sql.report(since, until, top,
-                                                          cluster=self._citus)))
+        return report_data(await self._run(reporting.report(
+            since, until, top, form=self._dialect.report_form)))
 
     async def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""
-        return sql.history_rows(await self._run(sql.load_history(user_id, task_id)))
+        return history_rows(await self._run(reads.load_history(user_id, task_id)))
 
     async def check_task_status(self, user_id: str, task_id: str) -> TaskStatus:
         """The task's status; PENDING for an unknown task (as upstream; see get_task)."""
@@ -566,12 +576,12 @@ class DatabaseManager(ManagerBase):
 
     async def get_task(self, user_id: str, task_id: str) -> TaskRecord | None:
         """The task's record (status, error, timestamps), or None when it is unknown."""
-        rows = await self._run(sql.get_task(user_id, task_id))
-        return sql.task_record(rows[0]) if rows else None
+        found = await self._run(reads.get_task(user_id, task_id))
+        return task_record(found[0]) if found else None
 
     async def get_user_tasks(self, user_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """``[{"task_id", "last_updated", "status"}]``, newest first (upstream's shape)."""
-        return sql.user_task_rows(await self._run(sql.user_tasks(user_id, limit)))
+        return user_task_rows(await self._run(reads.user_tasks(user_id, limit)))
 
     async def list_tasks(
         self, user_id: str, *, limit: int = 100,
@@ -583,10 +593,10 @@ class DatabaseManager(ManagerBase):
         """A page of a user's tasks, newest first. Filters: ``status``, ``error_code`` (one
         or several), ``step_name``, ``since``/``until`` (activity time), ``cursor`` (a page's
         ``next_cursor``)."""
-        statement = sql.list_tasks(
+        statement = reads.list_tasks(
             user_id, limit=limit, status=status, error_code=error_code, step_name=step_name,
             since=since, until=until, cursor=cursor)
-        return Page(*sql.task_page(await self._run(statement), limit))
+        return Page(*task_page(await self._run(statement), limit))
 
     async def list_steps(
         self, user_id: str, *, limit: int = 100, task_id: str | None = None,
@@ -597,10 +607,10 @@ class DatabaseManager(ManagerBase):
     ) -> Page[StepRecord]:
         """A page of a user's steps, newest first. Filters: ``task_id``, ``status``,
         ``error_code``, ``step_name``, ``since``/``until``, ``cursor``."""
-        statement = sql.list_steps(
+        statement = reads.list_steps(
             user_id, limit=limit, task_id=task_id, status=status, error_code=error_code,
             step_name=step_name, since=since, until=until, cursor=cursor)
-        return Page(*sql.step_page(await self._run(statement), limit))
+        return Page(*step_page(await self._run(statement), limit))
 
     # -- following ---------------------------------------------------------------------------
 
@@ -615,9 +625,9 @@ class DatabaseManager(ManagerBase):
         step committed before that was yielded. Woken by LISTEN/NOTIFY (one connection per
         manager), else polling every ``poll_interval`` seconds (see watch.py). Arguments are
         checked at once; nothing runs until the first iteration."""
-        watch = sql.Watch(user_id, task_id, after)
+        watch = Watch(user_id, task_id, after)
         return self._follow(watch, watch.steps, until_finished,
-                            sql.check_poll_interval(poll_interval))
+                            checks.check_poll_interval(poll_interval))
 
     def watch_user_tasks(
         self, user_id: str, *, after: str | None = None, poll_interval: float = 1.0,
@@ -625,11 +635,11 @@ class DatabaseManager(ManagerBase):
         """Follow a user's tasks: each status change (``{"task_id", "status", "error_code",
         "error_message", "timestamp", "token"}``) as it is committed, for a dashboard; every
         change already stored first (after ``after``). It never ends by itself."""
-        watch = sql.Watch(user_id, None, after)
-        return self._follow(watch, watch.tasks, False, sql.check_poll_interval(poll_interval))
+        watch = Watch(user_id, None, after)
+        return self._follow(watch, watch.tasks, False, checks.check_poll_interval(poll_interval))
 
     async def _follow(
-        self, watch: sql.Watch, take: Callable[[list[tuple[Any, ...]]], Iterator[dict[str, Any]]],
+        self, watch: Watch, take: Callable[[list[DictRow]], Iterator[dict[str, Any]]],
         until_finished: bool, interval: float,
     ) -> AsyncIterator[dict[str, Any]]:
         """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
@@ -639,11 +649,12 @@ class DatabaseManager(ManagerBase):
             while True:
                 if waiter is not None:
                     waiter.clear()
-                if self._citus:  # the horizon of the user's node (statements.WATCH_HORIZON)
-                    node = await self._run(watch.node_horizon())
-                    rows = await self._run(watch.statement(int(node[0][0])))
-                else:
+                horizon = self._dialect.horizon(watch)  # on Citus, the user's node's
+                if horizon is None:
                     rows = await self._run(watch.statement())
+                else:
+                    node = await self._run(horizon)
+                    rows = await self._run(watch.statement(int(node[0]["horizon"])))
                 # [async]
                 for entry in take(rows):
                     yield entry
@@ -656,7 +667,7 @@ class DatabaseManager(ManagerBase):
         finally:
             await self._unsubscribe(watch, waiter)
 
-    async def _subscribe(self, watch: sql.Watch) -> AsyncWaiter | None:
+    async def _subscribe(self, watch: Watch) -> AsyncWaiter | None:
         """Wake-ups for ``watch``'s key, registered so writers notify; None when watchers
         poll (``ManagerBase._notified``)."""
         if not self._notified:
@@ -668,7 +679,7 @@ class DatabaseManager(ManagerBase):
         await self._run(watch.registration(self._listener.listener_id))
         return waiter
 
-    async def _unsubscribe(self, watch: sql.Watch, waiter: AsyncWaiter | None) -> None:
+    async def _unsubscribe(self, watch: Watch, waiter: AsyncWaiter | None) -> None:
         listener = self._listener
         if waiter is None or listener is None:
             return

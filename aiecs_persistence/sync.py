@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from . import prepared
-from . import statements as sql
 from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
@@ -26,10 +25,24 @@ from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, Va
 from .group import Arrival, Queued
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost, is_unique_violation
+from .statements import bulk, checks, reads, saves, tasks
+from .statements import cleanup as retention
+from .statements import report as reporting
+from .statements.rows import (
+    history_rows,
+    report_data,
+    step_page,
+    task_page,
+    task_record,
+    user_task_rows,
+)
+from .statements.statement import SET_LOCAL, Statement, set_local
+from .statements.watching import Watch
 from .watch import HEARTBEAT, Listener, Waiter
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
     from psycopg import Connection
+    from psycopg.rows import DictRow
     from psycopg_pool import ConnectionPool
     from sqlalchemy.engine import URL
 
@@ -53,10 +66,10 @@ class SyncDatabaseManager(ManagerBase):
         **settings: Unpack[SettingsKwargs],
     ) -> None:
         super().__init__(db_config, url=url, **settings)
-        self._pool: ConnectionPool[Connection[tuple[Any, ...]]] | None = None
+        self._pool: ConnectionPool[Connection[DictRow]] | None = None
         self._lock = threading.Lock()
         self._listener: Listener | None = None
-        self._held: list[Connection[tuple[Any, ...]]] = []
+        self._held: list[Connection[DictRow]] = []
         self._drainers = ThreadPoolExecutor(
             self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
 
@@ -82,7 +95,7 @@ class SyncDatabaseManager(ManagerBase):
             self.prepare_schema()  # resolves self.url too
             from psycopg_pool import ConnectionPool
 
-            pool: ConnectionPool[Connection[tuple[Any, ...]]] = ConnectionPool(
+            pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-sync",
                 **self._pool_kwargs(min_size, max_size),
             )
@@ -121,15 +134,15 @@ class SyncDatabaseManager(ManagerBase):
     ) -> None:
         self.disconnect()
 
-    def _ready(self) -> ConnectionPool[Connection[tuple[Any, ...]]]:
+    def _ready(self) -> ConnectionPool[Connection[DictRow]]:
         if self._pool is None:
             self.connect()
         assert self._pool is not None
         return self._pool
 
     def _checkout(
-        self, pool: ConnectionPool[Connection[tuple[Any, ...]]], writer: bool
-    ) -> Connection[tuple[Any, ...]]:
+        self, pool: ConnectionPool[Connection[DictRow]], writer: bool
+    ) -> Connection[DictRow]:
         """A connection for a call; for a save (``writer``), the one a save last used when it
         is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
@@ -139,8 +152,8 @@ class SyncDatabaseManager(ManagerBase):
         return conn
 
     def _checkin(
-        self, pool: ConnectionPool[Connection[tuple[Any, ...]]],
-        conn: Connection[tuple[Any, ...]], writer: bool, ok: bool,
+        self, pool: ConnectionPool[Connection[DictRow]],
+        conn: Connection[DictRow], writer: bool, ok: bool,
     ) -> None:
         """A connection back after a call. Up to ``group_commit_writers`` are kept for saves
         between them, leaving at least one in the pool for everything else; any that failed
@@ -160,8 +173,8 @@ class SyncDatabaseManager(ManagerBase):
                 pool.putconn(conn)
 
     def _with_retries(
-        self, statement: sql.Statement,
-        work: Callable[[Connection[tuple[Any, ...]]], T], *, writer: bool = False,
+        self, statement: Statement,
+        work: Callable[[Connection[DictRow]], T], *, writer: bool = False,
     ) -> T:
         """``work`` on a pooled connection (``writer``: see ``_checkout``), retried by
         ``retry_delay``'s policy."""
@@ -189,13 +202,13 @@ class SyncDatabaseManager(ManagerBase):
             return result
 
     def _run(
-        self, statement: sql.Statement, *, writer: bool = False
-    ) -> list[tuple[Any, ...]]:
+        self, statement: Statement, *, writer: bool = False
+    ) -> list[DictRow]:
         local = self.settings.local_timeouts()
         if statement.local:
             local = {**(local or {}), **statement.local}
 
-        def execute(conn: Connection[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        def execute(conn: Connection[DictRow]) -> list[DictRow]:
             if local is None:
                 if statement.lean and self._lean:
                     self._send(conn, statement)
@@ -203,13 +216,13 @@ class SyncDatabaseManager(ManagerBase):
                 cur = conn.execute(statement.sql, statement.params)
             else:
                 with conn.pipeline(), conn.transaction():
-                    conn.execute(sql.SET_LOCAL, sql.set_local(local))
+                    conn.execute(SET_LOCAL, set_local(local))
                     cur = conn.execute(statement.sql, statement.params)
             return cur.fetchall() if returns_rows(cur) else []
 
         return self._with_retries(statement, execute, writer=writer)
 
-    def _send(self, conn: Connection[tuple[Any, ...]], statement: sql.Statement,
+    def _send(self, conn: Connection[DictRow], statement: Statement,
                     again: bool = True) -> None:
         """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
         on the connection first when it is not yet there, or again (once) when it is no longer
@@ -230,11 +243,11 @@ class SyncDatabaseManager(ManagerBase):
             return
         prepared.check(results)
 
-    def _set_local_timeouts(self, conn: Connection[tuple[Any, ...]]) -> None:
+    def _set_local_timeouts(self, conn: Connection[DictRow]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
         local = self.settings.local_timeouts()
         if local is not None:
-            conn.execute(sql.SET_LOCAL, sql.set_local(local))
+            conn.execute(SET_LOCAL, set_local(local))
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -248,7 +261,7 @@ class SyncDatabaseManager(ManagerBase):
         if group is None:
             self._save_one(full, fast)
             return True
-        save = Queued(sql.step_key(full), full, fast)
+        save = Queued(saves.step_key(full), full, fast)
         arrival = group.arrive(save)
         if arrival is Arrival.ALONE:  # every writer was free: out at once, alone
             try:
@@ -266,15 +279,12 @@ class SyncDatabaseManager(ManagerBase):
         save.outcome()
         return True
 
-    def _save_one(self, full: sql.Statement, fast: sql.Statement | None) -> None:
+    def _save_one(self, full: Statement, fast: Statement | None) -> None:
         """One save in its own statement: the step alone when this manager touched the task
         less than a second ago, else (or when the task was deleted meanwhile) the full save."""
-        user_id, task_id, _ = sql.step_key(full)
+        user_id, task_id, _ = saves.step_key(full)
         if self._pool is None:  # connected: the shape of the save is known
             self.connect()
-        if self._citus:  # the cluster's shape (the call checks the task's freshness itself)
-            self._run(self._saves([full]), writer=True)
-            return
         if fast is not None:
             try:
                 self._run(fast, writer=True)
@@ -282,12 +292,13 @@ class SyncDatabaseManager(ManagerBase):
             except ValidationError as exc:
                 if not self._task_was_gone(exc, user_id, task_id):
                     raise
+        lone = self._dialect.lone(full, self.settings.lock_timeout_ms)
         try:
-            self._run(full, writer=True)
+            self._run(lone, writer=True)
         except ValidationError as exc:
             if not self._task_was_gone(exc, user_id, task_id):
                 raise
-            self._run(full, writer=True)  # a cleanup deleted the task meanwhile: again
+            self._run(lone, writer=True)  # a cleanup deleted the task meanwhile: again
         self._touch(user_id, task_id)
 
     def _drain(self, batch: list[Queued] | None) -> None:
@@ -348,23 +359,23 @@ class SyncDatabaseManager(ManagerBase):
         them or none. The input is streamed in chunks of ``bulk_chunk_size`` records, each
         COPYed straight into ``task_history`` (merged instead when it re-saves existing
         steps), so memory stays flat however long the input. Returns the number of records."""
-        sql.check_records(records)
-        statement = sql.bulk_statement(records)
+        checks.check_records(records)
+        statement = bulk.bulk_statement(records)
 
-        def load(conn: Connection[tuple[Any, ...]]) -> int:
-            chunk = sql.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
-                                  cluster=self._citus)
+        def load(conn: Connection[DictRow]) -> int:
+            chunk = bulk.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
+                                   tasks_sql=self._dialect.bulk_tasks)
             with conn.transaction():
                 self._set_local_timeouts(conn)
-                if not self._citus:  # on Citus the triggers log (statements.py, bulk)
-                    conn.execute(sql.BULK_EVENTS_ON)
+                if self._dialect.own_events:  # else the triggers log (dialect.py)
+                    conn.execute(bulk.BULK_EVENTS_ON)
                 self._write_chunks(conn, chunk, iter(records))
             return chunk.seen
 
         return self._with_retries(statement, load)
 
     def _write_chunks(
-        self, conn: Connection[tuple[Any, ...]], chunk: sql.BulkChunk, source: Iterator[Any]
+        self, conn: Connection[DictRow], chunk: bulk.BulkChunk, source: Iterator[Any]
     ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
         with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
@@ -374,17 +385,17 @@ class SyncDatabaseManager(ManagerBase):
                 self._write_chunk(conn, *taken)
 
     def _write_chunk(
-        self, conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]],
-        tasks: sql.Statement,
+        self, conn: Connection[DictRow], rows: list[tuple[Any, ...]],
+        tasks: Statement,
     ) -> None:
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
         under one client deadline."""
-        with self._deadline(conn, tasks, sql.CHUNK_STATEMENTS):
-            self._write_chunk_now(conn, rows, tasks, own_events=not self._citus)
+        with self._deadline(conn, tasks, bulk.CHUNK_STATEMENTS):
+            self._write_chunk_now(conn, rows, tasks, own_events=self._dialect.own_events)
 
     @staticmethod
     def _write_chunk_now(
-        conn: Connection[tuple[Any, ...]], rows: list[tuple[Any, ...]], tasks: sql.Statement,
+        conn: Connection[DictRow], rows: list[tuple[Any, ...]], tasks: Statement,
         *, own_events: bool,
     ) -> None:
         """``own_events``: the chunk logs its events and wakes watchers (off on Citus, where
@@ -394,45 +405,44 @@ class SyncDatabaseManager(ManagerBase):
         with conn.cursor() as cur:
             cur.execute(tasks.sql, tasks.params)
             try:
-                with conn.transaction(), cur.copy(sql.BULK_COPY) as copy:
+                with conn.transaction(), cur.copy(bulk.BULK_COPY) as copy:
                     for row in rows:
                         copy.write_row(row)
             except psycopg.Error as exc:  # some steps exist already: merge this chunk
                 if not is_unique_violation(exc):
                     raise
-                cur.execute(sql.BULK_STAGING)
-                cur.execute(sql.BULK_STAGING_CLEAR)
-                with cur.copy(sql.BULK_STAGING_COPY) as copy:
+                cur.execute(bulk.BULK_STAGING)
+                cur.execute(bulk.BULK_STAGING_CLEAR)
+                with cur.copy(bulk.BULK_STAGING_COPY) as copy:
                     for row in rows:
                         copy.write_row(row)
-                cur.execute(sql.BULK_MERGE)
+                cur.execute(bulk.BULK_MERGE)
                 if own_events:
-                    cur.execute(sql.BULK_MERGE_EVENTS)
+                    cur.execute(bulk.BULK_MERGE_EVENTS)
             else:
                 if own_events:
-                    with cur.copy(sql.BULK_EVENTS_COPY) as copy:
+                    with cur.copy(bulk.BULK_EVENTS_COPY) as copy:
                         for row in rows:
                             copy.write_row(row)
             if own_events:
-                cur.execute(sql.BULK_NOTIFY, tasks.params)
+                cur.execute(bulk.BULK_NOTIFY, tasks.params)
 
     def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""
-        rows = self._run(sql.start_task(user_id, task_id))
-        return sql.task_record(rows[0])
+        found = self._run(tasks.start_task(user_id, task_id))
+        return task_record(found[0])
 
     def finish_task(
         self, user_id: str, task_id: str, status: TaskStatus | str,
         error_code: Any = None, error_message: str | None = None,
     ) -> TaskRecord:
         """End a task with a terminal status, following the state machine."""
-        statement = sql.finish_task(user_id, task_id, status, error_code, error_message)
-        return sql.finished_task(self._run(statement), statement)
+        statement = tasks.finish_task(user_id, task_id, status, error_code, error_message)
+        return tasks.finished_task(self._run(statement), statement)
 
     def mark_task_as_cancelled(self, user_id: str, task_id: str) -> bool:
         """Cancel the task (E004). False when it had already ended otherwise."""
-        rows = self._run(sql.cancel_task(user_id, task_id))
-        return bool(rows[0][0])
+        return tasks.cancelled(self._run(tasks.cancel_task(user_id, task_id)))
 
     def cleanup_old_tasks(
         self, days_old: float = 30, *, dry_run: bool = False,
@@ -442,30 +452,30 @@ class SyncDatabaseManager(ManagerBase):
         batches (each its own short transaction); returns how many tasks were deleted (or, with
         ``dry_run``, would be). ``on_batch`` is called with each batch's count. Activity
         acknowledged after the call began is never deleted (see statements.py, retention)."""
-        start = self._run(sql.cleanup_start(days_old))
-        cleanup = sql.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0],
-                                       cluster=self._citus)
+        start = self._run(retention.cleanup_start(days_old))
+        job = retention.Cleanup.starting(days_old, self.settings.cleanup_batch_size, start[0],
+                                         self._dialect.retention)
         self._forget_touched()
         if dry_run:
-            rows = self._run(cleanup.count)
-            return int(rows[0][0])
+            counted = self._run(job.count)
+            return int(counted[0]["tasks"])
 
-        def batch(conn: Connection[tuple[Any, ...]]) -> tuple[int, int]:
+        def batch(conn: Connection[DictRow]) -> tuple[int, int]:
             with conn.transaction():
                 self._set_local_timeouts(conn)
-                cur = conn.execute(cleanup.lock.sql, cleanup.params)
+                cur = conn.execute(job.pick.sql, job.params)
                 keys = cur.fetchall()
                 if not keys:
                     return 0, 0
-                params = cleanup.locked(keys)
-                for statement in cleanup.then:
+                params = job.picked(keys)
+                for statement in job.then:
                     cur = conn.execute(statement, params)
                 row = cur.fetchone()
-            return len(keys), int(row[0]) if row else 0
+            return len(keys), int(row["deleted"]) if row else 0
 
         total = 0
         while True:
-            locked, deleted = self._with_retries(cleanup.lock, batch)
+            locked, deleted = self._with_retries(job.pick, batch)
             total += deleted
             if on_batch is not None:
                 on_batch(deleted)
@@ -480,12 +490,12 @@ class SyncDatabaseManager(ManagerBase):
         """Failures by error code and category, busiest steps and per-day counts of the steps
         created in ``[since, until)``, read through the reporting views."""
         self._ready()  # connected: the shape of the statement is known
-        return sql.report_data(self._run(sql.report(since, until, top,
-                                                          cluster=self._citus)))
+        return report_data(self._run(reporting.report(
+            since, until, top, form=self._dialect.report_form)))
 
     def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""
-        return sql.history_rows(self._run(sql.load_history(user_id, task_id)))
+        return history_rows(self._run(reads.load_history(user_id, task_id)))
 
     def check_task_status(self, user_id: str, task_id: str) -> TaskStatus:
         """The task's status; PENDING for an unknown task (as upstream; see get_task)."""
@@ -494,12 +504,12 @@ class SyncDatabaseManager(ManagerBase):
 
     def get_task(self, user_id: str, task_id: str) -> TaskRecord | None:
         """The task's record (status, error, timestamps), or None when it is unknown."""
-        rows = self._run(sql.get_task(user_id, task_id))
-        return sql.task_record(rows[0]) if rows else None
+        found = self._run(reads.get_task(user_id, task_id))
+        return task_record(found[0]) if found else None
 
     def get_user_tasks(self, user_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """``[{"task_id", "last_updated", "status"}]``, newest first (upstream's shape)."""
-        return sql.user_task_rows(self._run(sql.user_tasks(user_id, limit)))
+        return user_task_rows(self._run(reads.user_tasks(user_id, limit)))
 
     def list_tasks(
         self, user_id: str, *, limit: int = 100,
@@ -511,10 +521,10 @@ class SyncDatabaseManager(ManagerBase):
         """A page of a user's tasks, newest first. Filters: ``status``, ``error_code`` (one
         or several), ``step_name``, ``since``/``until`` (activity time), ``cursor`` (a page's
         ``next_cursor``)."""
-        statement = sql.list_tasks(
+        statement = reads.list_tasks(
             user_id, limit=limit, status=status, error_code=error_code, step_name=step_name,
             since=since, until=until, cursor=cursor)
-        return Page(*sql.task_page(self._run(statement), limit))
+        return Page(*task_page(self._run(statement), limit))
 
     def list_steps(
         self, user_id: str, *, limit: int = 100, task_id: str | None = None,
@@ -525,10 +535,10 @@ class SyncDatabaseManager(ManagerBase):
     ) -> Page[StepRecord]:
         """A page of a user's steps, newest first. Filters: ``task_id``, ``status``,
         ``error_code``, ``step_name``, ``since``/``until``, ``cursor``."""
-        statement = sql.list_steps(
+        statement = reads.list_steps(
             user_id, limit=limit, task_id=task_id, status=status, error_code=error_code,
             step_name=step_name, since=since, until=until, cursor=cursor)
-        return Page(*sql.step_page(self._run(statement), limit))
+        return Page(*step_page(self._run(statement), limit))
 
     # -- following ---------------------------------------------------------------------------
 
@@ -543,9 +553,9 @@ class SyncDatabaseManager(ManagerBase):
         step committed before that was yielded. Woken by LISTEN/NOTIFY (one connection per
         manager), else polling every ``poll_interval`` seconds (see watch.py). Arguments are
         checked at once; nothing runs until the first iteration."""
-        watch = sql.Watch(user_id, task_id, after)
+        watch = Watch(user_id, task_id, after)
         return self._follow(watch, watch.steps, until_finished,
-                            sql.check_poll_interval(poll_interval))
+                            checks.check_poll_interval(poll_interval))
 
     def watch_user_tasks(
         self, user_id: str, *, after: str | None = None, poll_interval: float = 1.0,
@@ -553,11 +563,11 @@ class SyncDatabaseManager(ManagerBase):
         """Follow a user's tasks: each status change (``{"task_id", "status", "error_code",
         "error_message", "timestamp", "token"}``) as it is committed, for a dashboard; every
         change already stored first (after ``after``). It never ends by itself."""
-        watch = sql.Watch(user_id, None, after)
-        return self._follow(watch, watch.tasks, False, sql.check_poll_interval(poll_interval))
+        watch = Watch(user_id, None, after)
+        return self._follow(watch, watch.tasks, False, checks.check_poll_interval(poll_interval))
 
     def _follow(
-        self, watch: sql.Watch, take: Callable[[list[tuple[Any, ...]]], Iterator[dict[str, Any]]],
+        self, watch: Watch, take: Callable[[list[DictRow]], Iterator[dict[str, Any]]],
         until_finished: bool, interval: float,
     ) -> Iterator[dict[str, Any]]:
         """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
@@ -567,11 +577,12 @@ class SyncDatabaseManager(ManagerBase):
             while True:
                 if waiter is not None:
                     waiter.clear()
-                if self._citus:  # the horizon of the user's node (statements.WATCH_HORIZON)
-                    node = self._run(watch.node_horizon())
-                    rows = self._run(watch.statement(int(node[0][0])))
-                else:
+                horizon = self._dialect.horizon(watch)  # on Citus, the user's node's
+                if horizon is None:
                     rows = self._run(watch.statement())
+                else:
+                    node = self._run(horizon)
+                    rows = self._run(watch.statement(int(node[0]["horizon"])))
                 yield from take(rows)
                 if until_finished and watch.finished:
                     return
@@ -579,7 +590,7 @@ class SyncDatabaseManager(ManagerBase):
         finally:
             self._unsubscribe(watch, waiter)
 
-    def _subscribe(self, watch: sql.Watch) -> Waiter | None:
+    def _subscribe(self, watch: Watch) -> Waiter | None:
         """Wake-ups for ``watch``'s key, registered so writers notify; None when watchers
         poll (``ManagerBase._notified``)."""
         if not self._notified:
@@ -591,7 +602,7 @@ class SyncDatabaseManager(ManagerBase):
         self._run(watch.registration(self._listener.listener_id))
         return waiter
 
-    def _unsubscribe(self, watch: sql.Watch, waiter: Waiter | None) -> None:
+    def _unsubscribe(self, watch: Watch, waiter: Waiter | None) -> None:
         listener = self._listener
         if waiter is None or listener is None:
             return

@@ -19,10 +19,10 @@ this one did not is above the horizon and not in ``seen``) and nothing is repeat
 of the same step come out in commit order: the second waited for the first's commit before
 writing, so its ``seq`` is higher.
 
-NOTIFY is only the wake-up. The triggers notify channel ``aiecs_events`` with the task's keys,
-and only for tasks (or users) some manager registered in ``aiecs_watched``, so writes nobody
-watches never notify (a notifying commit takes a cluster-wide lock in PostgreSQL). Each manager
-holds one LISTEN connection however many watchers it serves (``AsyncListener`` /
+NOTIFY is only the wake-up. The saves and the triggers notify ``names.CHANNEL`` with the task's
+keys, and only for tasks (or users) some manager registered in ``aiecs_watched``, so writes
+nobody watches never notify (a notifying commit takes a cluster-wide lock in PostgreSQL). Each
+manager holds one LISTEN connection however many watchers it serves (``AsyncListener`` /
 ``Listener``); a lost notification, a reconnect or a restarted server only delays the next
 catch-up. Where notifications cannot reach the client (a transaction-mode pooler), watchers
 poll every ``poll_interval``.
@@ -38,22 +38,19 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .statements import REGISTRATION_TTL, RENEW_WATCHES
+from .names import CHANNEL, SEPARATOR, payload
+from .statements.watching import REGISTRATION_TTL, RENEW_WATCHES
 
 __all__ = ["CHANNEL", "HEARTBEAT", "AsyncListener", "AsyncWaiter", "Listener", "Waiter"]
 
-#: The channel the triggers notify (payload: user_id, unit separator, task_id).
-CHANNEL: Final = "aiecs_events"
-SEPARATOR: Final = "\x1f"
 #: How often a listener renews its registrations, and how long a watcher that trusts the
 #: notifications waits at most before it looks anyway (seconds).
 HEARTBEAT: Final = 60.0
 log = logging.getLogger("aiecs_persistence")
 
 
-def key(user_id: str, task_id: str) -> str:
-    """A notification's payload, and the key watchers wait on (``task_id`` '' for a user)."""
-    return f"{user_id}{SEPARATOR}{task_id}"
+#: The key watchers wait on: a notification's payload (``task_id`` '' for a user).
+key = payload
 
 
 # -- the wake-up: one LISTEN connection per manager ---------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from aiecs_persistence import InvalidTransitionError, TaskStepResult, ValidationError
 from aiecs_persistence import citus as cluster
-from aiecs_persistence import statements as sql
+from aiecs_persistence.statements import Statement, saves, watching
 
 from ..database import Server
 
@@ -46,7 +46,7 @@ def owner_port(psql, user: str) -> int:
     return int(row[0])
 
 
-def plan_of(psql, statement: sql.Statement) -> str:
+def plan_of(psql, statement: Statement) -> str:
     """``EXPLAIN VERBOSE`` of ``statement`` with its values inlined (a plan with parameters
     hides the node's)."""
     inlined = psycopg.ClientCursor(psql).mogrify(statement.sql.replace(")b", ")s"),
@@ -125,8 +125,8 @@ def test_an_illegal_resave_through_a_manager_is_an_invalid_transition(db):
 
 
 def test_a_save_runs_on_the_one_node_that_owns_its_user(psql):
-    save = sql.save_step("u", "t", 0, done(), max_result_bytes=1 << 20)
-    plan = plan_of(psql, sql.save_steps_call([save], 1000))
+    save = saves.save_step("u", "t", 0, done(), max_result_bytes=1 << 20)
+    plan = plan_of(psql, saves.save_steps_call([save], 1000))
     assert "Task Count: 1" in plan, plan
     assert "Distributed Subplan" not in plan and "intermediate_result" not in plan, plan
     assert "SELECT public.aiecs_save_steps(" in plan, plan  # the whole call is sent
@@ -282,5 +282,5 @@ def test_a_watcher_follows_a_task_with_its_nodes_horizon(db, psql):
     else:
         events.extend((entry["step"], entry["status"]) for entry in watch)
     assert events == [(s, status) for s in range(4) for status in ("running", "completed")]
-    plan = plan_of(psql, sql.Watch("u", "t", None).node_horizon())
+    plan = plan_of(psql, watching.Watch("u", "t", None).node_horizon())
     assert "Task Count: 1" in plan and f"port={owner_port(psql, 'u')} " in plan, plan

@@ -1,4 +1,4 @@
-"""The cluster's shape of a save (``statements.SAVE_STEPS_CALL``, revision 0006) writes what the
+"""The cluster's shape of a save (``statements.saves.SAVE_STEPS_CALL``) writes what the
 plain statement writes: the same rows, the same events, the same refusals. Compared on plain
 PostgreSQL, where both run (on Citus only the call does: tests/integration/test_citus.py)."""
 
@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from aiecs_persistence import TaskStepResult
-from aiecs_persistence import statements as sql
+from aiecs_persistence.statements import Statement, report, saves, watching
 
 from ..database import Server
 
@@ -34,15 +34,15 @@ def _plain(pg: Server) -> None:
         pytest.skip("compares with the plain statement, which Citus cannot run")
 
 
-def saves(user: str) -> list[sql.Statement]:
-    return [sql.save_step(user, task, step, result, max_result_bytes=1 << 20)
+def saves_of(user: str) -> list[Statement]:
+    return [saves.save_step(user, task, step, result, max_result_bytes=1 << 20)
             for task, step, result in SAVES]
 
 
 def test_the_call_writes_what_the_statement_writes(psql):
-    plain = sql.save_steps(saves("plain"))
+    plain = saves.save_steps(saves_of("plain"))
     psql.execute(plain.sql, plain.params)
-    call = sql.save_steps_call(saves("call"), 1000)
+    call = saves.save_steps_call(saves_of("call"), 1000)
     psql.execute(call.sql, call.params)
     for query in (STEP_ROW, EVENT_ROW, TASK_ROW):
         assert psql.execute(query, ["call"]).fetchall() == psql.execute(query, ["plain"]
@@ -51,10 +51,10 @@ def test_the_call_writes_what_the_statement_writes(psql):
 
 
 def test_the_call_refuses_an_illegal_resave_and_writes_nothing(psql):
-    call = sql.save_steps_call(saves("u"), None)
+    call = saves.save_steps_call(saves_of("u"), None)
     psql.execute(call.sql, call.params)
     before = psql.execute("SELECT count(*) FROM task_events").fetchone()
-    again = sql.save_steps_call([sql.save_step(
+    again = saves.save_steps_call([saves.save_step(
         "u", "t1", 0, TaskStepResult("fetch", None, status="running"),
         max_result_bytes=1 << 20)], None)
     with pytest.raises(psycopg.DatabaseError) as info:
@@ -66,44 +66,44 @@ def test_the_call_refuses_an_illegal_resave_and_writes_nothing(psql):
 def test_the_call_takes_the_callers_lock_timeout(psql, db_url):
     from ..conftest import conninfo
 
-    first = sql.save_steps_call(saves("u")[:1], None)
+    first = saves.save_steps_call(saves_of("u")[:1], None)
     psql.execute(first.sql, first.params)
     with psycopg.connect(conninfo(db_url)) as blocker:
         blocker.execute("SELECT FROM task_history WHERE user_id = 'u' FOR UPDATE")
-        again = sql.save_steps_call(saves("u")[:1], 100)
+        again = saves.save_steps_call(saves_of("u")[:1], 100)
         with pytest.raises(psycopg.errors.LockNotAvailable):
             psql.execute(again.sql, again.params)
 
 
 def test_one_users_saves_only():
     with pytest.raises(ValueError, match="one user"):
-        sql.save_steps_call(saves("a") + saves("b"))
+        saves.save_steps_call(saves_of("a") + saves_of("b"))
 
 
 def test_the_clusters_report_counts_what_the_plain_one_counts(psql):
     import datetime as dt
 
     for user in ("a", "b"):
-        batch = sql.save_steps(saves(user))
+        batch = saves.save_steps(saves_of(user))
         psql.execute(batch.sql, batch.params)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     for window in ({}, {"since": since}, {"since": since, "until": since}, {"top": 1}):
-        plain = sql.report(**window)
-        cluster = sql.report(**window, cluster=True)
+        plain = report.report(**window)
+        cluster = report.report(**window, form=report.REPORT_CLUSTER)
         assert psql.execute(cluster.sql, cluster.params).fetchall() == psql.execute(
             plain.sql, plain.params).fetchall(), window
 
 
 def test_a_catch_up_under_a_given_horizon_reads_what_its_own_snapshot_reads(psql):
-    batch = sql.save_steps(saves("u"))
+    batch = saves.save_steps(saves_of("u"))
     psql.execute(batch.sql, batch.params)
-    own = sql.Watch("u", "t1", None).statement()
+    own = watching.Watch("u", "t1", None).statement()
     horizon = psql.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
                            ).fetchone()[0]
-    given = sql.Watch("u", "t1", None).statement(horizon)
+    given = watching.Watch("u", "t1", None).statement(horizon)
     mine = psql.execute(own.sql, own.params).fetchall()
     theirs = psql.execute(given.sql, given.params).fetchall()
     assert [r[1:] for r in theirs] == [r[1:] for r in mine] and len(mine) == 2
     assert {r[0] for r in theirs} == {horizon}
-    node = sql.Watch("u", "t1", None).node_horizon()
+    node = watching.Watch("u", "t1", None).node_horizon()
     assert psql.execute(node.sql, node.params).fetchone()[0] >= horizon  # a later snapshot

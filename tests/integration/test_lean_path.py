@@ -8,9 +8,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import tuple_row
 
 from aiecs_persistence import DatabaseManager, TaskStepResult, prepared
-from aiecs_persistence import statements as sql
+from aiecs_persistence.statements import Statement, columns, saves
 
 from ..conftest import conninfo
 from ..database import Server
@@ -30,11 +31,13 @@ def on_writer(db: Driven, query: str) -> list[Any]:
     """``query`` on the connection the manager keeps for its saves."""
     conn = db.manager._held[-1]
     if db.loop is None:
-        cur = conn.execute(query)
+        cur = conn.cursor(row_factory=tuple_row)
+        cur.execute(query)
         return cur.fetchall() if cur.description else []
 
     async def run() -> list[Any]:
-        cur = await conn.execute(query)
+        cur = conn.cursor(row_factory=tuple_row)
+        await cur.execute(query)
         return await cur.fetchall() if cur.description else []
 
     return db.loop.run_until_complete(run())
@@ -48,7 +51,7 @@ def test_a_save_is_our_prepared_statement(db, psql):
     db.save_task_history("u", "t", 0, STEP)  # a new task: the full save
     db.save_task_history("u", "t", 1, STEP)  # its task fresh: the step alone
     assert [row[0] for row in on_writer(db, NAMES)] == sorted(
-        [name_of(sql.SAVE_STEP), name_of(sql.SAVE_STEP_ONLY)])
+        [name_of(saves.SAVE_STEP), name_of(saves.SAVE_STEP_ONLY)])
     assert psql.execute("SELECT count(*) FROM task_history").fetchone()[0] == 2
 
 
@@ -56,7 +59,7 @@ def test_a_deallocated_statement_is_prepared_again(db, psql):
     db.save_task_history("u", "a", 0, STEP)
     on_writer(db, "DEALLOCATE ALL")
     db.save_task_history("u", "b", 0, STEP)  # the same statement, gone from the server
-    assert [row[0] for row in on_writer(db, NAMES)] == [name_of(sql.SAVE_STEP)]
+    assert [row[0] for row in on_writer(db, NAMES)] == [name_of(saves.SAVE_STEP)]
     rows = psql.execute("SELECT task_id, status::text FROM tasks ORDER BY 1").fetchall()
     assert rows == [("a", "running"), ("b", "running")]
 
@@ -64,7 +67,7 @@ def test_a_deallocated_statement_is_prepared_again(db, psql):
 def test_a_statement_already_prepared_under_our_name_is_used(db_url, psql):
     """A server connection handed over with our statement on it (a session-mode pooler with
     no reset query): the name is the text's digest, so it is the same statement."""
-    statement = sql.save_step("u", "t", 0, STEP, max_result_bytes=1 << 20)
+    statement = saves.save_step("u", "t", 0, STEP, max_result_bytes=1 << 20)
     query = prepared.prepared(statement.sql)
 
     async def main() -> None:
@@ -82,8 +85,8 @@ def test_a_statement_already_prepared_under_our_name_is_used(db_url, psql):
 def test_an_error_comes_back_as_psycopg_would_raise_it(db_url):
     """The server's error, built from its result as psycopg builds it: the same exception
     class and diagnostics (sqlstates.translate reads them)."""
-    statement = sql.save_step("u", "t", 0, STEP, max_result_bytes=1 << 20)
-    broken = sql.Statement(statement.name, statement.sql, {**statement.params, "step": -1},
+    statement = saves.save_step("u", "t", 0, STEP, max_result_bytes=1 << 20)
+    broken = Statement(statement.name, statement.sql, {**statement.params, "step": -1},
                            lean=True)
 
     async def main() -> BaseException:
@@ -119,7 +122,7 @@ AWKWARD = ["plain", "", "NULL", "null", " padded ", 'say "hi"', "back\\slash", "
            "comma, and; semicolon", "tab\tnew\nline", "é ☃ 𝄞", "'quote'"]
 
 
-def generic_plan(psql: psycopg.Connection, statement: sql.Statement) -> str:
+def generic_plan(psql: psycopg.Connection, statement: Statement) -> str:
     """The plan the server caches for ``statement`` on the lean path (the generic one)."""
     query = prepared.prepared(statement.sql)
     psql.execute("SET plan_cache_mode = force_generic_plan")
@@ -142,8 +145,8 @@ def test_the_probe_of_a_saves_task_is_a_primary_key_lookup_whatever_the_statisti
                  "now() - interval '1 day' - i * interval '1 second' "
                  "FROM generate_series(1, 20000) i")
     psql.execute("ANALYZE tasks")
-    lone = sql.save_step("u1", "t1", 0, STEP, max_result_bytes=2**20)
-    batch = sql.save_steps([lone, sql.save_step("u2", "t2", 0, STEP, max_result_bytes=2**20)])
+    lone = saves.save_step("u1", "t1", 0, STEP, max_result_bytes=2**20)
+    batch = saves.save_steps([lone, saves.save_step("u2", "t2", 0, STEP, max_result_bytes=2**20)])
     for statement in (lone, batch):
         plan = generic_plan(psql, statement)
         assert "ix_tasks_updated_at" not in plan, plan
@@ -151,20 +154,20 @@ def test_the_probe_of_a_saves_task_is_a_primary_key_lookup_whatever_the_statisti
 
 
 def test_text_arrays_reach_the_server_as_given(psql):
-    """``statements.text_array``, the batch's arrays: every string back as it was, NULL as NULL,
-    integers and booleans as themselves, and JSON as the same JSON."""
+    """``statements.columns.text_array``, the batch's arrays: every string back as it was, NULL
+    as NULL, integers and booleans as themselves, and JSON as the same JSON."""
     texts = [*AWKWARD, None]
-    assert psql.execute("SELECT %s::text[]", [sql.text_array(texts)]).fetchone()[0] == texts
+    assert psql.execute("SELECT %s::text[]", [columns.text_array(texts)]).fetchone()[0] == texts
     assert psql.execute("SELECT %s::integer[], %s::boolean[]", [
-        sql.text_array([0, -1, 2**31 - 1, None]), sql.text_array([True, False, None]),
+        columns.text_array([0, -1, 2**31 - 1, None]), columns.text_array([True, False, None]),
     ]).fetchone() == ([0, -1, 2**31 - 1, None], [True, False, None])
     documents = ['{"k": "say \\"hi\\" \\\\ there"}', '[1, "{a,b}", null]', "null", None]
     assert psql.execute("SELECT %s::jsonb[] = %s::jsonb[]", [
-        sql.text_array(documents), "{" + ",".join(
+        columns.text_array(documents), "{" + ",".join(
             "NULL" if d is None else '"' + d.replace("\\", "\\\\").replace('"', '\\"') + '"'
             for d in documents) + "}"]).fetchone()[0]
     assert [psql.execute("SELECT %s::jsonb", [d]).fetchone()[0] for d in documents[:3]] == \
-        psql.execute("SELECT %s::jsonb[]", [sql.text_array(documents)]).fetchone()[0][:3]
+        psql.execute("SELECT %s::jsonb[]", [columns.text_array(documents)]).fetchone()[0][:3]
 
 
 def test_a_batch_is_our_prepared_statement_and_stores_every_value_as_given(db_url, psql):
@@ -178,8 +181,9 @@ def test_a_batch_is_our_prepared_statement_and_stores_every_value_as_given(db_ur
                                                 "failed", "E003", text))
                 for i, text in enumerate(AWKWARD[:1] + [t for t in AWKWARD if t.strip()])))
             conn = manager._held[-1]
-            names = [r[0] for r in await (await conn.execute(NAMES)).fetchall()]
-            assert name_of(sql.SAVE_STEPS) in names
+            cur = conn.cursor(row_factory=tuple_row)
+            names = [r[0] for r in await (await cur.execute(NAMES)).fetchall()]
+            assert name_of(saves.SAVE_STEPS) in names
             assert manager.get_performance_report()["save_task_history (batch)"]["count"] >= 1
 
     asyncio.run(main())

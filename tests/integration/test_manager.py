@@ -208,19 +208,19 @@ def test_defect_9_reads_use_the_composite_index(db, psql, pg):
                  "completed) SELECT 'u' || (i % 500), 't' || i, s, 'op', 'completed', true "
                  "FROM generate_series(1, 20000) i, generate_series(0, 4) s")
     psql.execute("ANALYZE")
-    from aiecs_persistence import statements as sql
+    from aiecs_persistence.statements import reads
 
     def plan(statement) -> str:
         return "\n".join(r[0] for r in psql.execute(
             "EXPLAIN " + statement.sql, statement.params).fetchall())
 
-    load = plan(sql.load_history("u1", "t1"))
+    load = plan(reads.load_history("u1", "t1"))
     assert "pk_task_history" in load and "Seq Scan" not in load
-    listing = plan(sql.list_tasks("u7", limit=20))
+    listing = plan(reads.list_tasks("u7", limit=20))
     assert "ix_tasks_user_id_updated_at" in listing and "Seq Scan" not in listing
-    steps = plan(sql.list_steps("u7", limit=20))
+    steps = plan(reads.list_steps("u7", limit=20))
     assert "ix_task_history_user_id_updated_at" in steps and "Seq Scan" not in steps
-    failures = plan(sql.list_steps("u7", error_code="E003", limit=20))
+    failures = plan(reads.list_steps("u7", error_code="E003", limit=20))
     assert "Seq Scan" not in failures
 
 
@@ -508,21 +508,22 @@ def test_the_report_counts_each_failing_task_once_per_code(db, psql):
 
 @pytest.mark.parametrize("pooling", [False, True], ids=["session", "transaction_pooling"])
 def test_a_statements_own_settings_stay_in_its_transaction(kind, db_url, pooling):
-    """``Statement.local`` (the report's JIT and work_mem, statements.REPORT_SETTINGS) is set
-    for that statement only, with the timeouts under ``transaction_pooling``; the connection
+    """``Statement.local`` (the report's JIT and work_mem, statements.report.REPORT_SETTINGS) is
+    set for that statement only, with the timeouts under ``transaction_pooling``; the connection
     it ran on (the pool's only one) keeps its own settings for the next call."""
-    from aiecs_persistence import statements as sql
+    from aiecs_persistence.statements import Statement, report
 
-    assert sql.report().local == sql.REPORT_SETTINGS == {"jit": "off", "work_mem": "32MB"}
+    assert report.report().local == report.REPORT_SETTINGS == {"jit": "off", "work_mem": "32MB"}
     manager = make_manager(kind, url=db_url, pool_size=1, max_overflow=0,
                            transaction_pooling=pooling, statement_timeout_ms=4321)
     try:
-        show = sql.Statement("show", "SELECT current_setting('work_mem'), "
-                                     "current_setting('jit'), current_setting('statement_timeout')")
+        show = Statement("show", "SELECT current_setting('work_mem') AS work_mem, "
+                                 "current_setting('jit') AS jit, "
+                                 "current_setting('statement_timeout') AS timeout")
         before = manager._run(show)
-        assert before[0][:2] != ("7MB", "off")
+        assert (before[0]["work_mem"], before[0]["jit"]) != ("7MB", "off")
         assert manager._run(dataclasses.replace(show, local={"work_mem": "7MB", "jit": "off"})
-                            ) == [("7MB", "off", "4321ms")]
+                            ) == [{"work_mem": "7MB", "jit": "off", "timeout": "4321ms"}]
         assert manager._run(show) == before
     finally:
         close(manager)

@@ -1,5 +1,5 @@
 """Python and PostgreSQL agree on every consistency rule: the same arbitrary values go to
-``domain.broken_rules`` (and ``statements.check_id``) and to the schema's own CHECK
+``domain.broken_rules`` (and ``statements.checks.check_id``) and to the schema's own CHECK
 expressions, read from the catalog, and both must give the same verdict for each rule."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from aiecs_persistence import ErrorCode, TaskStatus, ValidationError
 from aiecs_persistence.domain import STEP_RULES, broken_rules
-from aiecs_persistence.statements import check_id
+from aiecs_persistence.statements.checks import check_id
 
 # Whitespace of every kind (ASCII, Unicode, vertical tab), the letter v, and anything else.
 TRICKY = " \t\n\r\f\v\x1c\x1d\x1e\x1f\x85\xa0\u2003\u3000vV"

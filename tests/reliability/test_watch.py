@@ -24,7 +24,7 @@ from aiecs_persistence import (
     TaskStepResult,
     ValidationError,
 )
-from aiecs_persistence import statements as sql
+from aiecs_persistence.statements import saves
 
 from ..conftest import conninfo, interruptible
 
@@ -194,7 +194,7 @@ def test_each_shape_of_save_wakes_exactly_its_watchers(db_url, psql, options):
         db.save_task_history("u", "t", 0, running(0))  # creates t: full save
         assert woken() == {"u\x1ft"}
         step_only = replace(db._save_statements("u", "t", 1, running(1))[0],
-                            sql=sql.SAVE_STEP_ONLY)  # as for a task saved within the second
+                            sql=saves.SAVE_STEP_ONLY)  # as for a task saved within the second
         db._run(step_only, writer=True)
         assert woken() == {"u\x1ft"}
         db.save_task_history("u", "other", 0, running(0))  # creates other: its user's watcher

@@ -105,8 +105,7 @@ def test_finishing_without_taking_frees_the_writer():
 
 
 def test_on_citus_a_batch_holds_one_users_saves_in_arrival_order_of_users():
-    group = GroupCommit(writers=1, max_batch=10)
-    group.one_user = True
+    group = GroupCommit(writers=1, max_batch=10, one_user=lambda: True)
     assert group.arrive(save("w", "x", 0)) is Arrival.ALONE
     for item in (save("v", "b", 0), save("u", "a", 0), save("v", "a", 0), save("u", "b", 0)):
         assert group.arrive(item) is Arrival.QUEUED

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from aiecs_persistence import prepared
-from aiecs_persistence import statements as sql
 from aiecs_persistence.domain import TaskStepResult
+from aiecs_persistence.statements import saves
 
 
 def test_placeholders_become_numbered_parameters_in_first_use_order():
@@ -38,20 +38,20 @@ def test_values_in_text():
 
 def test_the_saves_go_the_lean_way_with_every_parameter():
     result = TaskStepResult("op", {"n": 1}, True, "done", "completed")
-    full = sql.save_step("u", "t", 3, result, max_result_bytes=1 << 20)
+    full = saves.save_step("u", "t", 3, result, max_result_bytes=1 << 20)
     assert full.lean
-    for text in (sql.SAVE_STEP, sql.SAVE_STEP_ONLY):
+    for text in (saves.SAVE_STEP, saves.SAVE_STEP_ONLY):
         query = prepared.prepared(text)
         assert set(query.order) <= set(full.params)
         assert b"%(" not in query.query
-    assert set(prepared.prepared(sql.SAVE_STEP).order) == set(full.params)
-    batch = sql.save_steps([full, sql.save_step("u", "t", 4, result, max_result_bytes=1 << 20)])
-    assert batch.lean  # its arrays are text literals (statements.text_array)
+    assert set(prepared.prepared(saves.SAVE_STEP).order) == set(full.params)
+    batch = saves.save_steps([full, saves.save_step("u", "t", 4, result, max_result_bytes=1 << 20)])
+    assert batch.lean  # its arrays are text literals (statements.columns.text_array)
     assert set(prepared.prepared(batch.sql).order) == set(batch.params)
     query = prepared.prepared(batch.sql)
     values = dict(zip(query.order, query.values(batch.params), strict=True))
     assert (values["users"], values["tasks"], values["step"]) == (b'{"u"}', b'{"t"}', b"{3,4}")
-    assert not sql.save_steps_call([full]).lean  # Citus: binary arrays, psycopg's execute
+    assert not saves.save_steps_call([full]).lean  # Citus: binary arrays, psycopg's execute
 
 
 def test_the_libpq_constants_are_psycopgs():

@@ -1,0 +1,48 @@
+"""Names that Python and SQL share, written once: the statements (``statements/``), the
+server-side DDL (``ddl.py``) and the listeners (``watch.py``) interpolate them from here.
+
+A frozen migration revision keeps its own copy of whatever it created (revisions never import
+the package's DDL); a rename here therefore needs a revision of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: The channel the saves and the event triggers notify, and the listeners LISTEN on.
+CHANNEL: Final = "aiecs_events"
+#: Between user_id and task_id in a notification's payload (the ASCII unit separator).
+SEPARATOR: Final = "\x1f"
+#: ``SEPARATOR`` as a SQL expression.
+SEPARATOR_SQL: Final = f"chr({ord(SEPARATOR)})"
+
+#: Set for its transaction by every statement of ours that logs its own events (the saves, the
+#: bulk path): the event triggers then skip, decided by their WHEN clause.
+OWN_EVENTS_SETTING: Final = "aiecs.bulk_events"
+
+#: Who watches which task (or, with task_id '', which user): writers notify only for these.
+WATCHED_TABLE: Final = "aiecs_watched"
+#: The bulk path's per-transaction staging table (a merge of re-saved steps).
+STAGING_TABLE: Final = "aiecs_staging"
+#: The log of changes that watchers follow.
+EVENTS_TABLE: Final = "task_events"
+
+#: The saves of one user as one call, run on the user's node on Citus.
+SAVE_STEPS_FUNCTION: Final = "aiecs_save_steps"
+#: The xmin horizon of the node that holds a user's rows (watchers on Citus).
+HORIZON_FUNCTION: Final = "aiecs_xmin_horizon"
+
+
+def set_own_events() -> str:
+    """The SQL expression that turns the event triggers off for the current transaction."""
+    return f"set_config('{OWN_EVENTS_SETTING}', 'on', true)"
+
+
+def notify(user: str, task: str) -> str:
+    """The SQL call that wakes the watchers of the task ``user``/``task`` (SQL expressions)."""
+    return f"pg_notify('{CHANNEL}', {user} || {SEPARATOR_SQL} || {task})"
+
+
+def payload(user_id: str, task_id: str) -> str:
+    """A notification's payload, and the key watchers wait on (``task_id`` '' for a user)."""
+    return f"{user_id}{SEPARATOR}{task_id}"

@@ -1,0 +1,120 @@
+"""The failure report's statement (over the reporting views, so the read-only role can run it):
+failures by error code and by category, the busiest step names and per-day counts of a window.
+
+Three reads of the window, none carrying ``result``: per step name and per day in one scan
+(hash grouping sets, a handful of groups), the failures (through the partial index on
+error_code; the distinct tasks per code by hashing each code's tasks, then counting them,
+not by count(DISTINCT ...), which sorts every failure, on disk past work_mem), and the
+distinct tasks (a hash DISTINCT of two columns). A window is found through the BRIN index on
+created_at. (A CTE of all the window's steps, sorted again for each count(DISTINCT ...), was
+3.4x slower on 2M steps; four separate reads, 1.15x faster on a whole table, read a small
+window four times. See docs/performance.md.)
+
+A plain server counts per step name, per day and in all in one hash ``GROUPING SETS`` scan
+(``REPORT``); Citus cannot run ``GROUPING SETS`` over distributed tables (``REPORT_CLUSTER``).
+The dialect (``dialect.py``) picks one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .checks import check_limit, check_time
+from .statement import Statement
+
+#: The report's own transaction settings. JIT off: PostgreSQL compiles this statement's
+#: aggregates because their estimated cost is high, and on PostgreSQL 15 spent 430 ms of a
+#: 1.2 s report doing so, more than it saved. More work_mem: the hashes of the distinct tasks
+#: (a few hundred thousand (user_id, task_id) pairs on a table of millions of steps) fit in
+#: memory instead of spilling to disk in batches. Each hash may take work_mem times
+#: hash_mem_multiplier, in this one statement's transaction only.
+REPORT_SETTINGS: Final = {"jit": "off", "work_mem": "32MB"}
+
+_REPORT_WINDOW: Final = """FROM step_details
+  WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
+    AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')"""
+
+
+def _report(counts: str, totals: str, names: str, days: str) -> str:
+    """The report over the window's step counts (``counts``: CTEs; ``totals``, ``names``,
+    ``days``: where the whole window's, each step name's and each day's rows are), with the
+    failures by code and category and the distinct tasks read apart."""
+    return f"""
+WITH {counts},
+failed AS (
+  SELECT error_code, error_name, error_category, sum(n) AS failures, count(*) AS tasks
+  FROM (SELECT error_code, error_name, error_category, count(*) AS n
+        {_REPORT_WINDOW} AND error_code IS NOT NULL
+        GROUP BY error_code, error_name, error_category, user_id, task_id) f
+  GROUP BY error_code, error_name, error_category
+)
+SELECT
+  (SELECT jsonb_build_object(
+            'steps', COALESCE(sum(c.steps), 0),
+            'tasks', (SELECT count(*) FROM (SELECT DISTINCT user_id, task_id
+                                            {_REPORT_WINDOW}) d),
+            'failures', COALESCE(sum(c.failures), 0))
+   FROM {totals}) AS totals,
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.error_code), '[]') FROM failed x)
+    AS by_code,
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.category), '[]')
+   FROM (SELECT error_category AS category, sum(failures) AS failures
+         FROM failed GROUP BY error_category) x) AS by_category,
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.steps DESC, x.step_name), '[]')
+   FROM (SELECT step_name, steps, failures FROM {names}
+         ORDER BY steps DESC, step_name LIMIT %(top)s) x) AS busiest_steps,
+  (SELECT COALESCE(jsonb_agg(x ORDER BY x.day), '[]')
+   FROM (SELECT day, steps, completed, failures FROM {days}) x) AS per_day
+"""
+
+
+#: Per step name, per day and in all, in one hash GROUPING SETS scan of the window.
+REPORT: Final = _report(
+    f"""counts AS (
+  SELECT GROUPING(s.step_name, s.day) AS grouped, s.step_name, s.day, count(*) AS steps,
+         count(*) FILTER (WHERE s.error_code IS NOT NULL) AS failures,
+         count(*) FILTER (WHERE s.status = 'completed') AS completed
+  FROM (SELECT step_name, error_code, status,
+               ((created_at AT TIME ZONE 'UTC')::date)::text AS day
+        {_REPORT_WINDOW}) s
+  GROUP BY GROUPING SETS ((s.step_name), (s.day), ())
+)""",
+    totals="counts c WHERE c.grouped = 3",
+    names="counts WHERE grouped = 1",
+    days="counts WHERE grouped = 2",
+)
+
+#: ``REPORT`` on Citus, which cannot run ``GROUPING SETS`` over distributed tables: one
+#: aggregate per figure, each straight over the view, so that every worker aggregates its own
+#: shards and the coordinator only adds their partial counts (no CTE read twice, which Citus
+#: would gather on the coordinator first).
+REPORT_CLUSTER: Final = _report(
+    f"""by_name AS (
+  SELECT step_name, count(*) AS steps,
+         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+  {_REPORT_WINDOW}
+  GROUP BY step_name
+),
+by_day AS (
+  SELECT ((created_at AT TIME ZONE 'UTC')::date)::text AS day, count(*) AS steps,
+         count(*) FILTER (WHERE status = 'completed') AS completed,
+         count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+  {_REPORT_WINDOW}
+  GROUP BY 1
+)""",
+    totals="by_day c",
+    names="by_name",
+    days="by_day",
+)
+
+
+def report(since: Any = None, until: Any = None, top: Any = 10, *,
+           form: str = REPORT) -> Statement:
+    """Failures by error code and by category, the busiest step names and per-day counts of
+    the steps created in ``[since, until)`` (UTC days), as ``form`` (the dialect's) reads
+    them."""
+    return Statement("report", form, {
+        "since": None if since is None else check_time(since, "since"),
+        "until": None if until is None else check_time(until, "until"),
+        "top": check_limit(top, "top"),
+    }, statements=2, local=REPORT_SETTINGS)
