@@ -26,9 +26,10 @@ from typing import Any, Final
 
 from psycopg import errors
 
+from .ddl import VIEW_NAMES
 from .errors import ValidationError
 from .migrate import VERSION_TABLE
-from .schema import VIEW_NAMES, metadata
+from .schema import metadata
 
 __all__ = ["Roles", "grant_statements"]
 

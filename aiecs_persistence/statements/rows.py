@@ -96,7 +96,3 @@ def report_data(rows: Sequence[Row]) -> dict[str, Any]:
             "failures_by_category": row["by_category"], "busiest_steps": row["busiest_steps"],
             "per_day": row["per_day"]}
 
-
-def first(rows: Sequence[Row]) -> Any:
-    """The one value of a one-row, one-column answer (a count, a flag, a horizon)."""
-    return next(iter(rows[0].values()))

@@ -125,7 +125,7 @@ def tasks_upsert(*, citus: bool) -> str:
     ``ON CONFLICT`` filter). Off Citus it runs after ``own`` (the statements using it log the
     tasks they create), first skips tasks refreshed within the second, a subquery beside
     ``unnest`` that Citus refuses, and gives new tasks their start time, so they skip the
-    status trigger (``schema.TASKS_INSERT_TRIGGER``; on Citus the trigger fills it in).
+    status trigger (``ddl.TASKS_INSERT_TRIGGER``; on Citus the trigger fills it in).
     ``OFFSET 0`` keeps that probe a subquery run per task (a primary-key lookup each), which
     the planner would otherwise be free to turn into a join reading far more of ``tasks``."""
     shortcut = "" if citus else f""", own

@@ -1,0 +1,396 @@
+"""The server-side DDL beside the tables (``schema.py``): the state machine's functions and
+triggers, the event log's triggers, the cluster's save and horizon functions, and the reporting
+views. ``schema.py`` runs these after creating its tables (``metadata.create_all``); the frozen
+migration revisions carry their own copies, and the drift tests compare the two.
+
+The state machine's SQL is generated from ``TaskStatus.can_transition_to``; names shared with
+the statements and the listeners come from ``names.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from . import names
+from .domain import ErrorCode, TaskStatus
+
+ERROR_CODE_ROWS: Final = tuple(
+    {"code": c.value, "name": c.name, "category": c.category, "description": c.description}
+    for c in ErrorCode
+)
+
+# -- functions, triggers and views ----------------------------------------------------------
+
+# The functions name every object of ours with its schema (``@S@``, the schema they are created
+# in) and run with a pinned ``search_path``: a role that can create objects earlier on a
+# caller's search_path cannot replace what they call, and they work under the empty
+# search_path that pg_dump and pg_restore use. ``in_current_schema`` renders ``@S@`` inside the
+# database, so the offline SQL of a migration works in whatever schema it is applied to.
+PINNED_SEARCH_PATH: Final = "SET search_path = pg_catalog, pg_temp"
+
+def _transitions(before: str, after: str) -> str:
+    """The state machine (``TaskStatus.can_transition_to``) as a SQL condition on two status
+    expressions: a status to itself, or one of the moves it allows."""
+    moves = [
+        f"({before} = '{old.value}'\n          AND {after} IN ("
+        + ", ".join(f"'{new.value}'" for new in TaskStatus
+                    if new is not old and old.can_transition_to(new)) + "))"
+        for old in TaskStatus
+        if any(new is not old and old.can_transition_to(new) for new in TaskStatus)
+    ]
+    return f"{before} = {after}\n      OR " + "\n      OR ".join(moves)
+
+
+def transition_allowed_sql(before: str, after: str) -> str:
+    """``_transitions`` as one parenthesized condition. The triggers inline it: calling
+    ``aiecs_status_transition_allowed`` from them cost about 45 µs a save, since a function
+    with its own ``search_path`` is never inlined."""
+    return f"({_transitions(before, after)})"
+
+
+#: The state machine as a function, for people and for SQL of their own.
+TRANSITION_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_status_transition_allowed(
+  from_status @S@.task_status, to_status @S@.task_status)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE {PINNED_SEARCH_PATH} AS $$
+  SELECT {_transitions("from_status", "to_status")}
+$$
+"""
+
+
+TASKS_TRIGGER_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_before_write() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+DECLARE
+  previous @S@.task_status;
+BEGIN
+  -- A task comes into existence pending: an INSERT is checked as a move from pending.
+  IF TG_OP = 'INSERT' THEN
+    previous := 'pending';
+  ELSE
+    previous := OLD.status;
+    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+      NEW.updated_at := now();
+    END IF;
+  END IF;
+  IF NOT {transition_allowed_sql("previous", "NEW.status")} THEN
+    RAISE EXCEPTION 'illegal status transition for task %/%: % -> %',
+        NEW.user_id, NEW.task_id, previous, NEW.status
+      USING ERRCODE = 'AE001',
+            DETAIL = format('tasks.status cannot move from %s to %s', previous, NEW.status),
+            HINT = 'Allowed: pending -> running | cancelled; running -> completed | failed '
+                   '| timed_out | cancelled; and a status to itself.',
+            TABLE = 'tasks', COLUMN = 'status', CONSTRAINT = 'tr_tasks_status_transition';
+  END IF;
+  IF NEW.status <> 'pending' AND NEW.status <> 'cancelled' AND NEW.started_at IS NULL THEN
+    NEW.started_at := NEW.updated_at;
+  END IF;
+  IF NEW.status IN ('completed', 'failed', 'timed_out', 'cancelled') THEN
+    IF NEW.finished_at IS NULL THEN
+      NEW.finished_at := NEW.updated_at;
+    END IF;
+  ELSE
+    NEW.finished_at := NULL;
+  END IF;
+  RETURN NEW;
+END
+$$
+"""
+
+HISTORY_TRIGGER_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_task_history_before_update() RETURNS trigger
+LANGUAGE plpgsql {PINNED_SEARCH_PATH} AS $$
+BEGIN
+  IF NOT {transition_allowed_sql("OLD.status", "NEW.status")} THEN
+    RAISE EXCEPTION 'illegal status transition for step % of task %/%: % -> %',
+        OLD.step, OLD.user_id, OLD.task_id, OLD.status, NEW.status
+      USING ERRCODE = 'AE001',
+            DETAIL = format('task_history.status cannot move from %s to %s',
+                            OLD.status, NEW.status),
+            HINT = 'Allowed: pending -> running | cancelled; running -> completed | failed '
+                   '| timed_out | cancelled; and a status to itself.',
+            TABLE = 'task_history', COLUMN = 'status',
+            CONSTRAINT = 'tr_task_history_status_transition';
+  END IF;
+  IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+    NEW.updated_at := now();
+  END IF;
+  RETURN NEW;
+END
+$$
+"""
+
+
+# -- task events: what watchers follow (watch.py) ------------------------------------------------
+# Every committed insert or update of a step, and every status change of a task, appends one
+# row to task_events. Our own writes log their events in the same statement (the saves append
+# the rows their INSERTs return; the bulk path COPYs them) and set ``names.OWN_EVENTS_SETTING`` for
+# their transaction, so the insert triggers skip them by their WHEN clause, evaluated without
+# entering PL/pgSQL (the trigger cost 15 to 35 µs a row, revision 0005). Row-level AFTER
+# triggers log everything else (psql writers, status changes of existing tasks). Each
+# trigger also notifies ``names.CHANNEL`` when some manager watches the task (or its user) in
+# ``names.WATCHED_TABLE``, and only then: a notifying commit takes a cluster-wide lock in
+# PostgreSQL. Events go with their task (a statement-level AFTER DELETE trigger; a foreign key
+# would cost a check on every event).
+
+EVENTS_NOT_OWN: Final = (
+    f"WHEN (current_setting('{names.OWN_EVENTS_SETTING}', true) IS DISTINCT FROM 'on')"
+)
+
+STEP_EVENTS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_task_history_changed() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+BEGIN
+  IF current_setting('{names.OWN_EVENTS_SETTING}', true) = 'on' THEN
+    RETURN NULL;
+  END IF;
+  INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, step, step_name, result, completed,
+                               message, status, error_code, error_message, at)
+  VALUES (NEW.user_id, NEW.task_id, NEW.step, NEW.step_name, NEW.result, NEW.completed,
+          NEW.message, NEW.status, NEW.error_code, NEW.error_message, NEW.updated_at);
+  IF EXISTS (SELECT FROM @S@.{names.WATCHED_TABLE} w
+             WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now()) THEN
+    PERFORM pg_notify('{names.CHANNEL}', NEW.user_id || {names.SEPARATOR_SQL} || NEW.task_id);
+  END IF;
+  RETURN NULL;
+END
+$$
+"""
+
+TASK_EVENTS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_changed() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+BEGIN
+  INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, status, error_code, error_message, at)
+  VALUES (NEW.user_id, NEW.task_id, NEW.status, NEW.error_code, NEW.error_message,
+          NEW.updated_at);
+  IF EXISTS (SELECT FROM @S@.{names.WATCHED_TABLE} w
+             WHERE w.user_id = NEW.user_id AND w.task_id IN (NEW.task_id, '')
+               AND w.until > now()) THEN
+    PERFORM pg_notify('{names.CHANNEL}', NEW.user_id || {names.SEPARATOR_SQL} || NEW.task_id);
+  END IF;
+  RETURN NULL;
+END
+$$
+"""
+
+#: On Citus a worker cannot plan a join with the transition table ("unrecognized RTE kind"):
+#: there the events go task by task, each a single-shard statement (revision 0006).
+TASKS_GONE_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_deleted() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+DECLARE
+  k record;
+BEGIN
+  IF current_setting('citus.version', true) IS NULL THEN
+    DELETE FROM @S@.{names.EVENTS_TABLE} e USING gone g
+    WHERE e.user_id = g.user_id AND e.task_id = g.task_id;
+  ELSE
+    FOR k IN SELECT DISTINCT g.user_id, g.task_id FROM gone g LOOP
+      DELETE FROM @S@.{names.EVENTS_TABLE} e WHERE e.user_id = k.user_id AND e.task_id = k.task_id;
+    END LOOP;
+  END IF;
+  RETURN NULL;
+END
+$$
+"""
+
+#: A save as one call, for Citus (``statements.saves.SAVE_STEPS_CALL``): one user's
+#: saves, distinct keys in key order — tasks first, then steps, and the events of both as the
+#: plain statement logs them — which Citus runs whole on the node that owns the user
+#: (``citus.py`` distributes it by ``p_user_id``). It takes the caller's ``lock_timeout``,
+#: which Citus does not pass on to the node. No NOTIFY: on a worker it reaches no client.
+SAVE_STEPS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.{names.SAVE_STEPS_FUNCTION}(
+  p_user_id text, p_task_ids text[], p_steps integer[], p_step_names text[], p_results jsonb[],
+  p_completed boolean[], p_messages text[], p_statuses @S@.task_status[],
+  p_error_codes @S@.error_code[], p_error_messages text[], p_lock_timeout text) RETURNS void
+LANGUAGE plpgsql {PINNED_SEARCH_PATH} AS $$
+DECLARE
+  fresh CONSTANT timestamptz := now() - interval '1 second';
+  task text;
+  i integer;
+  created boolean;
+  row_status @S@.task_status;
+  row_code @S@.error_code;
+  row_message text;
+  row_at timestamptz;
+BEGIN
+  PERFORM set_config('{names.OWN_EVENTS_SETTING}', 'on', true);
+  IF p_lock_timeout IS NOT NULL THEN  -- the caller's: Citus does not pass it on to the node
+    PERFORM set_config('lock_timeout', p_lock_timeout, true);
+  END IF;
+  FOR task IN SELECT DISTINCT k FROM unnest(p_task_ids) AS k ORDER BY 1 LOOP
+    CONTINUE WHEN EXISTS (
+      SELECT FROM @S@.tasks f
+      WHERE f.user_id = p_user_id AND f.task_id = task AND f.status <> 'pending'
+        AND f.updated_at >= fresh);
+    INSERT INTO @S@.tasks AS t (user_id, task_id, status) VALUES (p_user_id, task, 'running')
+    ON CONFLICT (user_id, task_id) DO UPDATE
+      SET status = CASE WHEN t.status = 'pending' THEN 'running'::@S@.task_status
+                        ELSE t.status END
+      WHERE t.status = 'pending' OR t.updated_at < fresh
+    RETURNING t.status, t.error_code, t.error_message, t.updated_at, t.xmax = 0
+      INTO row_status, row_code, row_message, row_at, created;
+    IF created THEN
+      INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, status, error_code, error_message, at)
+      VALUES (p_user_id, task, row_status, row_code, row_message, row_at);
+    END IF;
+  END LOOP;
+  FOR i IN 1 .. coalesce(cardinality(p_steps), 0) LOOP
+    INSERT INTO @S@.task_history AS h (user_id, task_id, step, step_name, result, completed,
+                                       message, status, error_code, error_message)
+    VALUES (p_user_id, p_task_ids[i], p_steps[i], p_step_names[i], p_results[i],
+            p_completed[i], p_messages[i], p_statuses[i], p_error_codes[i],
+            p_error_messages[i])
+    ON CONFLICT (user_id, task_id, step) DO UPDATE SET
+      step_name = EXCLUDED.step_name, result = EXCLUDED.result,
+      completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
+      error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
+    RETURNING h.updated_at INTO row_at;
+    INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, step, step_name, result, completed,
+                               message, status, error_code, error_message, at)
+    VALUES (p_user_id, p_task_ids[i], p_steps[i], p_step_names[i], p_results[i],
+            p_completed[i], p_messages[i], p_statuses[i], p_error_codes[i],
+            p_error_messages[i], row_at);
+  END LOOP;
+END
+$$
+"""
+
+
+#: The xmin horizon of the node that holds a user's rows, for watchers on Citus
+#: (``statements.watching.WATCH_HORIZON``): their events carry that node's transaction
+#: ids, to which the coordinator's own snapshot says nothing. Distributed by ``p_user_id``.
+HORIZON_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.{names.HORIZON_FUNCTION}(p_user_id text) RETURNS bigint
+LANGUAGE plpgsql STABLE {PINNED_SEARCH_PATH} AS $$
+BEGIN
+  RETURN pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+END
+$$
+"""
+
+EVENT_TRIGGERS: Final = (
+    f"""CREATE TRIGGER tr_task_history_changed AFTER INSERT OR UPDATE ON task_history
+FOR EACH ROW {EVENTS_NOT_OWN} EXECUTE FUNCTION aiecs_task_history_changed()""",
+    f"""CREATE TRIGGER tr_tasks_inserted AFTER INSERT ON tasks
+FOR EACH ROW {EVENTS_NOT_OWN} EXECUTE FUNCTION aiecs_tasks_changed()""",
+    """CREATE TRIGGER tr_tasks_status_changed AFTER UPDATE ON tasks FOR EACH ROW
+WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.error_code IS DISTINCT FROM NEW.error_code)
+EXECUTE FUNCTION aiecs_tasks_changed()""",
+    """CREATE TRIGGER tr_tasks_deleted AFTER DELETE ON tasks
+REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+EXECUTE FUNCTION aiecs_tasks_deleted()""",
+)
+
+
+def in_current_schema(ddl: str) -> str:
+    """``ddl`` as a DO block that replaces ``@S@`` by the current schema (quoted)."""
+    return (
+        "DO $aiecs$ BEGIN EXECUTE replace($ddl$" + ddl
+        + "$ddl$, '@S@', quote_ident(current_schema())); END $aiecs$"
+    )
+
+
+TASKS_TRIGGER: Final = """
+CREATE TRIGGER tr_tasks_status_transition BEFORE UPDATE ON tasks
+FOR EACH ROW EXECUTE FUNCTION aiecs_tasks_before_write()
+"""
+
+#: The same function for a new task, unless it is created running with its start time and no
+#: finish time (the rows the saves write: nothing to check, since pending → running is
+#: allowed, and nothing to fill in), which spares a save of a new task the PL/pgSQL call
+#: (revision 0007). Every other insert is checked and completed as an update is.
+TASKS_INSERT_TRIGGER: Final = """
+CREATE TRIGGER tr_tasks_status_created BEFORE INSERT ON tasks
+FOR EACH ROW WHEN (NEW.status <> 'running' OR NEW.started_at IS NULL
+                   OR NEW.finished_at IS NOT NULL)
+EXECUTE FUNCTION aiecs_tasks_before_write()
+"""
+
+HISTORY_TRIGGER: Final = """
+CREATE TRIGGER tr_task_history_status_transition BEFORE UPDATE ON task_history
+FOR EACH ROW EXECUTE FUNCTION aiecs_task_history_before_update()
+"""
+
+STEP_DETAILS_VIEW: Final = """
+CREATE VIEW step_details AS
+SELECT h.user_id, h.task_id, h.step, h.step_name, h.status, h.completed, h.message,
+       h.error_code, e.name AS error_name, e.category AS error_category,
+       e.description AS error_description, h.error_message, h.result,
+       h.created_at, h.updated_at
+FROM task_history h
+LEFT JOIN error_codes e ON e.code = h.error_code
+"""
+
+TASK_SUMMARY_VIEW: Final = """
+CREATE VIEW task_summary AS
+SELECT t.user_id, t.task_id, t.status, t.error_code, t.error_message,
+       count(h.step) AS steps,
+       count(h.step) FILTER (WHERE h.status = 'completed') AS completed_steps,
+       count(h.step) FILTER (WHERE h.status IN ('failed', 'timed_out', 'cancelled'))
+         AS failed_steps,
+       t.created_at, t.started_at, t.finished_at,
+       LEAST(t.created_at, min(h.created_at)) AS first_activity,
+       GREATEST(t.updated_at, max(h.updated_at)) AS last_activity,
+       COALESCE(t.finished_at, GREATEST(t.updated_at, max(h.updated_at)))
+         - COALESCE(t.started_at, t.created_at) AS duration
+FROM tasks t
+LEFT JOIN task_history h ON h.user_id = t.user_id AND h.task_id = t.task_id
+GROUP BY t.user_id, t.task_id
+"""
+
+FAILURES_BY_DAY_VIEW: Final = """
+CREATE VIEW failures_by_day AS
+SELECT (h.created_at AT TIME ZONE 'UTC')::date AS day,
+       h.error_code, e.name AS error_name, e.category AS error_category,
+       count(*) AS failures,
+       count(DISTINCT (h.user_id, h.task_id)) AS tasks
+FROM task_history h
+JOIN error_codes e ON e.code = h.error_code
+WHERE h.error_code IS NOT NULL
+GROUP BY 1, h.error_code, e.name, e.category
+"""
+
+VIEW_NAMES: Final = ("step_details", "task_summary", "failures_by_day")
+
+#: Everything that is not a table, in creation order (``metadata.create_all`` runs these too).
+DDL_STATEMENTS: Final = (
+    in_current_schema(TRANSITION_FUNCTION),
+    in_current_schema(TASKS_TRIGGER_FUNCTION),
+    in_current_schema(HISTORY_TRIGGER_FUNCTION),
+    TASKS_TRIGGER,
+    TASKS_INSERT_TRIGGER,
+    HISTORY_TRIGGER,
+    in_current_schema(STEP_EVENTS_FUNCTION),
+    in_current_schema(TASK_EVENTS_FUNCTION),
+    in_current_schema(TASKS_GONE_FUNCTION),
+    *EVENT_TRIGGERS,
+    in_current_schema(SAVE_STEPS_FUNCTION),
+    in_current_schema(HORIZON_FUNCTION),
+    STEP_DETAILS_VIEW,
+    TASK_SUMMARY_VIEW,
+    FAILURES_BY_DAY_VIEW,
+)
+
+SEED_ERROR_CODES: Final = "INSERT INTO error_codes (code, name, category, description) VALUES " + (
+    ", ".join(
+        "('{code}', '{name}', '{category}', '{description}')".format(**row)
+        for row in ERROR_CODE_ROWS
+    )
+)
+
+#: What ``metadata.drop_all`` runs first (``schema.py``), dependents before what they use.
+DROP_STATEMENTS: Final = (
+    *(f"DROP VIEW IF EXISTS {v}" for v in reversed(VIEW_NAMES)),
+    f"DROP FUNCTION IF EXISTS {names.SAVE_STEPS_FUNCTION}(text, text[], integer[], text[], "
+    "jsonb[], boolean[], text[], task_status[], error_code[], text[], text)",
+    f"DROP FUNCTION IF EXISTS {names.HORIZON_FUNCTION}(text)",
+    "DROP FUNCTION IF EXISTS aiecs_tasks_changed() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_tasks_deleted() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_task_history_changed() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_tasks_before_write() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_task_history_before_update() CASCADE",
+    "DROP FUNCTION IF EXISTS aiecs_status_transition_allowed(task_status, task_status)",
+)
