@@ -1,4 +1,5 @@
-"""Schema and models can never silently diverge (issue 3, item 5)."""
+"""Schema and models can never silently diverge: the migrations and the models build the same
+schema, compared through the catalogs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Enum evolution without rewriting tables, and concurrent upgrades (issue 3, items 4 and 7)."""
+"""Enum evolution without rewriting tables, and concurrent upgrades."""
 
 from __future__ import annotations
 
