@@ -30,6 +30,7 @@ from typer.core import TyperGroup
 from . import embedded as embedded_server
 from . import migrate
 from .config import connect, normalize_url, resolve_url, safe_url
+from .domain import ErrorCode, TaskStepResult
 from .errors import PersistenceError, SchemaMismatchError, ValidationError, mask_password
 from .sqlstates import classify, translate
 
@@ -402,8 +403,6 @@ def history(
 
 
 def _follow(user_id: str, task_id: str, url: str | None, as_json: bool) -> None:
-    from .domain import ErrorCode
-
     try:
         with _manager(url) as db:
             for entry in db.watch_task_history(user_id, task_id):
@@ -411,28 +410,34 @@ def _follow(user_id: str, task_id: str, url: str | None, as_json: bool) -> None:
                     sys.stdout.write(json.dumps(entry, default=str) + "\n")
                     sys.stdout.flush()
                     continue
-                r = entry["result"]
-                code = r["error_code"]
-                error = f" {code} {ErrorCode(code).description}" if code else ""
-                when = dt.datetime.fromisoformat(entry["timestamp"]).strftime("%H:%M:%S")
-                out.print(f"{when} #{entry['step']} {r['step']} {entry['status']}{error} "
-                          f"{r['error_message'] or r['message']}".rstrip(),
+                step, result, when = _step_of(entry)
+                code = result.error_code
+                error = f" {code} {_meaning(code)}" if code else ""
+                out.print(f"{when:%H:%M:%S} #{step} {result.step} {result.status}{error} "
+                          f"{result.error_message or result.message}".rstrip(),
                           markup=False, highlight=False)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
 
-def _history_table(title: str, steps: list[dict[str, Any]]) -> Table:
-    from .domain import ErrorCode
+def _step_of(entry: dict[str, Any]) -> tuple[int, TaskStepResult, dt.datetime]:
+    """A ``load_task_history`` entry as the library's value object: (index, result, time)."""
+    return (entry["step"], TaskStepResult(**entry["result"]),
+            dt.datetime.fromisoformat(entry["timestamp"]))
 
+
+def _meaning(code: str) -> str:
+    return ErrorCode(code).description
+
+
+def _history_table(title: str, steps: list[dict[str, Any]]) -> Table:
     table = Table("#", "step", "status", "error", "meaning", "message", "time", title=title)
-    for e in steps:
-        r = e["result"]
-        code = r["error_code"]
-        table.add_row(str(e["step"]), r["step"], e["status"], code or "",
-                      ErrorCode(code).description if code else "",
-                      r["error_message"] or r["message"],
-                      dt.datetime.fromisoformat(e["timestamp"]).strftime("%Y-%m-%d %H:%M:%S"))
+    for entry in steps:
+        step, result, when = _step_of(entry)
+        code = result.error_code
+        table.add_row(str(step), result.step, result.status, code or "",
+                      _meaning(code) if code else "",
+                      result.error_message or result.message, f"{when:%Y-%m-%d %H:%M:%S}")
     return table
 
 

@@ -36,7 +36,6 @@ queue has work, so no caller is ever held up writing the saves of others.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import threading
@@ -46,7 +45,7 @@ from typing import Any, Final
 
 from .statements import Statement
 
-__all__ = ["Arrival", "AsyncQueued", "GroupCommit", "Key", "Queued"]
+__all__ = ["Arrival", "GroupCommit", "Key", "QueuedBase"]
 
 Key = tuple[str, str, int]
 #: Defaults of the settings of the same names.
@@ -65,9 +64,10 @@ class Arrival(enum.Enum):
     LEAD = "lead"
 
 
-class _Queued:
+class QueuedBase:
     """One save: its key, its statements (``full``, and ``fast`` when the task is fresh), and
-    once written, its outcome."""
+    once written, its outcome. How its caller waits is the I/O style's (``queued.py``, and its
+    generated twin ``queued_sync.py``)."""
 
     __slots__ = ("error", "fast", "full", "key")
 
@@ -81,47 +81,6 @@ class _Queued:
         """Raise the save's error, if it failed."""
         if self.error is not None:
             raise self.error
-
-
-class AsyncQueued(_Queued):
-    """A save queued by the async manager (woken on the loop that queued it). Its future is
-    made only when it waits: a save that goes out at once never needs one."""
-
-    __slots__ = ("_done", "_resolved")
-
-    def __init__(self, key: Key, full: Statement, fast: Statement | None) -> None:
-        super().__init__(key, full, fast)
-        self._done: asyncio.Future[None] | None = None
-        self._resolved = False
-
-    def resolve(self, error: BaseException | None = None) -> None:
-        self.error = error
-        self._resolved = True
-        done = self._done
-        if done is not None and not done.done():  # its caller may have been cancelled
-            done.set_result(None)
-
-    async def wait(self) -> None:
-        if not self._resolved:
-            self._done = asyncio.get_running_loop().create_future()
-            await self._done
-
-
-class Queued(_Queued):
-    """A save queued by the blocking manager (its thread waits on an event)."""
-
-    __slots__ = ("_done",)
-
-    def __init__(self, key: Key, full: Statement, fast: Statement | None) -> None:
-        super().__init__(key, full, fast)
-        self._done = threading.Event()
-
-    def resolve(self, error: BaseException | None = None) -> None:
-        self.error = error
-        self._done.set()
-
-    def wait(self) -> None:
-        self._done.wait()
 
 
 class GroupCommit:
@@ -138,7 +97,7 @@ class GroupCommit:
         self._in_flight: set[Key] = set()
         self._queue: deque[Any] = deque()
 
-    def arrive(self, save: _Queued) -> Arrival:
+    def arrive(self, save: QueuedBase) -> Arrival:
         """A save arrives. ``ALONE`` when every writer is free (and its key is not being
         written): the caller writes it and then owes ``finish``. ``LEAD`` when a writer is free
         while another is busy: the save is queued and the caller starts that writer, which
@@ -173,7 +132,7 @@ class GroupCommit:
                 self._busy -= 1
             return batch
 
-    def withdraw(self, save: _Queued) -> None:
+    def withdraw(self, save: QueuedBase) -> None:
         """A queued save's caller gave up (cancelled): out of the queue, if still there (a save
         already taken into a batch is written anyway, as a save cancelled in flight may be)."""
         with self._lock, contextlib.suppress(ValueError):

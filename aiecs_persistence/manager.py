@@ -6,39 +6,24 @@ the pool, so concurrent coroutines never share one.
 
 This file is also the source of the blocking ``SyncDatabaseManager``: ``sync.py`` is generated
 from it by ``tools/async_to_sync.py`` (``async``/``await`` dropped, asyncio's pieces swapped
-for threading's). Write every change of the managers here, once, then run that script. Lines
-between ``# [async]`` and ``# [end]`` stay out of the blocking manager; lines between
-``# [sync]`` and ``# [end]`` are commented here and are the blocking manager's own.
+for threading's). Write every change of the managers here, once, then run that script. Where
+the two differ, a live branch says how: ``if True:  # ASYNC`` holds the async code, its
+``else`` the blocking manager's, and both are type-checked and linted (the ``else`` side in
+``sync.py``).
 """
 
 from __future__ import annotations
 
-# [async]
-import asyncio
-
-# [end]
 import datetime as dt
-
-# [sync]
-# import threading
-# [end]
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-# [async]
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-)
-
-# [sync]
-# from collections.abc import Callable, Iterable, Iterator, Mapping
-# from concurrent.futures import ThreadPoolExecutor
-# [end]
+if True:  # ASYNC
+    import asyncio
+    from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+else:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
@@ -48,7 +33,9 @@ from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
-from .group import Arrival, AsyncQueued
+from .group import Arrival
+from .listen import AsyncListener, AsyncWaiter
+from .queued import AsyncQueued
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost, is_unique_violation
 from .statements import bulk, checks, reads, saves, tasks
@@ -64,7 +51,7 @@ from .statements.rows import (
 )
 from .statements.statement import SET_LOCAL, Statement, set_local
 from .statements.watching import Watch
-from .watch import HEARTBEAT, AsyncListener, AsyncWaiter
+from .watch import HEARTBEAT
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
     from psycopg import AsyncConnection
@@ -93,15 +80,17 @@ class DatabaseManager(ManagerBase):
     ) -> None:
         super().__init__(db_config, url=url, **settings)
         self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
-        self._lock = asyncio.Lock()
+        if True:  # ASYNC
+            self._lock = asyncio.Lock()
+        else:
+            self._lock = threading.Lock()
         self._listener: AsyncListener | None = None
         self._held: list[AsyncConnection[DictRow]] = []
-        # [async]
-        self._drains: set[asyncio.Future[None]] = set()
-        # [sync]
-        # self._drainers = ThreadPoolExecutor(
-        #     self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
-        # [end]
+        if True:  # ASYNC
+            self._drains: set[asyncio.Future[None]] = set()
+        else:
+            self._drainers = ThreadPoolExecutor(
+                self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -139,14 +128,13 @@ class DatabaseManager(ManagerBase):
 
     async def disconnect(self) -> None:
         """Close the pool and its connections (a later call connects again)."""
-        # [async]
-        if self._drains:  # queued saves are written before the pool closes
-            await asyncio.wait(list(self._drains))
-        # [sync]
-        # self._drainers.shutdown(wait=True)  # queued saves are written before the pool closes
-        # self._drainers = ThreadPoolExecutor(
-        #     self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
-        # [end]
+        if True:  # ASYNC
+            if self._drains:  # queued saves are written before the pool closes
+                await asyncio.wait(list(self._drains))
+        else:
+            self._drainers.shutdown(wait=True)  # queued saves are written before it closes
+            self._drainers = ThreadPoolExecutor(
+                self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
         await self._release_held()
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -184,15 +172,14 @@ class DatabaseManager(ManagerBase):
         if writer and held:
             return held.pop()
         conn = await pool.getconn()
-        # [async]
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # psycopg_pool waits with asyncio.wait_for, which on Python 3.11 drops a
-            # cancellation that arrives as the connection is handed over: honour it here (a
-            # cancelled watcher would otherwise follow its task for ever).
-            await pool.putconn(conn)
-            raise asyncio.CancelledError
-        # [end]
+        if True:  # ASYNC
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # psycopg_pool waits with asyncio.wait_for, which on Python 3.11 drops a
+                # cancellation that arrives as the connection is handed over: honour it here (a
+                # cancelled watcher would otherwise follow its task for ever).
+                await pool.putconn(conn)
+                raise asyncio.CancelledError
         return conn
 
     async def _checkin(
@@ -351,13 +338,12 @@ class DatabaseManager(ManagerBase):
         own."""
         if batch == []:
             return
-        # [async]
-        task = asyncio.ensure_future(self._write_batches(batch))
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
-        # [sync]
-        # self._drainers.submit(self._write_batches, batch)
-        # [end]
+        if True:  # ASYNC
+            task = asyncio.ensure_future(self._write_batches(batch))
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        else:
+            self._drainers.submit(self._write_batches, batch)
 
     async def _write_batches(self, batch: list[AsyncQueued] | None) -> None:
         assert self._group is not None
@@ -419,15 +405,14 @@ class DatabaseManager(ManagerBase):
                 await self._set_local_timeouts(conn)
                 if self._dialect.own_events:  # else the triggers log (dialect.py)
                     await conn.execute(bulk.BULK_EVENTS_ON)
-                # [async]
-                if isinstance(records, AsyncIterable):
-                    async for record in records:
-                        if chunk.add(record) and (taken := chunk.take()):
+                if True:  # ASYNC
+                    if isinstance(records, AsyncIterable):
+                        async for record in records:
+                            if chunk.add(record) and (taken := chunk.take()):
+                                await self._write_chunk(conn, *taken)
+                        if taken := chunk.take():
                             await self._write_chunk(conn, *taken)
-                    if taken := chunk.take():
-                        await self._write_chunk(conn, *taken)
-                    return chunk.seen
-                # [end]
+                        return chunk.seen
                 await self._write_chunks(conn, chunk, iter(records))
             return chunk.seen
 
@@ -437,24 +422,23 @@ class DatabaseManager(ManagerBase):
         self, conn: AsyncConnection[DictRow], chunk: bulk.BulkChunk, source: Iterator[Any]
     ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
-        # [async]
-        pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
-        try:
-            while (taken := await pending) is not None:
-                pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
-                await self._write_chunk(conn, *taken)
-        finally:
-            if not pending.done():  # a write failed: let the builder finish, drop its chunk
-                await asyncio.wait([pending])
-            if not pending.cancelled():
-                pending.exception()  # retrieved, so asyncio does not report it
-        # [sync]
-        # with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
-        #     pending = builder.submit(chunk.fill, source)
-        #     while (taken := pending.result()) is not None:
-        #         pending = builder.submit(chunk.fill, source)  # the next, meanwhile
-        #         self._write_chunk(conn, *taken)
-        # [end]
+        if True:  # ASYNC
+            pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
+            try:
+                while (taken := await pending) is not None:
+                    pending = asyncio.ensure_future(asyncio.to_thread(chunk.fill, source))
+                    await self._write_chunk(conn, *taken)
+            finally:
+                if not pending.done():  # a write failed: let the builder finish, drop it
+                    await asyncio.wait([pending])
+                if not pending.cancelled():
+                    pending.exception()  # retrieved, so asyncio does not report it
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
+                pending = builder.submit(chunk.fill, source)
+                while (taken := pending.result()) is not None:
+                    pending = builder.submit(chunk.fill, source)  # the next, meanwhile
+                    self._write_chunk(conn, *taken)
 
     async def _write_chunk(
         self, conn: AsyncConnection[DictRow], rows: list[tuple[Any, ...]],
@@ -655,12 +639,8 @@ class DatabaseManager(ManagerBase):
                 else:
                     node = await self._run(horizon)
                     rows = await self._run(watch.statement(int(node[0]["horizon"])))
-                # [async]
                 for entry in take(rows):
                     yield entry
-                # [sync]
-                # yield from take(rows)
-                # [end]
                 if until_finished and watch.finished:
                     return
                 await self._idle(waiter, interval)

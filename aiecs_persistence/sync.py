@@ -2,8 +2,8 @@
 # Change manager.py and run `python tools/async_to_sync.py`.
 """``SyncDatabaseManager``: the blocking twin of ``DatabaseManager``.
 
-Same methods, same arguments, same results, same statements (``statements.py``); only the
-I/O style differs. Thread-safe: each call checks its own connection out of the pool.
+Same methods, same arguments, same results, same statements (``statements/``); only the I/O
+style differs. Thread-safe: each call checks its own connection out of the pool.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
-from .group import Arrival, Queued
+from .group import Arrival
+from .listen_sync import Listener, Waiter
+from .queued_sync import Queued
 from .records import Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost, is_unique_violation
 from .statements import bulk, checks, reads, saves, tasks
@@ -38,7 +40,7 @@ from .statements.rows import (
 )
 from .statements.statement import SET_LOCAL, Statement, set_local
 from .statements.watching import Watch
-from .watch import HEARTBEAT, Listener, Waiter
+from .watch import HEARTBEAT
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
     from psycopg import Connection
@@ -109,7 +111,7 @@ class SyncDatabaseManager(ManagerBase):
 
     def disconnect(self) -> None:
         """Close the pool and its connections (a later call connects again)."""
-        self._drainers.shutdown(wait=True)  # queued saves are written before the pool closes
+        self._drainers.shutdown(wait=True)  # queued saves are written before it closes
         self._drainers = ThreadPoolExecutor(
             self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
         self._release_held()

@@ -61,11 +61,18 @@ def user_tasks(user_id: Any, limit: Any) -> Statement:
     )
 
 
-def _filters(
-    alias: str, status: Any, error_code: Any, since: Any, until: Any
-) -> tuple[list[str], dict[str, Any]]:
+def _listing(
+    name: str, select: str, alias: str, order: tuple[str, ...], *, user_id: Any, limit: Any,
+    cursor: Any, status: Any, error_code: Any, since: Any, until: Any,
+    more: list[tuple[str, str, Any]],
+) -> Statement:
+    """One page of a user's rows (``select`` names them, from a table aliased ``alias``), newest
+    first, keyset-paginated on ``order``: the common filters, then ``more`` (each a condition,
+    its parameter's name and its checked value), then the cursor's position. It reads one row
+    more than ``limit``: whether there is a next page."""
     where: list[str] = []
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {"user_id": check_id(user_id, "user_id"),
+                              "limit": check_limit(limit) + 1}
     if status is not None:
         statuses = [status] if isinstance(status, str | TaskStatus) else list(status)
         params["statuses"] = [check_status(s).value for s in statuses]
@@ -80,7 +87,21 @@ def _filters(
     if until is not None:
         params["until"] = check_time(until, "until")
         where.append(f"{alias}.updated_at < %(until)s")
-    return where, params
+    for condition, param, value in more:
+        params[param] = value
+        where.append(condition)
+    if cursor is not None:
+        position = decode_cursor(cursor, with_step="step" in order)
+        names = ("c_time", "c_task", "c_step")[:len(order)]
+        params.update(zip(names, position, strict=False))
+        where.append(f"({listed(order, alias + '.')}) < ("
+                     + ", ".join(f"%({n})s" for n in names) + ")")
+    sql = (
+        f"SELECT {select} WHERE {alias}.user_id = %(user_id)s"
+        + "".join(f" AND {w}" for w in where)
+        + " ORDER BY " + ", ".join(f"{alias}.{c} DESC" for c in order) + " LIMIT %(limit)s"
+    )
+    return Statement(name, sql, params)
 
 
 def list_tasks(
@@ -88,24 +109,15 @@ def list_tasks(
     since: Any = None, until: Any = None, limit: Any = 100, cursor: Any = None,
 ) -> Statement:
     """A user's tasks, newest activity first, keyset-paginated on (updated_at, task_id)."""
-    where, params = _filters("t", status, error_code, since, until)
-    params["user_id"] = check_id(user_id, "user_id")
-    params["limit"] = check_limit(limit) + 1
+    more = []
     if step_name is not None:
-        params["step_name"] = check_filter_text(step_name, "step_name")
-        where.append(
-            "EXISTS (SELECT FROM task_history h WHERE h.user_id = t.user_id "
-            "AND h.task_id = t.task_id AND h.step_name = %(step_name)s)"
-        )
-    if cursor is not None:
-        params["c_time"], params["c_task"], _ = decode_cursor(cursor, with_step=False)
-        where.append("(t.updated_at, t.task_id) < (%(c_time)s, %(c_task)s)")
-    sql = (
-        f"SELECT {listed(TASK_COLUMNS, 't.')} FROM tasks t WHERE t.user_id = %(user_id)s "
-        + "".join(f" AND {w}" for w in where)
-        + " ORDER BY t.updated_at DESC, t.task_id DESC LIMIT %(limit)s"
-    )
-    return Statement("list_tasks", sql, params)
+        more.append(("EXISTS (SELECT FROM task_history h WHERE h.user_id = t.user_id "
+                     "AND h.task_id = t.task_id AND h.step_name = %(step_name)s)",
+                     "step_name", check_filter_text(step_name, "step_name")))
+    return _listing(
+        "list_tasks", f"{listed(TASK_COLUMNS, 't.')} FROM tasks t", "t",
+        ("updated_at", "task_id"), user_id=user_id, limit=limit, cursor=cursor,
+        status=status, error_code=error_code, since=since, until=until, more=more)
 
 
 def list_steps(
@@ -114,26 +126,14 @@ def list_steps(
     cursor: Any = None,
 ) -> Statement:
     """A user's steps, newest first, keyset-paginated on (updated_at, task_id, step)."""
-    where, params = _filters("h", status, error_code, since, until)
-    params["user_id"] = check_id(user_id, "user_id")
-    params["limit"] = check_limit(limit) + 1
+    more = []
     if task_id is not None:
-        params["task_id"] = check_id(task_id, "task_id")
-        where.append("h.task_id = %(task_id)s")
+        more.append(("h.task_id = %(task_id)s", "task_id", check_id(task_id, "task_id")))
     if step_name is not None:
-        params["step_name"] = check_filter_text(step_name, "step_name")
-        where.append("h.step_name = %(step_name)s")
-    if cursor is not None:
-        params["c_time"], params["c_task"], params["c_step"] = decode_cursor(
-            cursor, with_step=True
-        )
-        where.append("(h.updated_at, h.task_id, h.step) < (%(c_time)s, %(c_task)s, %(c_step)s)")
-    sql = (
-        f"SELECT {listed(STEP_COLUMNS, 'h.')}, h.created_at, h.updated_at "
-        "FROM task_history h WHERE h.user_id = %(user_id)s"
-        + "".join(f" AND {w}" for w in where)
-        + " ORDER BY h.updated_at DESC, h.task_id DESC, h.step DESC LIMIT %(limit)s"
-    )
-    return Statement("list_steps", sql, params)
-
-
+        more.append(("h.step_name = %(step_name)s", "step_name",
+                     check_filter_text(step_name, "step_name")))
+    return _listing(
+        "list_steps",
+        f"{listed(STEP_COLUMNS, 'h.')}, h.created_at, h.updated_at FROM task_history h", "h",
+        ("updated_at", "task_id", "step"), user_id=user_id, limit=limit, cursor=cursor,
+        status=status, error_code=error_code, since=since, until=until, more=more)

@@ -349,7 +349,7 @@ def test_cancelled_watchers_always_end(db_url):
     (The benchmark's watchers, cancelled while a group-committed burst woke them, once never
     ended: on Python 3.11 ``asyncio.timeout`` lost the cancellation. That exact race could not
     be staged here; this guards the behaviour around it.)"""
-    from aiecs_persistence.watch import AsyncWaiter
+    from aiecs_persistence.listen import AsyncWaiter
 
     async def main() -> int:
         async def waiting(waiter: AsyncWaiter) -> None:

@@ -1,5 +1,6 @@
-"""``sync.py`` is generated from ``manager.py`` (tools/async_to_sync.py): it must be fresh, the
-check must catch a stale copy, and the two managers must offer the same API."""
+"""The blocking modules are generated from their async sources (tools/async_to_sync.py): they
+must be fresh, the check must catch a stale copy, a malformed async branch is refused, and the
+two managers must offer the same API."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_sync_module_is_generated_and_fresh():
     assert SYNC.read_text().startswith("# WARNING: generated from manager.py")
+    for twin in ("listen_sync.py", "queued_sync.py"):
+        assert (ROOT / "aiecs_persistence" / twin).read_text().startswith(
+            "# WARNING: generated from "), twin
     done = run_tool("--check")
     assert done.returncode == 0, done.stderr
 
@@ -46,11 +50,27 @@ def test_check_fails_when_manager_changed(tmp_path):
                     ).returncode == 0
 
 
-def test_unbalanced_markers_are_refused(tmp_path):
+@pytest.mark.parametrize("branch", [
+    "if False:  # ASYNC\n    import asyncio\n",
+    "if True:\n    import asyncio\n",
+    "if True:  # ASYNC\n    import asyncio\nelif False:\n    import threading\n",
+], ids=["not True", "unmarked", "elif"])
+def test_malformed_async_branches_are_refused(tmp_path, branch):
     scratch = tmp_path / "manager.py"
-    scratch.write_text('"""doc"""\n# [async]\nimport asyncio\n')
+    scratch.write_text('"""doc"""\n' + branch)
     done = run_tool("--check", "--source", str(scratch), "--target", str(tmp_path / "s.py"))
-    assert done.returncode == 2 and "not closed" in done.stderr
+    assert done.returncode == 2 and "async branch" in done.stderr, done.stderr
+
+
+def test_an_async_branch_becomes_its_else_body(tmp_path):
+    scratch = tmp_path / "manager.py"
+    scratch.write_text('"""doc"""\n\n\ndef f() -> int:\n    if True:  # ASYNC\n'
+                       '        return 1\n    else:\n        # blocking\n        return 2\n')
+    target = tmp_path / "s.py"
+    assert run_tool("--source", str(scratch), "--target", str(target)).returncode == 0
+    body = target.read_text()
+    assert "    # blocking\n    return 2\n" in body and "return 1" not in body
+    assert "if True" not in body
 
 
 def public_methods(cls: type) -> dict[str, object]:

@@ -3,7 +3,8 @@ batch holds, and in which order."""
 
 from __future__ import annotations
 
-from aiecs_persistence.group import Arrival, GroupCommit, Queued
+from aiecs_persistence.group import Arrival, GroupCommit
+from aiecs_persistence.queued_sync import Queued
 from aiecs_persistence.statements import Statement
 
 
