@@ -320,13 +320,15 @@ def current(url: UrlOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def check(url: UrlOption = None, as_json: JsonOption = False) -> None:
-    """Exit non-zero unless the database is at head, its enums match the code and, on a Citus
-    coordinator, every table is distributed as it should be."""
+    """Exit non-zero unless the database is at head, its enums match the code, nothing earlier
+    on the search_path shadows our tables and, on a Citus coordinator, every table is
+    distributed as it should be."""
     target = resolve_url(url=url)
     status = migrate.inspect(target)
     _emit({"ok": status.ok, "current": status.current, "head": status.head,
            "enum_problems": list(status.enum_problems), "citus": status.on_citus,
-           "distribution_problems": list(status.distribution_problems)},
+           "distribution_problems": list(status.distribution_problems),
+           "schema": status.schema, "shadowing": list(status.shadowing)},
           as_json, status.describe())
     if not status.ok:
         raise typer.Exit(EXIT_CHECK_FAILED)

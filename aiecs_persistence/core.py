@@ -81,13 +81,18 @@ class Settings:
     group_commit_writers: int = WRITERS
     group_commit_max_batch: int = MAX_BATCH
 
-    def connect_args(self, url_options: str | None = None) -> dict[str, Any]:
+    def connect_args(self, url_options: str | None = None,
+                     search_path: str | None = None) -> dict[str, Any]:
         """psycopg's connection arguments; ``url_options``, the URL's own ``options``
-        (``-c search_path=…``), come first, then our timeouts (which win a conflict)."""
+        (``-c search_path=…``), come first, then the schema of our objects as the whole
+        ``search_path`` (so that no schema created later can shadow them) and our timeouts
+        (which win a conflict)."""
         timeout = {} if self.connect_timeout is None else {"connect_timeout": self.connect_timeout}
         if self.transaction_pooling:  # a pooler would refuse (or drop) startup options
             return timeout
         options = [url_options] if url_options else []
+        if search_path is not None:
+            options.append(f"-c search_path={_option_value(quoted(search_path))}")
         if self.statement_timeout_ms is not None:
             options.append(f"-c statement_timeout={int(self.statement_timeout_ms)}")
         if self.lock_timeout_ms is not None:
@@ -98,7 +103,8 @@ class Settings:
         return args
 
     def pool_kwargs(self, min_size: int | None = None, max_size: int | None = None,
-                    url_options: str | None = None) -> dict[str, Any]:
+                    url_options: str | None = None, search_path: str | None = None
+                    ) -> dict[str, Any]:
         """Arguments of psycopg_pool's ``ConnectionPool``/``AsyncConnectionPool``: at least
         ``pool_size`` connections, up to ``pool_size + max_overflow`` (upstream's
         ``min_size``/``max_size`` override them), each in autocommit with the timeouts."""
@@ -106,17 +112,21 @@ class Settings:
         high = max(low, max_size if max_size is not None else self.pool_size + self.max_overflow)
         prepare = None if self.transaction_pooling else self.prepare_threshold
         kwargs = {"autocommit": True, "prepare_threshold": prepare, "client_encoding": "utf8",
-                  **self.connect_args(url_options)}
+                  **self.connect_args(url_options, search_path)}
         return {"min_size": low, "max_size": high, "timeout": self.pool_timeout,
                 "kwargs": kwargs, "open": False}
 
-    def local_timeouts(self) -> dict[str, str] | None:
-        """The timeouts for ``statements.SET_LOCAL`` under ``transaction_pooling``
-        (``0`` means no limit, as in PostgreSQL); None when timeouts travel at connect."""
+    def local_timeouts(self, search_path: str | None = None) -> dict[str, str] | None:
+        """The timeouts (and ``search_path``, the schema of our objects) for
+        ``statements.SET_LOCAL`` under ``transaction_pooling`` (``0`` means no limit, as in
+        PostgreSQL); None when they travel at connect."""
         if not self.transaction_pooling:
             return None
-        return {"statement_timeout": str(int(self.statement_timeout_ms or 0)),
-                "lock_timeout": str(int(self.lock_timeout_ms or 0))}
+        local = {"statement_timeout": str(int(self.statement_timeout_ms or 0)),
+                 "lock_timeout": str(int(self.lock_timeout_ms or 0))}
+        if search_path is not None:
+            local["search_path"] = quoted(search_path)
+        return local
 
     def deadline(self, statements: int) -> float | None:
         """Seconds a call of ``statements`` statements may take, or None (no timeout)."""
@@ -213,6 +223,8 @@ class ManagerBase:
                 raise ValidationError(f"{name}: must be at least 1", field=name)
         #: The server's dialect (plain or Citus), found at connect (``dialect.py``).
         self._dialect: Dialect = PLAIN
+        #: The schema of our objects, found at connect: every connection's whole search_path.
+        self._schema: str | None = None
         self._group = GroupCommit(
             self.settings.group_commit_writers, self.settings.group_commit_max_batch,
             one_user=lambda: self._dialect.one_user_batches,
@@ -256,14 +268,18 @@ class ManagerBase:
 
     def _pool_kwargs(self, min_size: int | None, max_size: int | None) -> dict[str, Any]:
         """The pool's arguments for this manager's URL (its ``options`` kept); its connections
-        return rows as dicts, read by name (``statements/rows.py``)."""
-        from psycopg.rows import dict_row
+        return rows as named tuples, read by name (``statements/rows.py``)."""
+        from psycopg.rows import namedtuple_row
 
         options = self.url.query.get("options")
         given = options if isinstance(options, str) else " ".join(options or ())
-        kwargs = self.settings.pool_kwargs(min_size, max_size, given or None)
-        kwargs["kwargs"]["row_factory"] = dict_row
+        kwargs = self.settings.pool_kwargs(min_size, max_size, given or None, self._schema)
+        kwargs["kwargs"]["row_factory"] = namedtuple_row
         return kwargs
+
+    def _local_settings(self) -> dict[str, str] | None:
+        """What each call sets for its transaction under ``transaction_pooling``."""
+        return self.settings.local_timeouts(self._schema)
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -287,6 +303,7 @@ class ManagerBase:
         if not status.ok:
             raise SchemaMismatchError(status.describe())
         self._dialect = dialect_for(status.on_citus)
+        self._schema = status.schema
         return status
 
     def _inspect_schema(self, url: URL) -> migrate.SchemaStatus:
@@ -431,6 +448,16 @@ class ManagerBase:
 #: ExecStatus.TUPLES_OK; a test checks them), so that importing the managers loads no psycopg.
 TRANSACTION_IDLE: Final = 0
 TUPLES_OK: Final = 2
+
+
+def quoted(schema: str) -> str:
+    """``schema`` as a SQL identifier (for ``search_path``)."""
+    return '"' + schema.replace('"', '""') + '"'
+
+
+def _option_value(value: str) -> str:
+    """``value`` inside libpq's ``options``, where spaces separate arguments."""
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 def reusable(conn: Any) -> bool:

@@ -76,7 +76,7 @@ BEGIN
   IF NOT {transition_allowed_sql("previous", "NEW.status")} THEN
     RAISE EXCEPTION 'illegal status transition for task %/%: % -> %',
         NEW.user_id, NEW.task_id, previous, NEW.status
-      USING ERRCODE = 'AE001',
+      USING ERRCODE = '{names.INVALID_TRANSITION_SQLSTATE}',
             DETAIL = format('tasks.status cannot move from %s to %s', previous, NEW.status),
             HINT = 'Allowed: pending -> running | cancelled; running -> completed | failed '
                    '| timed_out | cancelled; and a status to itself.',
@@ -104,7 +104,7 @@ BEGIN
   IF NOT {transition_allowed_sql("OLD.status", "NEW.status")} THEN
     RAISE EXCEPTION 'illegal status transition for step % of task %/%: % -> %',
         OLD.step, OLD.user_id, OLD.task_id, OLD.status, NEW.status
-      USING ERRCODE = 'AE001',
+      USING ERRCODE = '{names.INVALID_TRANSITION_SQLSTATE}',
             DETAIL = format('task_history.status cannot move from %s to %s',
                             OLD.status, NEW.status),
             HINT = 'Allowed: pending -> running | cancelled; running -> completed | failed '
@@ -120,6 +120,49 @@ END
 $$
 """
 
+
+
+# -- keys and creation times never change ---------------------------------------------------------
+# A row keeps its keys and its creation time for every writer: a hand-written UPDATE cannot move
+# a step into another task or rewrite when it was created. Each table's trigger fires only when
+# one of those columns changes (its WHEN clause, evaluated without entering PL/pgSQL), and its
+# function names the column in the error (SQLSTATE ``names.IMMUTABLE_SQLSTATE``).
+
+#: The columns no UPDATE may change, by table.
+IMMUTABLE_COLUMNS: Final = {
+    "tasks": ("user_id", "task_id", "created_at"),
+    "task_history": ("user_id", "task_id", "step", "created_at"),
+    names.EVENTS_TABLE: ("user_id", "task_id", "step", "tx", "seq", "at"),
+}
+
+KEYS_IMMUTABLE_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_keys_immutable() RETURNS trigger LANGUAGE plpgsql
+{PINNED_SEARCH_PATH} AS $$
+DECLARE
+  changed text;
+BEGIN
+  SELECT c INTO changed FROM unnest(TG_ARGV) AS c
+  WHERE to_jsonb(NEW) -> c IS DISTINCT FROM to_jsonb(OLD) -> c
+  LIMIT 1;
+  RAISE EXCEPTION '%.% cannot change: a row keeps its keys and its creation time',
+      TG_TABLE_NAME, changed
+    USING ERRCODE = '{names.IMMUTABLE_SQLSTATE}', TABLE = TG_TABLE_NAME, COLUMN = changed,
+          CONSTRAINT = TG_NAME, HINT = 'Insert a new row instead.';
+END
+$$
+"""
+
+
+def _keys_immutable_trigger(table: str, columns: tuple[str, ...]) -> str:
+    changed = "\n   OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in columns)
+    arguments = ", ".join(f"'{c}'" for c in columns)
+    return (f"CREATE TRIGGER tr_{table}_keys_immutable BEFORE UPDATE ON {table}\n"
+            f"FOR EACH ROW WHEN ({changed})\n"
+            f"EXECUTE FUNCTION aiecs_keys_immutable({arguments})")
+
+
+KEYS_IMMUTABLE_TRIGGERS: Final = tuple(
+    _keys_immutable_trigger(table, columns) for table, columns in IMMUTABLE_COLUMNS.items())
 
 # -- task events: what watchers follow (watch.py) ------------------------------------------------
 # Every committed insert or update of a step, and every status change of a task, appends one
@@ -369,6 +412,8 @@ DDL_STATEMENTS: Final = (
     *EVENT_TRIGGERS,
     in_current_schema(SAVE_STEPS_FUNCTION),
     in_current_schema(HORIZON_FUNCTION),
+    in_current_schema(KEYS_IMMUTABLE_FUNCTION),
+    *KEYS_IMMUTABLE_TRIGGERS,
     STEP_DETAILS_VIEW,
     TASK_SUMMARY_VIEW,
     FAILURES_BY_DAY_VIEW,
@@ -393,4 +438,5 @@ DROP_STATEMENTS: Final = (
     "DROP FUNCTION IF EXISTS aiecs_tasks_before_write() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_task_history_before_update() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_status_transition_allowed(task_status, task_status)",
+    "DROP FUNCTION IF EXISTS aiecs_keys_immutable() CASCADE",
 )

@@ -42,6 +42,7 @@ from .statements import bulk, checks, reads, saves, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
 from .statements.rows import (
+    Row,
     history_rows,
     report_data,
     step_page,
@@ -55,7 +56,6 @@ from .watch import HEARTBEAT
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
     from psycopg import AsyncConnection
-    from psycopg.rows import DictRow
     from psycopg_pool import AsyncConnectionPool
     from sqlalchemy.engine import URL
 
@@ -79,13 +79,13 @@ class DatabaseManager(ManagerBase):
         **settings: Unpack[SettingsKwargs],
     ) -> None:
         super().__init__(db_config, url=url, **settings)
-        self._pool: AsyncConnectionPool[AsyncConnection[DictRow]] | None = None
+        self._pool: AsyncConnectionPool[AsyncConnection[Row]] | None = None
         if True:  # ASYNC
             self._lock = asyncio.Lock()
         else:
             self._lock = threading.Lock()
         self._listener: AsyncListener | None = None
-        self._held: list[AsyncConnection[DictRow]] = []
+        self._held: list[AsyncConnection[Row]] = []
         if True:  # ASYNC
             self._drains: set[asyncio.Future[None]] = set()
         else:
@@ -114,7 +114,7 @@ class DatabaseManager(ManagerBase):
             await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
             from psycopg_pool import AsyncConnectionPool
 
-            pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
+            pool: AsyncConnectionPool[AsyncConnection[Row]] = AsyncConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-async",
                 **self._pool_kwargs(min_size, max_size),
             )
@@ -157,15 +157,15 @@ class DatabaseManager(ManagerBase):
     ) -> None:
         await self.disconnect()
 
-    async def _ready(self) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
+    async def _ready(self) -> AsyncConnectionPool[AsyncConnection[Row]]:
         if self._pool is None:
             await self.connect()
         assert self._pool is not None
         return self._pool
 
     async def _checkout(
-        self, pool: AsyncConnectionPool[AsyncConnection[DictRow]], writer: bool
-    ) -> AsyncConnection[DictRow]:
+        self, pool: AsyncConnectionPool[AsyncConnection[Row]], writer: bool
+    ) -> AsyncConnection[Row]:
         """A connection for a call; for a save (``writer``), the one a save last used when it
         is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
@@ -183,8 +183,8 @@ class DatabaseManager(ManagerBase):
         return conn
 
     async def _checkin(
-        self, pool: AsyncConnectionPool[AsyncConnection[DictRow]],
-        conn: AsyncConnection[DictRow], writer: bool, ok: bool,
+        self, pool: AsyncConnectionPool[AsyncConnection[Row]],
+        conn: AsyncConnection[Row], writer: bool, ok: bool,
     ) -> None:
         """A connection back after a call. Up to ``group_commit_writers`` are kept for saves
         between them, leaving at least one in the pool for everything else; any that failed
@@ -205,7 +205,7 @@ class DatabaseManager(ManagerBase):
 
     async def _with_retries(
         self, statement: Statement,
-        work: Callable[[AsyncConnection[DictRow]], Awaitable[T]], *, writer: bool = False,
+        work: Callable[[AsyncConnection[Row]], Awaitable[T]], *, writer: bool = False,
     ) -> T:
         """``work`` on a pooled connection (``writer``: see ``_checkout``), retried by
         ``retry_delay``'s policy."""
@@ -234,12 +234,12 @@ class DatabaseManager(ManagerBase):
 
     async def _run(
         self, statement: Statement, *, writer: bool = False
-    ) -> list[DictRow]:
-        local = self.settings.local_timeouts()
+    ) -> list[Row]:
+        local = self._local_settings()
         if statement.local:
             local = {**(local or {}), **statement.local}
 
-        async def execute(conn: AsyncConnection[DictRow]) -> list[DictRow]:
+        async def execute(conn: AsyncConnection[Row]) -> list[Row]:
             if local is None:
                 if statement.lean and self._lean:
                     await self._send(conn, statement)
@@ -253,7 +253,7 @@ class DatabaseManager(ManagerBase):
 
         return await self._with_retries(statement, execute, writer=writer)
 
-    async def _send(self, conn: AsyncConnection[DictRow], statement: Statement,
+    async def _send(self, conn: AsyncConnection[Row], statement: Statement,
                     again: bool = True) -> None:
         """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
         on the connection first when it is not yet there, or again (once) when it is no longer
@@ -274,9 +274,9 @@ class DatabaseManager(ManagerBase):
             return
         prepared.check(results)
 
-    async def _set_local_timeouts(self, conn: AsyncConnection[DictRow]) -> None:
+    async def _set_local_timeouts(self, conn: AsyncConnection[Row]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
-        local = self.settings.local_timeouts()
+        local = self._local_settings()
         if local is not None:
             await conn.execute(SET_LOCAL, set_local(local))
 
@@ -394,11 +394,13 @@ class DatabaseManager(ManagerBase):
         """Save many (user_id, task_id, step, step_result) records in one transaction: all of
         them or none. The input is streamed in chunks of ``bulk_chunk_size`` records, each
         COPYed straight into ``task_history`` (merged instead when it re-saves existing
-        steps), so memory stays flat however long the input. Returns the number of records."""
+        steps), so memory stays flat however long the input. The records obey the rules of the
+        same saves made one by one, in the order given: a step given twice is saved, then
+        re-saved (its move checked, both events logged). Returns the number of records."""
         checks.check_records(records)
         statement = bulk.bulk_statement(records)
 
-        async def load(conn: AsyncConnection[DictRow]) -> int:
+        async def load(conn: AsyncConnection[Row]) -> int:
             chunk = bulk.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
                                    tasks_sql=self._dialect.bulk_tasks)
             async with conn.transaction():
@@ -419,7 +421,7 @@ class DatabaseManager(ManagerBase):
         return await self._with_retries(statement, load)
 
     async def _write_chunks(
-        self, conn: AsyncConnection[DictRow], chunk: bulk.BulkChunk, source: Iterator[Any]
+        self, conn: AsyncConnection[Row], chunk: bulk.BulkChunk, source: Iterator[Any]
     ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
         if True:  # ASYNC
@@ -441,7 +443,7 @@ class DatabaseManager(ManagerBase):
                     self._write_chunk(conn, *taken)
 
     async def _write_chunk(
-        self, conn: AsyncConnection[DictRow], rows: list[tuple[Any, ...]],
+        self, conn: AsyncConnection[Row], rows: list[tuple[Any, ...]],
         tasks: Statement,
     ) -> None:
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
@@ -451,7 +453,7 @@ class DatabaseManager(ManagerBase):
 
     @staticmethod
     async def _write_chunk_now(
-        conn: AsyncConnection[DictRow], rows: list[tuple[Any, ...]], tasks: Statement,
+        conn: AsyncConnection[Row], rows: list[tuple[Any, ...]], tasks: Statement,
         *, own_events: bool,
     ) -> None:
         """``own_events``: the chunk logs its events and wakes watchers (off on Citus, where
@@ -514,9 +516,9 @@ class DatabaseManager(ManagerBase):
         self._forget_touched()
         if dry_run:
             counted = await self._run(job.count)
-            return int(counted[0]["tasks"])
+            return int(counted[0].tasks)
 
-        async def batch(conn: AsyncConnection[DictRow]) -> tuple[int, int]:
+        async def batch(conn: AsyncConnection[Row]) -> tuple[int, int]:
             async with conn.transaction():
                 await self._set_local_timeouts(conn)
                 cur = await conn.execute(job.pick.sql, job.params)
@@ -527,7 +529,7 @@ class DatabaseManager(ManagerBase):
                 for statement in job.then:
                     cur = await conn.execute(statement, params)
                 row = await cur.fetchone()
-            return len(keys), int(row["deleted"]) if row else 0
+            return len(keys), int(row.deleted) if row else 0
 
         total = 0
         while True:
@@ -623,7 +625,7 @@ class DatabaseManager(ManagerBase):
         return self._follow(watch, watch.tasks, False, checks.check_poll_interval(poll_interval))
 
     async def _follow(
-        self, watch: Watch, take: Callable[[list[DictRow]], Iterator[dict[str, Any]]],
+        self, watch: Watch, take: Callable[[list[Row]], Iterator[dict[str, Any]]],
         until_finished: bool, interval: float,
     ) -> AsyncIterator[dict[str, Any]]:
         """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
@@ -638,7 +640,7 @@ class DatabaseManager(ManagerBase):
                     rows = await self._run(watch.statement())
                 else:
                     node = await self._run(horizon)
-                    rows = await self._run(watch.statement(int(node[0]["horizon"])))
+                    rows = await self._run(watch.statement(int(node[0].horizon)))
                 for entry in take(rows):
                     yield entry
                 if until_finished and watch.finished:

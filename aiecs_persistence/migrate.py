@@ -25,8 +25,10 @@ from sqlalchemy.engine import URL, Connection
 
 from . import citus
 from .config import safe_url, with_connect_timeout
+from .ddl import VIEW_NAMES
 from .domain import ErrorCode, TaskStatus
 from .errors import DatabaseError, SchemaMismatchError, ValidationError
+from .schema import metadata
 from .sqlstates import connect_error, translate
 
 __all__ = [
@@ -212,6 +214,11 @@ class SchemaStatus:
     on_citus: bool = False
     #: On Citus: what is not distributed as it should be.
     distribution_problems: Sequence[str] = field(default_factory=tuple)
+    #: The schema that holds our objects (found by the version table on the search path).
+    schema: str | None = None
+    #: Relations named like ours in a schema earlier on the search path ("schema.name"): they
+    #: would answer our unqualified statements in place of ours.
+    shadowing: Sequence[str] = field(default_factory=tuple)
 
     @property
     def at_head(self) -> bool:
@@ -219,7 +226,8 @@ class SchemaStatus:
 
     @property
     def ok(self) -> bool:
-        return self.at_head and not self.enum_problems and not self.distribution_problems
+        return (self.at_head and not self.enum_problems and not self.distribution_problems
+                and not self.shadowing)
 
     def describe(self) -> str:
         """What is wrong, and the remedy that fixes it (``upgrade`` only where it does)."""
@@ -231,9 +239,16 @@ class SchemaStatus:
             parts.append(f"the database is at revision {where}, not at head {self.head}")
         parts.extend(self.enum_problems)
         parts.extend(f"on Citus, {p}" for p in self.distribution_problems)
+        parts.extend(f"{name} shadows aiecs-persistence's {name.rsplit('.', 1)[1]} in schema "
+                     f"{self.schema} (its schema comes earlier on the search_path)"
+                     for name in self.shadowing)
         return "; ".join(parts) + "; " + self.remedy()
 
     def remedy(self) -> str:
+        if self.shadowing:
+            return (f"drop or rename what shadows our objects, and revoke CREATE on the "
+                    f"database from roles that should not create schemas; or name our schema "
+                    f"in the URL (options=-c search_path={self.schema})")
         if self.foreign_table:
             return ("a table task_history that is not aiecs-persistence's (nor upstream "
                     "AIECS history) is in the way: rename or drop it, or use another database "
@@ -280,18 +295,46 @@ SELECT EXISTS (SELECT FROM information_schema.columns
 """
 
 
+#: Every relation our statements name, unqualified (tables, views, the version table).
+OUR_RELATIONS: Final = (*sorted(metadata.tables), *VIEW_NAMES, VERSION_TABLE)
+
+#: Where relations named like ours are on the effective search path, first schema first.
+PLACEMENT_SQL: Final = """
+SELECT n.nspname::text, c.relname::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname::text = ANY(%(names)s) AND n.nspname::text = ANY(current_schemas(false))
+ORDER BY array_position(current_schemas(false), n.nspname::text), c.relname
+"""
+
+
+def placement(connection: Connection) -> tuple[str | None, tuple[str, ...]]:
+    """Our schema (the first on the search path with our version table, else the current
+    schema, where a migration would create it) and what shadows our relations there: any
+    relation named like one of ours in a schema earlier on the search path."""
+    rows = [(schema, name) for schema, name in
+            connection.exec_driver_sql(PLACEMENT_SQL, {"names": list(OUR_RELATIONS)})]
+    ours = next((schema for schema, name in rows if name == VERSION_TABLE), None)
+    if ours is None:
+        return connection.exec_driver_sql("SELECT current_schema()").scalar(), ()
+    order = list(dict.fromkeys(schema for schema, _ in rows))
+    earlier = set(order[:order.index(ours)])
+    return ours, tuple(f"{schema}.{name}" for schema, name in rows if schema in earlier)
+
+
 def inspect_connection(connection: Connection) -> SchemaStatus:
     revision = current_revision(connection)
+    schema, shadowing = placement(connection)
     labels = {name: list(values) for name, values in connection.exec_driver_sql(ENUM_LABELS_SQL)}
     problems = enum_problems(labels) if revision is not None else []
     unknown = any(set(labels.get(name, ())) - {m.value for m in enum}
                   for name, enum in ENUMS.items())
     foreign = revision is None and bool(connection.exec_driver_sql(FOREIGN_TABLE_SQL).scalar())
     on_citus = citus.present(connection)
-    placement = citus.problems(connection) if on_citus and revision is not None else []
+    distribution = citus.problems(connection) if on_citus and revision is not None else []
     return SchemaStatus(current=revision, head=head(), enum_problems=tuple(problems),
                         unknown_labels=unknown, foreign_table=foreign, on_citus=on_citus,
-                        distribution_problems=tuple(placement))
+                        distribution_problems=tuple(distribution), schema=schema,
+                        shadowing=shadowing)
 
 
 def inspect(url: str | URL) -> SchemaStatus:

@@ -27,6 +27,11 @@ STAGING_TABLE: Final = "aiecs_staging"
 #: The log of changes that watchers follow.
 EVENTS_TABLE: Final = "task_events"
 
+#: The SQLSTATE the state machine's triggers raise for an illegal move (``InvalidTransitionError``).
+INVALID_TRANSITION_SQLSTATE: Final = "AE001"
+#: The SQLSTATE raised for an UPDATE of a key or a creation time (``ValidationError``).
+IMMUTABLE_SQLSTATE: Final = "AE002"
+
 #: The saves of one user as one call, run on the user's node on Citus.
 SAVE_STEPS_FUNCTION: Final = "aiecs_save_steps"
 #: The xmin horizon of the node that holds a user's rows (watchers on Citus).

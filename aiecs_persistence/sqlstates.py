@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from . import names
 from .errors import (
     DatabaseError,
     InvalidTransitionError,
@@ -41,7 +42,9 @@ __all__ = [
 ]
 
 #: The SQLSTATE raised by the status-transition triggers (class ``AE``: aiecs).
-INVALID_TRANSITION: Final = "AE001"
+INVALID_TRANSITION: Final = names.INVALID_TRANSITION_SQLSTATE
+#: Raised by the triggers that keep keys and creation times (``ddl.KEYS_IMMUTABLE_FUNCTION``).
+IMMUTABLE: Final = names.IMMUTABLE_SQLSTATE
 #: SQLSTATE foreign_key_violation.
 FOREIGN_KEY_VIOLATION: Final = "23503"
 
@@ -65,6 +68,7 @@ _OTHER: Final = Kind(DatabaseError)
 #: SQLSTATE, exact or two-character class, → kind. Anything else is a ``DatabaseError``.
 BY_SQLSTATE: Final[Mapping[str, Kind]] = {
     INVALID_TRANSITION: Kind(InvalidTransitionError),
+    IMMUTABLE: Kind(ValidationError),
     "57014": Kind(QueryTimeoutError),  # query_canceled: statement_timeout
     "55P03": Kind(QueryTimeoutError),  # lock_not_available: lock_timeout
     "42501": Kind(PermissionDeniedError),  # insufficient_privilege

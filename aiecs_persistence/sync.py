@@ -31,6 +31,7 @@ from .statements import bulk, checks, reads, saves, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
 from .statements.rows import (
+    Row,
     history_rows,
     report_data,
     step_page,
@@ -44,7 +45,6 @@ from .watch import HEARTBEAT
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
     from psycopg import Connection
-    from psycopg.rows import DictRow
     from psycopg_pool import ConnectionPool
     from sqlalchemy.engine import URL
 
@@ -68,10 +68,10 @@ class SyncDatabaseManager(ManagerBase):
         **settings: Unpack[SettingsKwargs],
     ) -> None:
         super().__init__(db_config, url=url, **settings)
-        self._pool: ConnectionPool[Connection[DictRow]] | None = None
+        self._pool: ConnectionPool[Connection[Row]] | None = None
         self._lock = threading.Lock()
         self._listener: Listener | None = None
-        self._held: list[Connection[DictRow]] = []
+        self._held: list[Connection[Row]] = []
         self._drainers = ThreadPoolExecutor(
             self.settings.group_commit_writers, thread_name_prefix="aiecs-group-commit")
 
@@ -97,7 +97,7 @@ class SyncDatabaseManager(ManagerBase):
             self.prepare_schema()  # resolves self.url too
             from psycopg_pool import ConnectionPool
 
-            pool: ConnectionPool[Connection[DictRow]] = ConnectionPool(
+            pool: ConnectionPool[Connection[Row]] = ConnectionPool(
                 libpq_conninfo(self.url), name="aiecs-sync",
                 **self._pool_kwargs(min_size, max_size),
             )
@@ -136,15 +136,15 @@ class SyncDatabaseManager(ManagerBase):
     ) -> None:
         self.disconnect()
 
-    def _ready(self) -> ConnectionPool[Connection[DictRow]]:
+    def _ready(self) -> ConnectionPool[Connection[Row]]:
         if self._pool is None:
             self.connect()
         assert self._pool is not None
         return self._pool
 
     def _checkout(
-        self, pool: ConnectionPool[Connection[DictRow]], writer: bool
-    ) -> Connection[DictRow]:
+        self, pool: ConnectionPool[Connection[Row]], writer: bool
+    ) -> Connection[Row]:
         """A connection for a call; for a save (``writer``), the one a save last used when it
         is idle (its backend is warm, its statements prepared), else one from the pool."""
         held = self._held
@@ -154,8 +154,8 @@ class SyncDatabaseManager(ManagerBase):
         return conn
 
     def _checkin(
-        self, pool: ConnectionPool[Connection[DictRow]],
-        conn: Connection[DictRow], writer: bool, ok: bool,
+        self, pool: ConnectionPool[Connection[Row]],
+        conn: Connection[Row], writer: bool, ok: bool,
     ) -> None:
         """A connection back after a call. Up to ``group_commit_writers`` are kept for saves
         between them, leaving at least one in the pool for everything else; any that failed
@@ -176,7 +176,7 @@ class SyncDatabaseManager(ManagerBase):
 
     def _with_retries(
         self, statement: Statement,
-        work: Callable[[Connection[DictRow]], T], *, writer: bool = False,
+        work: Callable[[Connection[Row]], T], *, writer: bool = False,
     ) -> T:
         """``work`` on a pooled connection (``writer``: see ``_checkout``), retried by
         ``retry_delay``'s policy."""
@@ -205,12 +205,12 @@ class SyncDatabaseManager(ManagerBase):
 
     def _run(
         self, statement: Statement, *, writer: bool = False
-    ) -> list[DictRow]:
-        local = self.settings.local_timeouts()
+    ) -> list[Row]:
+        local = self._local_settings()
         if statement.local:
             local = {**(local or {}), **statement.local}
 
-        def execute(conn: Connection[DictRow]) -> list[DictRow]:
+        def execute(conn: Connection[Row]) -> list[Row]:
             if local is None:
                 if statement.lean and self._lean:
                     self._send(conn, statement)
@@ -224,7 +224,7 @@ class SyncDatabaseManager(ManagerBase):
 
         return self._with_retries(statement, execute, writer=writer)
 
-    def _send(self, conn: Connection[DictRow], statement: Statement,
+    def _send(self, conn: Connection[Row], statement: Statement,
                     again: bool = True) -> None:
         """``statement`` as a prepared statement of ours, through libpq (prepared.py); prepared
         on the connection first when it is not yet there, or again (once) when it is no longer
@@ -245,9 +245,9 @@ class SyncDatabaseManager(ManagerBase):
             return
         prepared.check(results)
 
-    def _set_local_timeouts(self, conn: Connection[DictRow]) -> None:
+    def _set_local_timeouts(self, conn: Connection[Row]) -> None:
         """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
-        local = self.settings.local_timeouts()
+        local = self._local_settings()
         if local is not None:
             conn.execute(SET_LOCAL, set_local(local))
 
@@ -360,11 +360,13 @@ class SyncDatabaseManager(ManagerBase):
         """Save many (user_id, task_id, step, step_result) records in one transaction: all of
         them or none. The input is streamed in chunks of ``bulk_chunk_size`` records, each
         COPYed straight into ``task_history`` (merged instead when it re-saves existing
-        steps), so memory stays flat however long the input. Returns the number of records."""
+        steps), so memory stays flat however long the input. The records obey the rules of the
+        same saves made one by one, in the order given: a step given twice is saved, then
+        re-saved (its move checked, both events logged). Returns the number of records."""
         checks.check_records(records)
         statement = bulk.bulk_statement(records)
 
-        def load(conn: Connection[DictRow]) -> int:
+        def load(conn: Connection[Row]) -> int:
             chunk = bulk.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
                                    tasks_sql=self._dialect.bulk_tasks)
             with conn.transaction():
@@ -377,7 +379,7 @@ class SyncDatabaseManager(ManagerBase):
         return self._with_retries(statement, load)
 
     def _write_chunks(
-        self, conn: Connection[DictRow], chunk: bulk.BulkChunk, source: Iterator[Any]
+        self, conn: Connection[Row], chunk: bulk.BulkChunk, source: Iterator[Any]
     ) -> None:
         """Validate each chunk in a worker thread while the server loads the previous one."""
         with ThreadPoolExecutor(1, thread_name_prefix="aiecs-bulk") as builder:
@@ -387,7 +389,7 @@ class SyncDatabaseManager(ManagerBase):
                 self._write_chunk(conn, *taken)
 
     def _write_chunk(
-        self, conn: Connection[DictRow], rows: list[tuple[Any, ...]],
+        self, conn: Connection[Row], rows: list[tuple[Any, ...]],
         tasks: Statement,
     ) -> None:
         """One chunk of the bulk path (see statements.py): tasks, then COPY, else merge;
@@ -397,7 +399,7 @@ class SyncDatabaseManager(ManagerBase):
 
     @staticmethod
     def _write_chunk_now(
-        conn: Connection[DictRow], rows: list[tuple[Any, ...]], tasks: Statement,
+        conn: Connection[Row], rows: list[tuple[Any, ...]], tasks: Statement,
         *, own_events: bool,
     ) -> None:
         """``own_events``: the chunk logs its events and wakes watchers (off on Citus, where
@@ -460,9 +462,9 @@ class SyncDatabaseManager(ManagerBase):
         self._forget_touched()
         if dry_run:
             counted = self._run(job.count)
-            return int(counted[0]["tasks"])
+            return int(counted[0].tasks)
 
-        def batch(conn: Connection[DictRow]) -> tuple[int, int]:
+        def batch(conn: Connection[Row]) -> tuple[int, int]:
             with conn.transaction():
                 self._set_local_timeouts(conn)
                 cur = conn.execute(job.pick.sql, job.params)
@@ -473,7 +475,7 @@ class SyncDatabaseManager(ManagerBase):
                 for statement in job.then:
                     cur = conn.execute(statement, params)
                 row = cur.fetchone()
-            return len(keys), int(row["deleted"]) if row else 0
+            return len(keys), int(row.deleted) if row else 0
 
         total = 0
         while True:
@@ -569,7 +571,7 @@ class SyncDatabaseManager(ManagerBase):
         return self._follow(watch, watch.tasks, False, checks.check_poll_interval(poll_interval))
 
     def _follow(
-        self, watch: Watch, take: Callable[[list[DictRow]], Iterator[dict[str, Any]]],
+        self, watch: Watch, take: Callable[[list[Row]], Iterator[dict[str, Any]]],
         until_finished: bool, interval: float,
     ) -> Iterator[dict[str, Any]]:
         """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
@@ -584,7 +586,7 @@ class SyncDatabaseManager(ManagerBase):
                     rows = self._run(watch.statement())
                 else:
                     node = self._run(horizon)
-                    rows = self._run(watch.statement(int(node[0]["horizon"])))
+                    rows = self._run(watch.statement(int(node[0].horizon)))
                 yield from take(rows)
                 if until_finished and watch.finished:
                     return

@@ -5,7 +5,8 @@ steps are COPYed straight into task_history, which PostgreSQL loads in batches (
 the fastest way in); (3) only when that meets an existing step (a re-save: unique violation)
 is the savepoint rolled back and the chunk merged instead: COPY into a temporary staging table
 and one INSERT ... ON CONFLICT DO UPDATE, which follows the state machine like a single save.
-A chunk holds one row per step, the last given (so a step twice in a batch ends as the later).
+A chunk holds one row per step: a step given again starts the next chunk, so that its second save
+is a re-save of the first, checked by the state machine and logged (``BulkChunk``).
 """
 
 from __future__ import annotations
@@ -123,7 +124,13 @@ def bulk_statement(records: Any) -> Statement:
 
 
 class BulkChunk:
-    """Validated rows of up to ``size`` records, one per step (the last given)."""
+    """Validated rows of up to ``size`` records, one per step.
+
+    A record that saves a step the chunk already holds ends the chunk and starts the next one,
+    so the two saves are written in the order given, the second as a re-save of the first:
+    the state machine checks the move between them (an illegal one fails the whole call with
+    ``InvalidTransitionError``, E001, and writes nothing) and each leaves its event, exactly as
+    the same saves made one by one."""
 
     def __init__(self, max_result_bytes: int, size: int = BULK_CHUNK, *,
                  tasks_sql: str = BULK_TASKS) -> None:
@@ -132,30 +139,40 @@ class BulkChunk:
         self.tasks_sql = tasks_sql
         self.seen = 0  # records taken so far, over all chunks
         self._rows: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        #: A re-save of a step in this chunk: the first row of the next one.
+        self._next: tuple[Any, ...] | None = None
 
     def add(self, record: Any) -> bool:
-        """Validate and keep one record; True when the chunk is full."""
+        """Validate and keep one record; True when the chunk is to be written now (full, or
+        the record re-saves one of its steps)."""
         row = bulk_row(self.seen, record, max_result_bytes=self.max_result_bytes)
-        self._rows[row[0], row[1], row[2]] = row
         self.seen += 1
+        key = (row[0], row[1], row[2])
+        if key in self._rows:
+            self._next = row
+            return True
+        self._rows[key] = row
         return len(self._rows) >= self.size
 
     def fill(self, records: Iterator[Any]) -> tuple[list[tuple[Any, ...]], Statement] | None:
-        """Take records until the chunk is full or ``records`` runs out, then ``take()``. The
-        managers call it in a worker thread, validating one chunk while the server loads the
-        previous one."""
+        """Take records until the chunk is to be written or ``records`` runs out, then
+        ``take()``. The managers call it in a worker thread, validating one chunk while the
+        server loads the previous one."""
         for record in records:
             if self.add(record):
                 break
         return self.take()
 
     def take(self) -> tuple[list[tuple[Any, ...]], Statement] | None:
-        """The chunk's rows in key order and the statement upserting its tasks; then empty."""
+        """The chunk's rows in key order and the statement upserting its tasks; then the next
+        chunk starts (with the re-save that ended this one, if any)."""
         if not self._rows:
             return None
         rows = [self._rows[k] for k in sorted(self._rows)]
         self._rows = {}
+        if self._next is not None:
+            row, self._next = self._next, None
+            self._rows[row[0], row[1], row[2]] = row
         tasks = Statement("save_task_history_many", self.tasks_sql,
                           task_arrays((r[0], r[1]) for r in rows))
         return rows, tasks
-

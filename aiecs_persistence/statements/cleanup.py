@@ -145,11 +145,11 @@ class Cleanup:
     @classmethod
     def starting(cls, days_old: Any, batch_size: int, start: Row,
                  retention: Retention) -> Cleanup:
-        now = start["now"]
+        now = start.now
         limit = cutoff(now, check_days_old(days_old))
         if retention.margin:
             limit = min(limit, now - retention.margin)
-        return cls({"cutoff": limit, "horizon": start["horizon"], "batch_size": batch_size},
+        return cls({"cutoff": limit, "horizon": start.horizon, "batch_size": batch_size},
                    retention)
 
     @property
@@ -172,5 +172,5 @@ class Cleanup:
 
     def picked(self, keys: Sequence[Row]) -> dict[str, Any]:
         """Parameters of the batch's next statements for the picked keys."""
-        return {**self.params, "users": [k["user_id"] for k in keys],
-                "tasks": [k["task_id"] for k in keys]}
+        return {**self.params, "users": [k.user_id for k in keys],
+                "tasks": [k.task_id for k in keys]}

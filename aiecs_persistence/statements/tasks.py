@@ -144,4 +144,4 @@ def cancel_task(user_id: Any, task_id: Any, message: str = CANCEL_MESSAGE) -> St
 
 def cancelled(rows: Sequence[Row]) -> bool:
     """``cancel_task``'s answer: whether the task is (now) cancelled."""
-    return bool(rows[0]["cancelled"])
+    return bool(rows[0].cancelled)

@@ -139,12 +139,12 @@ class Watch:
         """A catch-up's rows (horizon, the task's status, tx, seq and the event's fields) as
         entries; when all are taken, the position moves to the snapshot's horizon."""
         for row in rows:
-            task_status = row["task_status"]
+            task_status = row.task_status
             self.finished = task_status is not None and status(task_status).is_terminal
-            tx = row["tx"]
+            tx = row.tx
             if tx is None:  # the row of NULLs: no new event
                 continue
-            self.position.advance(tx, row["seq"])
+            self.position.advance(tx, row.seq)
             yield {**entry(row), "token": self.position.token()}
         if rows:
-            self.position.settle(int(rows[0]["horizon"]))
+            self.position.settle(int(rows[0].horizon))

@@ -61,8 +61,9 @@ def test_insert_breaking_a_rule_names_the_constraint(psql, rule):
     assert constraint in str(info.value)
 
 
-@pytest.mark.parametrize("rule", list(STEP_RULES))
+@pytest.mark.parametrize("rule", [r for r in STEP_RULES if "step" not in STEP_RULES[r][0]])
 def test_update_breaking_a_rule_names_the_constraint(psql, rule):
+    # (An UPDATE of the step index is refused before any CHECK: a step keeps its key, below.)
     changes, constraint = STEP_RULES[rule]
     insert_task(psql)
     insert_step(psql)
@@ -202,3 +203,61 @@ def test_an_insert_the_trigger_skips_is_one_it_has_nothing_to_do_for(psql):
             psql.execute("INSERT INTO tasks (user_id, task_id, status, started_at) "
                          f"VALUES ('u', 'x', '{status}', now())")
         assert info.value.sqlstate == "AE001"
+
+
+# A row keeps its keys and its creation time: (table, SET clause, column named in the error).
+KEY_CHANGES = [
+    ("task_history", "task_id = 'b', step = 1", "task_id"),
+    ("task_history", "step = 5", "step"),
+    ("task_history", "user_id = 'other'", "user_id"),
+    ("task_history", "created_at = '2099-01-01'", "created_at"),
+    ("tasks", "task_id = 'b'", "task_id"),
+    ("tasks", "created_at = '2099-01-01'", "created_at"),
+    ("task_events", "task_id = 'b'", "task_id"),
+    ("task_events", "at = '2099-01-01'", "at"),
+    ("task_events", "seq = DEFAULT", "seq"),
+]
+
+
+@pytest.mark.parametrize("table, change, column", KEY_CHANGES,
+                         ids=[f"{t}.{c}" for t, _, c in KEY_CHANGES])
+def test_keys_and_creation_times_never_change(psql, pg, table, change, column):
+    """A hand-written UPDATE cannot move a step into another (running) task nor rewrite when
+    a row was created: it fails naming the column, and the row stays as it was."""
+    insert_task(psql, "u", "t")
+    insert_task(psql, "u", "b")
+    insert_step(psql)
+    where = "user_id = 'u' AND task_id = 't'"
+    before = psql.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY 1, 2").fetchall()
+    assert before
+    with pytest.raises(psycopg.DatabaseError) as info:
+        psql.execute(f"UPDATE {table} SET {change} WHERE {where}")
+    if pg.citus and column == "user_id":  # Citus refuses to move a row between shards first
+        assert "partition" in str(info.value) or "distribution" in str(info.value)
+    else:
+        assert f"{table}.{column} cannot change" in str(info.value)
+        if not pg.citus:  # (a worker's error reaches the client as a message only)
+            assert info.value.sqlstate == "AE002"
+            assert info.value.diag.column_name == column
+    assert psql.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY 1, 2").fetchall() == before
+
+
+def test_other_updates_still_pass_the_key_triggers(psql):
+    insert_task(psql)
+    insert_step(psql)
+    psql.execute("UPDATE task_history SET message = 'edited' WHERE user_id = 'u'")
+    psql.execute("UPDATE tasks SET status = 'completed' WHERE user_id = 'u'")
+    assert psql.execute("SELECT message FROM task_history WHERE user_id = 'u'").fetchone() == (
+        "edited",)
+
+
+def test_a_key_change_reaches_the_caller_as_a_validation_error(psql):
+    from aiecs_persistence import ErrorCode, ValidationError
+    from aiecs_persistence.sqlstates import translate
+
+    insert_task(psql)
+    with pytest.raises(psycopg.DatabaseError) as info:
+        psql.execute("UPDATE tasks SET task_id = 'b' WHERE user_id = 'u'")
+    error = translate(info.value, operation="update")
+    assert isinstance(error, ValidationError) and error.error_code is ErrorCode.VALIDATION_ERROR
+    assert error.field == "task_id" and "tasks.task_id cannot change" in error.message

@@ -396,6 +396,51 @@ def test_bulk_keeps_the_last_save_of_a_step(db):
     assert db.check_task_status("u", "t") == TaskStatus.RUNNING
 
 
+FAILED_E003 = TaskStepResult("op", None, False, "boom", "failed", "E003", "ValueError")
+RUNNING = TaskStepResult("op", 1, status="running")
+
+
+@pytest.mark.parametrize("sequence", [
+    [FAILED_E003, done("op", 2)],
+    [done("op", 1), RUNNING],
+], ids=["failed then completed", "completed then running"])
+def test_bulk_refuses_an_illegal_move_within_one_call_as_single_saves_do(db, psql, sequence):
+    """A step given twice in one call is two saves in order: the second is checked against the
+    first, so an illegal move fails the call (E001) and writes nothing, as it fails the same
+    saves made one by one."""
+    db.save_task_history("single", "tr3", 0, sequence[0])
+    with pytest.raises(InvalidTransitionError) as one_by_one:
+        db.save_task_history("single", "tr3", 0, sequence[1])
+    assert one_by_one.value.error_code is ErrorCode.VALIDATION_ERROR
+    events = "SELECT count(*) FROM task_events WHERE user_id = 'bu'"
+    with pytest.raises(InvalidTransitionError) as bulk:
+        db.save_task_history_many([("bu", "tr3", 0, r) for r in sequence])
+    assert bulk.value.error_code is ErrorCode.VALIDATION_ERROR
+    assert "tr3" in bulk.value.message
+    assert psql.execute("SELECT count(*) FROM task_history WHERE user_id = 'bu'"
+                        ).fetchone() == (0,)
+    assert psql.execute(events).fetchone() == (0,)
+
+
+def test_bulk_logs_every_save_of_a_step_given_twice_as_single_saves_do(db, psql):
+    """A legal move within one call leaves the same rows and the same events, in the same
+    order, as the same saves made one by one."""
+    sequence = [RUNNING, done("op", 2), done("op", 3)]
+    for result in sequence:
+        db.save_task_history("single", "t", 0, result)
+    assert db.save_task_history_many([("bulk", "t", 0, r) for r in sequence]) == 3
+
+    def seen(user: str) -> list[Any]:
+        return psql.execute(
+            "SELECT step, status::text, result FROM task_events WHERE user_id = %s "
+            "AND step IS NOT NULL ORDER BY seq", (user,)).fetchall()
+
+    assert seen("bulk") == seen("single") == [
+        (0, "running", 1), (0, "completed", 2), (0, "completed", 3)]
+    assert db.load_task_history("bulk", "t")[0]["result"] == db.load_task_history(
+        "single", "t")[0]["result"]
+
+
 # -- typed reads and pagination -------------------------------------------------------------------
 
 
@@ -521,9 +566,9 @@ def test_a_statements_own_settings_stay_in_its_transaction(kind, db_url, pooling
                                  "current_setting('jit') AS jit, "
                                  "current_setting('statement_timeout') AS timeout")
         before = manager._run(show)
-        assert (before[0]["work_mem"], before[0]["jit"]) != ("7MB", "off")
+        assert (before[0].work_mem, before[0].jit) != ("7MB", "off")
         assert manager._run(dataclasses.replace(show, local={"work_mem": "7MB", "jit": "off"})
-                            ) == [{"work_mem": "7MB", "jit": "off", "timeout": "4321ms"}]
+                            ) == [("7MB", "off", "4321ms")]
         assert manager._run(show) == before
     finally:
         close(manager)

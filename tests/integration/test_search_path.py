@@ -52,7 +52,7 @@ def test_functions_pin_their_search_path(psql):
                            "WHERE proname LIKE 'aiecs%' "
                            "AND pronamespace = current_schema()::regnamespace ORDER BY 1"
                            ).fetchall()
-    assert len(configs) == 8
+    assert len(configs) == 9  # 8, and aiecs_keys_immutable
     for name, config in configs:
         assert config == ["search_path=pg_catalog, pg_temp"], name
 
