@@ -141,12 +141,13 @@ CREATE OR REPLACE FUNCTION @S@.aiecs_keys_immutable() RETURNS trigger LANGUAGE p
 DECLARE
   changed text;
 BEGIN
-  SELECT c INTO changed FROM unnest(TG_ARGV) AS c
+  -- TG_ARGV: the table's name (a Citus shard's own name carries a suffix), then its columns.
+  SELECT c INTO changed FROM unnest(TG_ARGV[1:]) AS c
   WHERE to_jsonb(NEW) -> c IS DISTINCT FROM to_jsonb(OLD) -> c
   LIMIT 1;
   RAISE EXCEPTION '%.% cannot change: a row keeps its keys and its creation time',
-      TG_TABLE_NAME, changed
-    USING ERRCODE = '{names.IMMUTABLE_SQLSTATE}', TABLE = TG_TABLE_NAME, COLUMN = changed,
+      TG_ARGV[0], changed
+    USING ERRCODE = '{names.IMMUTABLE_SQLSTATE}', TABLE = TG_ARGV[0], COLUMN = changed,
           CONSTRAINT = TG_NAME, HINT = 'Insert a new row instead.';
 END
 $$
@@ -155,7 +156,7 @@ $$
 
 def _keys_immutable_trigger(table: str, columns: tuple[str, ...]) -> str:
     changed = "\n   OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in columns)
-    arguments = ", ".join(f"'{c}'" for c in columns)
+    arguments = ", ".join(f"'{c}'" for c in (table, *columns))
     return (f"CREATE TRIGGER tr_{table}_keys_immutable BEFORE UPDATE ON {table}\n"
             f"FOR EACH ROW WHEN ({changed})\n"
             f"EXECUTE FUNCTION aiecs_keys_immutable({arguments})")

@@ -181,6 +181,9 @@ def _primary_message(driver: BaseException) -> str:
     return first[0] if first else type(driver).__name__
 
 
+#: The column an ``IMMUTABLE`` error names (``task_history.task_id cannot change: …``), for an
+#: error raised on a Citus worker, which arrives without its fields.
+_UNCHANGEABLE: Final = re.compile(r"(?P<table>\w+)\.(?P<column>\w+) cannot change")
 _TRANSITION_DETAIL: Final = re.compile(r"from (?P<from>\w+) to (?P<to>\w+)")
 #: A constraint named in a message (``violates check constraint "ck_tasks_error_pair"``).
 _NAMED_CONSTRAINT: Final = re.compile(r'constraint "(?P<name>[^"]+)"')
@@ -240,10 +243,11 @@ def translate(exc: BaseException, *, operation: str = "database operation") -> P
         )
     if error is ValidationError:
         where = f" [constraint {constraint}]" if constraint and constraint not in primary else ""
+        unchangeable = _UNCHANGEABLE.match(primary) if state == IMMUTABLE else None
+        column = _diag(driver, "column_name") or (unchangeable and unchangeable.group("column"))
         return ValidationError(
-            f"{operation}: {primary}{where}",
-            field=_diag(driver, "column_name") or constraint, constraint=constraint,
-            sqlstate=state,
+            f"{operation}: {primary}{where}", field=column or constraint,
+            constraint=constraint, sqlstate=state,
         )
     if error is QueryTimeoutError and state is not None:
         return QueryTimeoutError(f"{operation}: {primary} (SQLSTATE {state})", sqlstate=state)

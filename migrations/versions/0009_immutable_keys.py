@@ -28,12 +28,13 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   changed text;
 BEGIN
-  SELECT c INTO changed FROM unnest(TG_ARGV) AS c
+  -- TG_ARGV: the table's name (a Citus shard's own name carries a suffix), then its columns.
+  SELECT c INTO changed FROM unnest(TG_ARGV[1:]) AS c
   WHERE to_jsonb(NEW) -> c IS DISTINCT FROM to_jsonb(OLD) -> c
   LIMIT 1;
   RAISE EXCEPTION '%.% cannot change: a row keeps its keys and its creation time',
-      TG_TABLE_NAME, changed
-    USING ERRCODE = 'AE002', TABLE = TG_TABLE_NAME, COLUMN = changed,
+      TG_ARGV[0], changed
+    USING ERRCODE = 'AE002', TABLE = TG_ARGV[0], COLUMN = changed,
           CONSTRAINT = TG_NAME, HINT = 'Insert a new row instead.';
 END
 $$
@@ -44,13 +45,14 @@ TRIGGERS = (
 FOR EACH ROW WHEN (NEW.user_id IS DISTINCT FROM OLD.user_id
    OR NEW.task_id IS DISTINCT FROM OLD.task_id
    OR NEW.created_at IS DISTINCT FROM OLD.created_at)
-EXECUTE FUNCTION aiecs_keys_immutable('user_id', 'task_id', 'created_at')""",
+EXECUTE FUNCTION aiecs_keys_immutable('tasks', 'user_id', 'task_id', 'created_at')""",
     """CREATE TRIGGER tr_task_history_keys_immutable BEFORE UPDATE ON task_history
 FOR EACH ROW WHEN (NEW.user_id IS DISTINCT FROM OLD.user_id
    OR NEW.task_id IS DISTINCT FROM OLD.task_id
    OR NEW.step IS DISTINCT FROM OLD.step
    OR NEW.created_at IS DISTINCT FROM OLD.created_at)
-EXECUTE FUNCTION aiecs_keys_immutable('user_id', 'task_id', 'step', 'created_at')""",
+EXECUTE FUNCTION aiecs_keys_immutable('task_history', 'user_id', 'task_id', 'step',
+                                       'created_at')""",
     """CREATE TRIGGER tr_task_events_keys_immutable BEFORE UPDATE ON task_events
 FOR EACH ROW WHEN (NEW.user_id IS DISTINCT FROM OLD.user_id
    OR NEW.task_id IS DISTINCT FROM OLD.task_id
@@ -58,7 +60,8 @@ FOR EACH ROW WHEN (NEW.user_id IS DISTINCT FROM OLD.user_id
    OR NEW.tx IS DISTINCT FROM OLD.tx
    OR NEW.seq IS DISTINCT FROM OLD.seq
    OR NEW.at IS DISTINCT FROM OLD.at)
-EXECUTE FUNCTION aiecs_keys_immutable('user_id', 'task_id', 'step', 'tx', 'seq', 'at')""",
+EXECUTE FUNCTION aiecs_keys_immutable('task_events', 'user_id', 'task_id', 'step', 'tx', 'seq',
+                                       'at')""",
 )
 
 TABLES = ("tasks", "task_history", "task_events")
