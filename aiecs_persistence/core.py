@@ -8,7 +8,6 @@ The managers themselves only move statements (built by ``statements/``, in the f
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -17,13 +16,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
-from .config import resolve_url, safe_url, with_connect_timeout
+from . import retry
+from .config import libpq_conninfo, resolve_url, safe_url, with_connect_timeout
 from .deadline import arm
 from .dialect import PLAIN, Dialect, dialect_for
 from .errors import PersistenceError, RetryExhaustedError, SchemaMismatchError, ValidationError
 from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
-from .sqlstates import FOREIGN_KEY_VIOLATION, classify, dropped, translate
+from .sqlstates import FOREIGN_KEY_VIOLATION, classify, dropped, translate, unreachable
 from .statements import Statement
 from .statements.bulk import BULK_CHUNK
 from .statements.saves import SAVE_STEP_ONLY, save_step
@@ -38,6 +38,8 @@ log: Final = logging.getLogger("aiecs_persistence")
 TOUCH_TTL: Final = 1.0
 #: How many such tasks a manager remembers (the oldest is forgotten first).
 TOUCH_MAX: Final = 10_000
+#: Seconds a probe of the server waits for its connection, unless ``connect_timeout`` says.
+PROBE_TIMEOUT: Final = 5
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,9 @@ class Settings:
     connect_timeout: int | None = None
     statement_timeout_ms: int | None = 30_000
     lock_timeout_ms: int | None = 10_000
-    max_attempts: int = 4
-    backoff_base: float = 0.05
-    backoff_max: float = 2.0
+    max_attempts: int = retry.MAX_ATTEMPTS
+    backoff_base: float = retry.BACKOFF_BASE
+    backoff_max: float = retry.BACKOFF_MAX
     max_result_bytes: int = DEFAULT_MAX_BYTES
     auto_migrate: bool = True
     cleanup_batch_size: int = 1_000
@@ -136,8 +138,7 @@ class Settings:
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff before retry number ``attempt`` (1-based)."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+        return retry.backoff(attempt, self.backoff_base, self.backoff_max)
 
 
 class SettingsKwargs(TypedDict, total=False):
@@ -225,6 +226,12 @@ class ManagerBase:
         self._dialect: Dialect = PLAIN
         #: The schema of our objects, found at connect: every connection's whole search_path.
         self._schema: str | None = None
+        #: The pool's sizes given to ``connect`` (upstream's ``min_size``/``max_size``).
+        self._pool_sizes: tuple[int | None, int | None] = (None, None)
+        #: A connection was lost: the next attempt asks the server first (``_probe``).
+        self._suspect = False
+        #: The server refused a probe since: once it answers, the pool is replaced.
+        self._outage_seen = False
         self._group = GroupCommit(
             self.settings.group_commit_writers, self.settings.group_commit_max_batch,
             one_user=lambda: self._dialect.one_user_batches,
@@ -277,6 +284,21 @@ class ManagerBase:
         kwargs["kwargs"]["row_factory"] = namedtuple_row
         return kwargs
 
+    def _probe(self) -> None:
+        """Whether the server takes connections: one of our own, opened and closed. Raises
+        what opening it raises (transient: a refused or dropped connection), and remembers
+        that it did; when it opens, the suspicion is lifted."""
+        import psycopg
+
+        kwargs = self._connect_kwargs()
+        kwargs["connect_timeout"] = kwargs.get("connect_timeout") or PROBE_TIMEOUT
+        try:
+            psycopg.connect(libpq_conninfo(self.url), **kwargs).close()
+        except psycopg.Error:
+            self._outage_seen = True
+            raise
+        self._suspect = False
+
     def _local_settings(self) -> dict[str, str] | None:
         """What each call sets for its transaction under ``transaction_pooling``."""
         return self.settings.local_timeouts(self._schema)
@@ -308,8 +330,8 @@ class ManagerBase:
 
     def _inspect_schema(self, url: URL) -> migrate.SchemaStatus:
         """``migrate.inspect``, again after a connection the server killed (during the
-        inspection, or while it was starting), by the retry policy of the saves. Any other
-        failure to connect (refused, a wrong password) is raised at once."""
+        inspection, or while it was starting), by the retry policy of the saves. A wrong
+        password or a missing database is raised at once."""
         from . import migrate
 
         attempt = 0
@@ -318,8 +340,13 @@ class ManagerBase:
             try:
                 return migrate.inspect(url)
             except PersistenceError as exc:
-                if not dropped(exc) or attempt >= self.settings.max_attempts:
+                # (A server that refuses connections was asked again already: migrate.connection.)
+                if not dropped(exc) or unreachable(exc):
                     raise
+                if attempt >= self.settings.max_attempts:
+                    raise RetryExhaustedError(
+                        f"{exc.message} (gave up after {attempt} attempts)", attempts=attempt,
+                        sqlstate=exc.sqlstate) from None
                 delay = self.settings.backoff(attempt)
                 log.log(logging.WARNING if attempt == 1 else logging.DEBUG,
                         "inspect the schema: connection lost (attempt %d of %d), retrying "

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from . import prepared
 from .config import libpq_conninfo
-from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
+from .core import ManagerBase, SettingsKwargs, log, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
 from .group import Arrival
@@ -112,14 +112,49 @@ class DatabaseManager(ManagerBase):
             if self._pool is not None:
                 return
             await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
-            from psycopg_pool import AsyncConnectionPool
+            self._pool_sizes = (min_size, max_size)
+            self._pool = await self._open_pool()
 
-            pool: AsyncConnectionPool[AsyncConnection[Row]] = AsyncConnectionPool(
-                libpq_conninfo(self.url), name="aiecs-async",
-                **self._pool_kwargs(min_size, max_size),
-            )
-            await pool.open()
-            self._pool = pool
+    async def _open_pool(self) -> AsyncConnectionPool[AsyncConnection[Row]]:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool: AsyncConnectionPool[AsyncConnection[Row]] = AsyncConnectionPool(
+            libpq_conninfo(self.url), name="aiecs-async", **self._pool_kwargs(*self._pool_sizes),
+        )
+        await pool.open()
+        return pool
+
+    async def _recover(
+        self, pool: AsyncConnectionPool[AsyncConnection[Row]],
+    ) -> AsyncConnectionPool[AsyncConnection[Row]]:
+        """After a lost connection: whether the server answers (``core.ManagerBase._probe``;
+        when it does not, the failure is raised, a transient one). When it answers again after
+        refusing, the pool is replaced by a fresh one: psycopg_pool's reconnection backoff
+        doubles without bound (1, 2, 4 … 64 s) and would outlast the outage by as much."""
+        if True:  # ASYNC
+            await asyncio.to_thread(self._probe)
+        else:
+            self._probe()
+        if not self._outage_seen:
+            return pool
+        async with self._lock:
+            self._outage_seen = False
+            current, stale = self._pool, None
+            if current is pool:  # not replaced (nor closed) by another call meanwhile
+                await self._release_held()
+                self._pool = current = await self._open_pool()
+                stale = pool
+        if current is None:  # disconnected meanwhile
+            return await self._ready()
+        if stale is not None:
+            log.info("the server answers again: a fresh connection pool")
+            if True:  # ASYNC
+                closing = asyncio.ensure_future(stale.close())
+                self._drains.add(closing)
+                closing.add_done_callback(self._drains.discard)
+            else:
+                threading.Thread(target=stale.close, name="aiecs-old-pool", daemon=True).start()
+        return current
 
     async def init_database_schema(self) -> bool:
         """Upstream's name: migrate to head (errors are raised, never swallowed)."""
@@ -215,6 +250,8 @@ class DatabaseManager(ManagerBase):
             attempt += 1
             started = time.perf_counter()
             try:
+                if self._suspect:  # a connection was lost: does the server answer?
+                    pool = await self._recover(pool)
                 conn = await self._checkout(pool, writer)
                 ok = False
                 try:
@@ -225,7 +262,8 @@ class DatabaseManager(ManagerBase):
                     await self._checkin(pool, conn, writer, ok)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
-                if connection_lost(exc):
+                if connection_lost(exc) and not self._suspect:
+                    self._suspect = True  # the next attempt asks the server first
                     await pool.check()  # other idle connections are likely gone too
                 await asyncio.sleep(delay)
                 continue

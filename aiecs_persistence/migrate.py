@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,13 +24,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection
 
-from . import citus
+from . import citus, retry
 from .config import safe_url, with_connect_timeout
 from .ddl import VIEW_NAMES
 from .domain import ErrorCode, TaskStatus
-from .errors import DatabaseError, SchemaMismatchError, ValidationError
+from .errors import DatabaseError, RetryExhaustedError, SchemaMismatchError, ValidationError
 from .schema import metadata
-from .sqlstates import connect_error, translate
+from .sqlstates import connect_error, translate, unreachable
 
 __all__ = [
     "ENUMS",
@@ -105,14 +106,28 @@ def is_known_revision(revision: str) -> bool:
 @contextmanager
 def connection(url: str | URL) -> Iterator[Connection]:
     """A SQLAlchemy connection to ``url`` (no pool), opened within its connect timeout; a
-    failure to connect is one clear error (``sqlstates.connect_error``)."""
+    failure to connect is one clear error (``sqlstates.connect_error``). A server that does
+    not take connections now (refused, starting, stopping) is asked again by the managers'
+    default retry policy (``retry.py``), then it is ``RetryExhaustedError`` (E005), as a
+    manager's call would be."""
     target = with_connect_timeout(url)
     engine = sa.create_engine(target, poolclass=sa.NullPool)
     try:
-        try:
-            conn = engine.connect()
-        except sa.exc.DBAPIError as exc:
-            raise connect_error(exc, safe_url(target)) from None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                conn = engine.connect()
+                break
+            except sa.exc.DBAPIError as exc:
+                error = connect_error(exc, safe_url(target))
+            if not unreachable(error):
+                raise error from None
+            if attempt >= retry.MAX_ATTEMPTS:  # the rule of the managers' calls: E005
+                raise RetryExhaustedError(
+                    f"{error.message} (gave up after {attempt} attempts)", attempts=attempt,
+                ) from None
+            time.sleep(retry.backoff(attempt))
         with conn:
             yield conn
     finally:

@@ -39,6 +39,7 @@ __all__ = [
     "is_transient",
     "is_unique_violation",
     "translate",
+    "unreachable",
 ]
 
 #: The SQLSTATE raised by the status-transition triggers (class ``AE``: aiecs).
@@ -156,6 +157,13 @@ def connection_lost(exc: BaseException) -> bool:
 #: closed under libpq. libpq gives these without a SQLSTATE.
 _DROPPED_AT_START: Final = ("terminating connection due to",
                             "server closed the connection unexpectedly")
+#: How a server that does not take connections now reads (libpq's and PostgreSQL's words, no
+#: SQLSTATE): nothing listens (TCP or Unix socket), or it is starting, stopping or recovering.
+_NOT_TAKING: Final = ("Connection refused", "No such file or directory",
+                      "the database system is starting up",
+                      "the database system is shutting down",
+                      "the database system is in recovery mode",
+                      "the database system is not yet accepting connections")
 
 
 def dropped(error: PersistenceError) -> bool:
@@ -164,6 +172,12 @@ def dropped(error: PersistenceError) -> bool:
     which a refused connection or a wrong password is not."""
     return isinstance(error, RetryExhaustedError) or (
         error.sqlstate is None and any(words in error.message for words in _DROPPED_AT_START))
+
+
+def unreachable(error: PersistenceError) -> bool:
+    """Whether a failure to connect (``connect_error``) says the server does not take
+    connections now, a transient state (a wrong password or a missing database is not)."""
+    return error.sqlstate is None and any(words in error.message for words in _NOT_TAKING)
 
 
 def _diag(driver: BaseException, name: str) -> str | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from . import prepared
 from .config import libpq_conninfo
-from .core import ManagerBase, SettingsKwargs, returns_rows, reusable
+from .core import ManagerBase, SettingsKwargs, log, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
 from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
 from .group import Arrival
@@ -95,14 +95,41 @@ class SyncDatabaseManager(ManagerBase):
             if self._pool is not None:
                 return
             self.prepare_schema()  # resolves self.url too
-            from psycopg_pool import ConnectionPool
+            self._pool_sizes = (min_size, max_size)
+            self._pool = self._open_pool()
 
-            pool: ConnectionPool[Connection[Row]] = ConnectionPool(
-                libpq_conninfo(self.url), name="aiecs-sync",
-                **self._pool_kwargs(min_size, max_size),
-            )
-            pool.open()
-            self._pool = pool
+    def _open_pool(self) -> ConnectionPool[Connection[Row]]:
+        from psycopg_pool import ConnectionPool
+
+        pool: ConnectionPool[Connection[Row]] = ConnectionPool(
+            libpq_conninfo(self.url), name="aiecs-sync", **self._pool_kwargs(*self._pool_sizes),
+        )
+        pool.open()
+        return pool
+
+    def _recover(
+        self, pool: ConnectionPool[Connection[Row]],
+    ) -> ConnectionPool[Connection[Row]]:
+        """After a lost connection: whether the server answers (``core.ManagerBase._probe``;
+        when it does not, the failure is raised, a transient one). When it answers again after
+        refusing, the pool is replaced by a fresh one: psycopg_pool's reconnection backoff
+        doubles without bound (1, 2, 4 … 64 s) and would outlast the outage by as much."""
+        self._probe()
+        if not self._outage_seen:
+            return pool
+        with self._lock:
+            self._outage_seen = False
+            current, stale = self._pool, None
+            if current is pool:  # not replaced (nor closed) by another call meanwhile
+                self._release_held()
+                self._pool = current = self._open_pool()
+                stale = pool
+        if current is None:  # disconnected meanwhile
+            return self._ready()
+        if stale is not None:
+            log.info("the server answers again: a fresh connection pool")
+            threading.Thread(target=stale.close, name="aiecs-old-pool", daemon=True).start()
+        return current
 
     def init_database_schema(self) -> bool:
         """Upstream's name: migrate to head (errors are raised, never swallowed)."""
@@ -186,6 +213,8 @@ class SyncDatabaseManager(ManagerBase):
             attempt += 1
             started = time.perf_counter()
             try:
+                if self._suspect:  # a connection was lost: does the server answer?
+                    pool = self._recover(pool)
                 conn = self._checkout(pool, writer)
                 ok = False
                 try:
@@ -196,7 +225,8 @@ class SyncDatabaseManager(ManagerBase):
                     self._checkin(pool, conn, writer, ok)
             except Exception as exc:
                 delay = self.retry_delay(statement, exc, attempt, started)
-                if connection_lost(exc):
+                if connection_lost(exc) and not self._suspect:
+                    self._suspect = True  # the next attempt asks the server first
                     pool.check()  # other idle connections are likely gone too
                 time.sleep(delay)
                 continue

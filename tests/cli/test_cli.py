@@ -222,8 +222,8 @@ def test_json_errors_with_json():
                                "postgresql://bob:hunter2@127.0.0.1:1/x"])
     assert done.exit_code == 3
     error = json.loads(done.stdout)["error"]
-    assert error["code"] == "E006" and error["exit"] == 3 and "cannot connect" in (
-        error["message"])
+    assert error["code"] == "E005" and error["exit"] == 3 and "cannot connect" in (
+        error["message"])  # refused, asked again, then given up (docs/operations.md)
     assert "hunter2" not in done.output
 
 

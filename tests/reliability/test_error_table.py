@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from aiecs_persistence import (
     DatabaseManager,
     InvalidTransitionError,
     QueryTimeoutError,
+    RetryExhaustedError,
     SyncDatabaseManager,
     TaskStepResult,
     ValidationError,
@@ -41,7 +43,6 @@ def unreachable(db_url: Any, case: str) -> str:
 @pytest.mark.parametrize("kind", ["async", "sync"])
 @pytest.mark.parametrize(("case", "reason"), [
     ("missing database", "does not exist"), ("unknown role", "aiecs_no_such_role"),
-    ("refused", "refused"),
 ])
 def test_failing_to_connect_is_e006_with_the_cause_and_no_retry(db_url, kind, case, reason):
     db = make_manager(kind, url=unreachable(db_url, case), connect_timeout=3)
@@ -54,6 +55,23 @@ def test_failing_to_connect_is_e006_with_the_cause_and_no_retry(db_url, kind, ca
     assert type(error) is DatabaseError and error.code.value == "E006"
     assert "cannot connect" in error.message and reason in error.message, error.message
     assert "hunter2" not in str(error) and "gave up after" not in error.message
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_refused_connection_is_retried_then_e005(db_url, kind):
+    """A server that does not take connections now is transient, as for a connected manager:
+    asked again by the retry policy, then ``RetryExhaustedError`` (E005) with the cause."""
+    db = make_manager(kind, url=unreachable(db_url, "refused"), connect_timeout=3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RetryExhaustedError) as info:
+            db.connect()
+    finally:
+        close(db)
+    error = info.value
+    assert error.code.value == "E005" and time.monotonic() - started < 5
+    assert "cannot connect" in error.message and "refused" in error.message, error.message
+    assert "gave up after 4 attempts" in error.message
 
 
 def test_pool_exhaustion_is_a_timeout(db_url, psql):
@@ -170,8 +188,7 @@ def test_options_in_the_url_reach_migrations_and_both_managers(empty_db_url, kin
 def test_a_server_dropping_connections_as_they_start_is_retried_then_reported(kind):
     """A server that accepts each connection and drops it while it starts (as
     ``pg_terminate_backend`` or a restart does) is transient: connect tries again by the retry
-    policy, ``max_attempts`` times in all, then reports it (E006). A refused connection is
-    reported at once (above)."""
+    policy, ``max_attempts`` times in all, then reports it (E005)."""
     import socket
     import threading
 
@@ -195,12 +212,13 @@ def test_a_server_dropping_connections_as_they_start_is_retried_then_reported(ki
     db = make_manager(kind, url=url, connect_timeout=3, max_attempts=3, backoff_base=0.01,
                       backoff_max=0.02)
     try:
-        with pytest.raises(DatabaseError) as info:
+        with pytest.raises(RetryExhaustedError) as info:
             db.connect()
     finally:
         close(db)
         listener.close()
         thread.join(5)
     assert "server closed the connection unexpectedly" in info.value.message
+    assert info.value.code.value == "E005" and "gave up after 3 attempts" in info.value.message
     assert "hunter2" not in str(info.value)
     assert accepted[0] == 3  # one connection per attempt

@@ -211,3 +211,35 @@ def test_statement_timeout_bounds_a_slow_statement(route, db_url):
             db.save_task_history("u", "w", 0, done(0))
         assert time.monotonic() - started < 2.0
     assert stored_steps(db_url) == []
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_an_outage_longer_than_the_pools_backoff_ends_with_the_first_call(own_server, kind):
+    """While the server is down, each call fails within its retries (E005), not after
+    ``pool_timeout``; once it is back, the first call succeeds at once. psycopg_pool's own
+    reconnection waits 1, 2, 4, 8 … seconds between attempts: after 12 s down, its next
+    attempt would come seconds after the restart."""
+    from ..managers import close, make_manager
+
+    base, url = own_server
+    db = make_manager(kind, url=url, connect_timeout=2)
+    try:
+        db.save_task_history("u", "o", 0, done(0))
+        embedded.stop(base)
+        stopped = time.monotonic()
+        step = 1
+        while time.monotonic() - stopped < 12:
+            began = time.monotonic()
+            with pytest.raises(RetryExhaustedError) as info:
+                db.save_task_history("u", "o", step, done(step))
+            assert time.monotonic() - began < 5, "a call waited for the pool"
+            assert info.value.code is ErrorCode.RETRY_EXHAUSTED
+            step += 1
+            time.sleep(2)
+        embedded.start(base)
+        began = time.monotonic()
+        db.save_task_history("u", "o", step, done(step))
+        assert time.monotonic() - began < 1.5, "the first call after the restart waited"
+        assert [e["step"] for e in db.load_task_history("u", "o")][-1] == step
+    finally:
+        close(db)
