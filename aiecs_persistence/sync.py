@@ -186,10 +186,10 @@ class SyncDatabaseManager(ManagerBase):
     ) -> None:
         """A connection back after a call. Up to ``group_commit_writers`` are kept for saves
         between them, leaving at least one in the pool for everything else; any that failed
-        goes back to the pool, which checks it."""
+        goes back to the pool, which checks it (as does one of a pool replaced meanwhile)."""
         held = self._held
-        if writer and ok and len(held) < min(self.settings.group_commit_writers,
-                                             pool.max_size - 1) and reusable(conn):
+        if writer and ok and pool is self._pool and len(held) < min(
+                self.settings.group_commit_writers, pool.max_size - 1) and reusable(conn):
             held.append(conn)
         else:
             pool.putconn(conn)
