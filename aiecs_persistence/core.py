@@ -118,7 +118,7 @@ class Settings:
         return {"min_size": low, "max_size": high, "timeout": self.pool_timeout,
                 "kwargs": kwargs, "open": False}
 
-    def local_timeouts(self, search_path: str | None = None) -> dict[str, str] | None:
+    def local_settings(self, search_path: str | None = None) -> dict[str, str] | None:
         """The timeouts (and ``search_path``, the schema of our objects) for
         ``statements.SET_LOCAL`` under ``transaction_pooling`` (``0`` means no limit, as in
         PostgreSQL); None when they travel at connect."""
@@ -301,7 +301,7 @@ class ManagerBase:
 
     def _local_settings(self) -> dict[str, str] | None:
         """What each call sets for its transaction under ``transaction_pooling``."""
-        return self.settings.local_timeouts(self._schema)
+        return self.settings.local_settings(self._schema)
 
     # -- schema ------------------------------------------------------------------------------
 

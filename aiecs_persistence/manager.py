@@ -312,8 +312,8 @@ class DatabaseManager(ManagerBase):
             return
         prepared.check(results)
 
-    async def _set_local_timeouts(self, conn: AsyncConnection[Row]) -> None:
-        """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
+    async def _set_local(self, conn: AsyncConnection[Row]) -> None:
+        """In a transaction, under ``transaction_pooling``: its timeouts and search_path."""
         local = self._local_settings()
         if local is not None:
             await conn.execute(SET_LOCAL, set_local(local))
@@ -442,7 +442,7 @@ class DatabaseManager(ManagerBase):
             chunk = bulk.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
                                    tasks_sql=self._dialect.bulk_tasks)
             async with conn.transaction():
-                await self._set_local_timeouts(conn)
+                await self._set_local(conn)
                 if self._dialect.own_events:  # else the triggers log (dialect.py)
                     await conn.execute(bulk.BULK_EVENTS_ON)
                 if True:  # ASYNC
@@ -558,7 +558,7 @@ class DatabaseManager(ManagerBase):
 
         async def batch(conn: AsyncConnection[Row]) -> tuple[int, int]:
             async with conn.transaction():
-                await self._set_local_timeouts(conn)
+                await self._set_local(conn)
                 cur = await conn.execute(job.pick.sql, job.params)
                 keys = await cur.fetchall()
                 if not keys:

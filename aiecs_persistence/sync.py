@@ -275,8 +275,8 @@ class SyncDatabaseManager(ManagerBase):
             return
         prepared.check(results)
 
-    def _set_local_timeouts(self, conn: Connection[Row]) -> None:
-        """In a transaction, under ``transaction_pooling``: its statement and lock timeouts."""
+    def _set_local(self, conn: Connection[Row]) -> None:
+        """In a transaction, under ``transaction_pooling``: its timeouts and search_path."""
         local = self._local_settings()
         if local is not None:
             conn.execute(SET_LOCAL, set_local(local))
@@ -400,7 +400,7 @@ class SyncDatabaseManager(ManagerBase):
             chunk = bulk.BulkChunk(self.settings.max_result_bytes, self.settings.bulk_chunk_size,
                                    tasks_sql=self._dialect.bulk_tasks)
             with conn.transaction():
-                self._set_local_timeouts(conn)
+                self._set_local(conn)
                 if self._dialect.own_events:  # else the triggers log (dialect.py)
                     conn.execute(bulk.BULK_EVENTS_ON)
                 self._write_chunks(conn, chunk, iter(records))
@@ -496,7 +496,7 @@ class SyncDatabaseManager(ManagerBase):
 
         def batch(conn: Connection[Row]) -> tuple[int, int]:
             with conn.transaction():
-                self._set_local_timeouts(conn)
+                self._set_local(conn)
                 cur = conn.execute(job.pick.sql, job.params)
                 keys = cur.fetchall()
                 if not keys:
