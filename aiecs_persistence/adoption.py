@@ -138,14 +138,15 @@ FROM aiecs_legacy_tasks t
 WHERE d.user_id = t.user_id AND d.task_id = t.task_id AND d.updated_at = '-infinity';
 DROP TABLE aiecs_legacy_tasks;
 
+-- Each step in its task's partition (its bucket: the adopted task's, the period it was adopted in).
 INSERT INTO task_history (user_id, task_id, step, step_name, result, completed, message,
-                          status, error_code, error_message, created_at, updated_at)
+                          status, error_code, error_message, created_at, updated_at, bucket)
 SELECT a.user_id, a.task_id, a.step, a.step_name, a.inner_result, a.completed, a.message,
        a.status::task_status, a.error_code::error_code, a.error_message,
-       COALESCE(a.ts, now()), COALESCE(a.ts, now())
-FROM aiecs_legacy a
+       COALESCE(a.ts, now()), COALESCE(a.ts, now()), t.bucket
+FROM aiecs_legacy a JOIN tasks t ON t.user_id = a.user_id AND t.task_id = a.task_id
 WHERE a.reason IS NULL
-ON CONFLICT (user_id, task_id, step) DO NOTHING;
+ON CONFLICT (user_id, task_id, step, bucket) DO NOTHING;
 
 DROP TABLE aiecs_legacy;
 END

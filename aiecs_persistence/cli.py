@@ -137,7 +137,7 @@ def _row_counts(target: Any) -> str:
     """Rows in our tables, e.g. ``tasks 3, task_history 12``."""
     with connect(target) as conn:
         found = [r[0] for r in conn.execute(
-            "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = "
+            "SELECT c.relname FROM pg_class c WHERE c.relkind IN ('r', 'p') AND c.relnamespace = "
             "current_schema()::regnamespace AND c.relname = ANY(%s) ORDER BY 1",
             [["tasks", "task_history", "task_events", "legacy_task_history"]]).fetchall()]
         counts = [(t, conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()) for t in found]

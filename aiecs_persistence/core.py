@@ -23,7 +23,14 @@ from .dialect import PLAIN, Dialect, dialect_for
 from .errors import PersistenceError, RetryExhaustedError, SchemaMismatchError, ValidationError
 from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
-from .sqlstates import FOREIGN_KEY_VIOLATION, classify, dropped, translate, unreachable
+from .sqlstates import (
+    CHECK_VIOLATION,
+    FOREIGN_KEY_VIOLATION,
+    classify,
+    dropped,
+    translate,
+    unreachable,
+)
 from .statements import Statement
 from .statements.bulk import BULK_CHUNK
 from .statements.saves import SAVE_STEP_ONLY, save_step
@@ -396,9 +403,12 @@ class ManagerBase:
         return self._dialect.batch(saves, self.settings.lock_timeout_ms)
 
     def _task_was_gone(self, exc: ValidationError, user_id: str, task_id: str) -> bool:
-        """After a step-only save failed: whether its task had been deleted meanwhile (then
-        it is forgotten, and the caller saves again the full way)."""
-        if exc.sqlstate != FOREIGN_KEY_VIOLATION:
+        """After a save failed: whether its task was not there for it: deleted meanwhile (a
+        step-only save), or created by a writer that committed after the save began, so that
+        the save could not read its bucket (``saves.py``). The task is then forgotten, and the
+        caller saves again the full way."""
+        no_bucket = exc.sqlstate == CHECK_VIOLATION and "no partition" in exc.message
+        if exc.sqlstate != FOREIGN_KEY_VIOLATION and not no_bucket:
             return False
         self._forget_touched(user_id, task_id)
         return True

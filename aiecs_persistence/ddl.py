@@ -130,9 +130,9 @@ $$
 
 #: The columns no UPDATE may change, by table.
 IMMUTABLE_COLUMNS: Final = {
-    "tasks": ("user_id", "task_id", "created_at"),
-    "task_history": ("user_id", "task_id", "step", "created_at"),
-    names.EVENTS_TABLE: ("user_id", "task_id", "step", "tx", "seq", "at"),
+    "tasks": ("user_id", "task_id", "created_at", names.BUCKET),
+    "task_history": ("user_id", "task_id", "step", "created_at", names.BUCKET),
+    names.EVENTS_TABLE: ("user_id", "task_id", "step", "tx", "seq", "at", names.BUCKET),
 }
 
 KEYS_IMMUTABLE_FUNCTION: Final = f"""
@@ -165,6 +165,115 @@ def _keys_immutable_trigger(table: str, columns: tuple[str, ...]) -> str:
 KEYS_IMMUTABLE_TRIGGERS: Final = tuple(
     _keys_immutable_trigger(table, columns) for table, columns in IMMUTABLE_COLUMNS.items())
 
+# -- partitions: history by the time its task began -------------------------------------------
+# task_history and task_events are range-partitioned by ``names.BUCKET``: the creation time of
+# their task, truncated to the partition width (``tasks.bucket``, set once by its column
+# default). Every row of a task therefore lives in one partition, whatever the time of the row,
+# and retention drops a partition whole. The width and how many partitions are kept ready ahead
+# live in ``names.PARTITIONING_TABLE``; ``PARTITIONS_FUNCTION`` creates what is due (there is
+# no DEFAULT partition: PostgreSQL refuses DETACH ... CONCURRENTLY beside one), and runs as
+# the schema's owner, so that a writer role can create the partition its save needs.
+
+#: Buckets are aligned on this instant (midnight UTC): a width of a day gives UTC days.
+BUCKET_ORIGIN: Final = "2000-01-01 00:00:00+00"
+#: The partition width a new schema gets, and the partitions kept ready past the current one.
+DEFAULT_WIDTH: Final = "1 day"
+DEFAULT_AHEAD: Final = 3
+
+_PARTITIONED: Final = ", ".join(f"'{t}'" for t in names.PARTITIONED_TABLES)
+
+
+def bucket_sql(width: str = DEFAULT_WIDTH) -> str:
+    """The bucket of a task created now: the columns' default (``width`` a SQL interval)."""
+    return f"date_bin('{width}'::interval, now(), '{BUCKET_ORIGIN}'::timestamp with time zone)"
+
+
+#: Each partition of ours with its range, read from the catalog (DateStyle and TimeZone are
+#: pinned, so the bounds parse back whatever the caller's session uses).
+BOUNDS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_partition_bounds()
+RETURNS TABLE (parent text, partition text, lower timestamptz, upper timestamptz)
+LANGUAGE sql STABLE {PINNED_SEARCH_PATH} SET datestyle = 'ISO, YMD' SET timezone = 'UTC'
+AS $$
+  SELECT p.relname::text, c.relname::text,
+         CASE WHEN m[1] = 'MINVALUE' THEN '-infinity' ELSE btrim(m[1], '''')::timestamptz END,
+         CASE WHEN m[2] = 'MAXVALUE' THEN 'infinity' ELSE btrim(m[2], '''')::timestamptz END
+  FROM pg_inherits i
+  JOIN pg_class c ON c.oid = i.inhrelid
+  JOIN pg_class p ON p.oid = i.inhparent
+  CROSS JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                  'FROM \\((.+)\\) TO \\((.+)\\)') AS m
+  WHERE p.relnamespace = '@S@'::regnamespace AND p.relname IN ({_PARTITIONED})
+$$
+"""
+
+#: Create the partitions due: with no argument, the current bucket's and ``ahead`` more; given
+#: a time, the one of its bucket (a save's task begun while no partition was there). A range
+#: that an existing partition overlaps (the width changed) is clipped to fit. Returns how many
+#: partitions it created. Serialized by an advisory lock; no more than ``ahead`` buckets ahead.
+PARTITIONS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.{names.PARTITIONS_FUNCTION}(p_at timestamptz DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER {PINNED_SEARCH_PATH} SET timezone = 'UTC'
+AS $$
+DECLARE
+  w interval;
+  n integer;
+  first timestamptz;
+  lo timestamptz;
+  hi timestamptz;
+  t text;
+  part text;
+  made integer := 0;
+BEGIN
+  SELECT width, ahead INTO STRICT w, n FROM @S@.{names.PARTITIONING_TABLE};
+  IF p_at > now() + w * (n + 1) THEN
+    RAISE EXCEPTION 'no partition is created more than % buckets ahead', n
+      USING ERRCODE = '22023';
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext('@S@.{names.PARTITIONS_FUNCTION}'));
+  first := date_bin(w, coalesce(p_at, now()), '{BUCKET_ORIGIN}');
+  FOR i IN 0 .. CASE WHEN p_at IS NULL THEN n ELSE 0 END LOOP
+    lo := first + w * i;
+    FOREACH t IN ARRAY ARRAY[{_PARTITIONED}] LOOP
+      CONTINUE WHEN EXISTS (SELECT FROM @S@.aiecs_partition_bounds() b
+                            WHERE b.parent = t AND b.lower <= lo AND b.upper > lo);
+      SELECT least(lo + w, min(b.lower)) INTO hi FROM @S@.aiecs_partition_bounds() b
+      WHERE b.parent = t AND b.lower > lo;
+      part := t || '_p' || to_char(lo, 'YYYYMMDD')
+              || CASE WHEN lo = date_trunc('day', lo) AND w >= interval '1 day' THEN ''
+                      ELSE to_char(lo, '"_"HH24MISS') END;
+      EXECUTE format('CREATE TABLE @S@.%I PARTITION OF @S@.%I FOR VALUES FROM (%L) TO (%L)',
+                     part, t, lo, hi);
+      made := made + 1;
+    END LOOP;
+  END LOOP;
+  RETURN made;
+END
+$$
+"""
+
+#: Change the partition width: the buckets of tasks created from now on, and the partitions
+#: created for them (existing partitions keep their ranges).
+WIDTH_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_set_partition_width(p_width interval) RETURNS void
+LANGUAGE plpgsql {PINNED_SEARCH_PATH} AS $$
+DECLARE
+  t text;
+BEGIN
+  IF p_width IS NULL OR p_width < interval '1 second' THEN
+    RAISE EXCEPTION 'partition width %: at least 1 second', p_width USING ERRCODE = '22023';
+  END IF;
+  UPDATE @S@.{names.PARTITIONING_TABLE} SET width = p_width;
+  FOREACH t IN ARRAY ARRAY['tasks', {_PARTITIONED}] LOOP
+    EXECUTE format('ALTER TABLE @S@.%I ALTER COLUMN {names.BUCKET} SET DEFAULT '
+                   'date_bin(%L::interval, now(), %L::timestamptz)',
+                   t, p_width, '{BUCKET_ORIGIN}');
+  END LOOP;
+  PERFORM @S@.{names.PARTITIONS_FUNCTION}();
+END
+$$
+"""
+
 # -- task events: what watchers follow (watch.py) ------------------------------------------------
 # Every committed insert or update of a step, and every status change of a task, appends one
 # row to task_events. Our own writes log their events in the same statement (the saves append
@@ -189,9 +298,10 @@ BEGIN
     RETURN NULL;
   END IF;
   INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, step, step_name, result, completed,
-                               message, status, error_code, error_message, at)
+                               message, status, error_code, error_message, at, bucket)
   VALUES (NEW.user_id, NEW.task_id, NEW.step, NEW.step_name, NEW.result, NEW.completed,
-          NEW.message, NEW.status, NEW.error_code, NEW.error_message, NEW.updated_at);
+          NEW.message, NEW.status, NEW.error_code, NEW.error_message, NEW.updated_at,
+          NEW.bucket);
   IF EXISTS (SELECT FROM @S@.{names.WATCHED_TABLE} w
              WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now()) THEN
     PERFORM pg_notify('{names.CHANNEL}', NEW.user_id || {names.SEPARATOR_SQL} || NEW.task_id);
@@ -205,9 +315,10 @@ TASK_EVENTS_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_changed() RETURNS trigger LANGUAGE plpgsql
 {PINNED_SEARCH_PATH} AS $$
 BEGIN
-  INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, status, error_code, error_message, at)
+  INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, status, error_code, error_message, at,
+                               bucket)
   VALUES (NEW.user_id, NEW.task_id, NEW.status, NEW.error_code, NEW.error_message,
-          NEW.updated_at);
+          NEW.updated_at, NEW.bucket);
   IF EXISTS (SELECT FROM @S@.{names.WATCHED_TABLE} w
              WHERE w.user_id = NEW.user_id AND w.task_id IN (NEW.task_id, '')
                AND w.until > now()) THEN
@@ -228,10 +339,11 @@ DECLARE
 BEGIN
   IF current_setting('citus.version', true) IS NULL THEN
     DELETE FROM @S@.{names.EVENTS_TABLE} e USING gone g
-    WHERE e.user_id = g.user_id AND e.task_id = g.task_id;
+    WHERE e.user_id = g.user_id AND e.task_id = g.task_id AND e.bucket = g.bucket;
   ELSE
-    FOR k IN SELECT DISTINCT g.user_id, g.task_id FROM gone g LOOP
-      DELETE FROM @S@.{names.EVENTS_TABLE} e WHERE e.user_id = k.user_id AND e.task_id = k.task_id;
+    FOR k IN SELECT DISTINCT g.user_id, g.task_id, g.bucket FROM gone g LOOP
+      DELETE FROM @S@.{names.EVENTS_TABLE} e
+      WHERE e.user_id = k.user_id AND e.task_id = k.task_id AND e.bucket = k.bucket;
     END LOOP;
   END IF;
   RETURN NULL;
@@ -253,6 +365,7 @@ LANGUAGE plpgsql {PINNED_SEARCH_PATH} AS $$
 DECLARE
   fresh CONSTANT timestamptz := now() - interval '1 second';
   task text;
+  task_bucket timestamptz;
   i integer;
   created boolean;
   row_status @S@.task_status;
@@ -274,29 +387,33 @@ BEGIN
       SET status = CASE WHEN t.status = 'pending' THEN 'running'::@S@.task_status
                         ELSE t.status END
       WHERE t.status = 'pending' OR t.updated_at < fresh
-    RETURNING t.status, t.error_code, t.error_message, t.updated_at, t.xmax = 0
-      INTO row_status, row_code, row_message, row_at, created;
+    RETURNING t.status, t.error_code, t.error_message, t.updated_at, t.xmax = 0, t.bucket
+      INTO row_status, row_code, row_message, row_at, created, task_bucket;
     IF created THEN
-      INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, status, error_code, error_message, at)
-      VALUES (p_user_id, task, row_status, row_code, row_message, row_at);
+      INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, status, error_code, error_message, at,
+                                   bucket)
+      VALUES (p_user_id, task, row_status, row_code, row_message, row_at, task_bucket);
     END IF;
   END LOOP;
   FOR i IN 1 .. coalesce(cardinality(p_steps), 0) LOOP
+    -- The task's partition: its bucket, read from its row (a new snapshot sees it).
+    SELECT f.bucket INTO task_bucket FROM @S@.tasks f
+    WHERE f.user_id = p_user_id AND f.task_id = p_task_ids[i];
     INSERT INTO @S@.task_history AS h (user_id, task_id, step, step_name, result, completed,
-                                       message, status, error_code, error_message)
+                                       message, status, error_code, error_message, bucket)
     VALUES (p_user_id, p_task_ids[i], p_steps[i], p_step_names[i], p_results[i],
             p_completed[i], p_messages[i], p_statuses[i], p_error_codes[i],
-            p_error_messages[i])
-    ON CONFLICT (user_id, task_id, step) DO UPDATE SET
+            p_error_messages[i], task_bucket)
+    ON CONFLICT (user_id, task_id, step, bucket) DO UPDATE SET
       step_name = EXCLUDED.step_name, result = EXCLUDED.result,
       completed = EXCLUDED.completed, message = EXCLUDED.message, status = EXCLUDED.status,
       error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message
     RETURNING h.updated_at INTO row_at;
     INSERT INTO @S@.{names.EVENTS_TABLE} (user_id, task_id, step, step_name, result, completed,
-                               message, status, error_code, error_message, at)
+                               message, status, error_code, error_message, at, bucket)
     VALUES (p_user_id, p_task_ids[i], p_steps[i], p_step_names[i], p_results[i],
             p_completed[i], p_messages[i], p_statuses[i], p_error_codes[i],
-            p_error_messages[i], row_at);
+            p_error_messages[i], row_at, task_bucket);
   END LOOP;
 END
 $$
@@ -381,7 +498,8 @@ SELECT t.user_id, t.task_id, t.status, t.error_code, t.error_message,
        COALESCE(t.finished_at, GREATEST(t.updated_at, max(h.updated_at)))
          - COALESCE(t.started_at, t.created_at) AS duration
 FROM tasks t
-LEFT JOIN task_history h ON h.user_id = t.user_id AND h.task_id = t.task_id
+LEFT JOIN task_history h
+  ON h.user_id = t.user_id AND h.task_id = t.task_id AND h.bucket = t.bucket
 GROUP BY t.user_id, t.task_id
 """
 
@@ -413,11 +531,21 @@ DDL_STATEMENTS: Final = (
     *EVENT_TRIGGERS,
     in_current_schema(SAVE_STEPS_FUNCTION),
     in_current_schema(HORIZON_FUNCTION),
+    in_current_schema(BOUNDS_FUNCTION),
+    in_current_schema(PARTITIONS_FUNCTION),
+    in_current_schema(WIDTH_FUNCTION),
     in_current_schema(KEYS_IMMUTABLE_FUNCTION),
     *KEYS_IMMUTABLE_TRIGGERS,
     STEP_DETAILS_VIEW,
     TASK_SUMMARY_VIEW,
     FAILURES_BY_DAY_VIEW,
+)
+
+#: The partitioning settings' one row, then the partitions due.
+SEED_PARTITIONS: Final = (
+    f"INSERT INTO {names.PARTITIONING_TABLE} (width, ahead) "
+    f"VALUES ('{DEFAULT_WIDTH}', {DEFAULT_AHEAD})",
+    f"SELECT {names.PARTITIONS_FUNCTION}()",
 )
 
 SEED_ERROR_CODES: Final = "INSERT INTO error_codes (code, name, category, description) VALUES " + (
@@ -433,6 +561,9 @@ DROP_STATEMENTS: Final = (
     f"DROP FUNCTION IF EXISTS {names.SAVE_STEPS_FUNCTION}(text, text[], integer[], text[], "
     "jsonb[], boolean[], text[], task_status[], error_code[], text[], text)",
     f"DROP FUNCTION IF EXISTS {names.HORIZON_FUNCTION}(text)",
+    "DROP FUNCTION IF EXISTS aiecs_set_partition_width(interval)",
+    f"DROP FUNCTION IF EXISTS {names.PARTITIONS_FUNCTION}(timestamptz)",
+    "DROP FUNCTION IF EXISTS aiecs_partition_bounds()",
     "DROP FUNCTION IF EXISTS aiecs_tasks_changed() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_tasks_deleted() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_task_history_changed() CASCADE",

@@ -37,8 +37,8 @@ from .group import Arrival
 from .listen import AsyncListener, AsyncWaiter
 from .queued import AsyncQueued
 from .records import Page, StepRecord, TaskRecord
-from .sqlstates import connection_lost, is_unique_violation
-from .statements import bulk, checks, reads, saves, tasks
+from .sqlstates import connection_lost, is_unique_violation, missing_partition
+from .statements import bulk, checks, partitions, reads, saves, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
 from .statements.rows import (
@@ -114,6 +114,16 @@ class DatabaseManager(ManagerBase):
             await asyncio.to_thread(self.prepare_schema)  # resolves self.url too
             self._pool_sizes = (min_size, max_size)
             self._pool = await self._open_pool()
+        await self._partitions_due()
+
+    async def _partitions_due(self) -> None:
+        """Create the history's partitions due (this period's and those kept ready ahead) as
+        the pool opens, so that saves find them. A failure here is logged, not raised: a save
+        that finds no partition creates the one it needs (``_with_retries``)."""
+        try:
+            await self._run(partitions.create_due())
+        except PersistenceError as exc:
+            log.warning("the partitions due could not be created now: %s", exc.message)
 
     async def _open_pool(self) -> AsyncConnectionPool[AsyncConnection[Row]]:
         from psycopg_pool import AsyncConnectionPool
@@ -261,6 +271,12 @@ class DatabaseManager(ManagerBase):
                 finally:
                     await self._checkin(pool, conn, writer, ok)
             except Exception as exc:
+                at = missing_partition(exc)
+                if at is not None and statement.idempotent and attempt < 2:
+                    # A save in a period with no partition yet (idle for longer than the
+                    # partitions made ahead): create it, then save again.
+                    await self._run(partitions.create_for(at))
+                    continue
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc) and not self._suspect:
                     self._suspect = True  # the next attempt asks the server first
@@ -500,6 +516,8 @@ class DatabaseManager(ManagerBase):
 
         async with conn.cursor() as cur:
             await cur.execute(tasks.sql, tasks.params)
+            await cur.execute(bulk.BULK_BUCKETS, tasks.params)
+            rows = bulk.with_buckets(rows, await cur.fetchall())
             try:
                 async with conn.transaction(), cur.copy(bulk.BULK_COPY) as copy:
                     for row in rows:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from alembic import command
@@ -24,7 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection
 
-from . import citus, retry
+from . import citus, names, retry
 from .config import safe_url, with_connect_timeout
 from .ddl import VIEW_NAMES
 from .domain import ErrorCode, TaskStatus
@@ -53,6 +53,15 @@ VERSION_TABLE: Final = "aiecs_alembic_version"
 ADVISORY_LOCK_KEY: Final = 0x6169656373
 #: The native enum types and the Python enums they must match, label for label.
 ENUMS: Final = {"task_status": TaskStatus, "error_code": ErrorCode}
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool,
+                   compare_to: Any) -> bool:
+    """Alembic's filter for autogenerate: the partitions of the history tables (and their
+    indexes) are created at run time (``ddl.py``, partitions), not modelled."""
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return not (reflected and table is not None and any(
+        table.startswith(f"{parent}_p") for parent in names.PARTITIONED_TABLES))
 
 
 def script_location() -> Path:

@@ -32,6 +32,17 @@ INVALID_TRANSITION_SQLSTATE: Final = "AE001"
 #: The SQLSTATE raised for an UPDATE of a key or a creation time (``ValidationError``).
 IMMUTABLE_SQLSTATE: Final = "AE002"
 
+#: The column every per-task table is range-partitioned by: the task's creation time, truncated to
+#: the partition width (``ddl.py``, partitions), carried by its steps and its events.
+BUCKET: Final = "bucket"
+#: The one-row table holding the partition width and how far ahead partitions are created.
+PARTITIONING_TABLE: Final = "aiecs_partitioning"
+#: Creates the partitions due (``ddl.PARTITIONS_FUNCTION``): those from now on, or the one of a
+#: given bucket.
+PARTITIONS_FUNCTION: Final = "aiecs_create_partitions"
+#: The tables partitioned by ``BUCKET``.
+PARTITIONED_TABLES: Final = ("task_history", "task_events")
+
 #: The saves of one user as one call, run on the user's node on Citus.
 SAVE_STEPS_FUNCTION: Final = "aiecs_save_steps"
 #: The xmin horizon of the node that holds a user's rows (watchers on Citus).

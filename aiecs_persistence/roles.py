@@ -29,6 +29,7 @@ from psycopg import errors
 from .ddl import VIEW_NAMES
 from .errors import ValidationError
 from .migrate import VERSION_TABLE
+from .names import PARTITIONED_TABLES
 from .schema import metadata
 
 __all__ = ["Roles", "grant_statements"]
@@ -114,7 +115,14 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
 
     owner, writer, reader = _q(roles.owner), _q(roles.writer), _q(roles.reader)
     sch, db = _q(schema), _q(database)
-    tables = [n for n in ours if relations.get(n) == "r"]
+    tables = [n for n in ours if relations.get(n) in ("r", "p")]
+    # The partitions are owned as their tables are (retention detaches and drops them); they
+    # are reached through their tables, so no role is granted anything on them.
+    partitions = [r[0] for r in cur.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent "
+        "WHERE p.relnamespace = current_schema()::regnamespace AND p.relname = ANY(%s) "
+        "ORDER BY 1", [list(PARTITIONED_TABLES)]).fetchall()]
     views = [n for n in VIEW_NAMES if n in relations]
     out = [f"CREATE ROLE {_q(r)} NOLOGIN"
            for r in (roles.owner, roles.writer, roles.reader) if r not in existing]
@@ -125,7 +133,7 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         f"GRANT USAGE ON SCHEMA {sch} TO {writer}, {reader}",
         f"REVOKE CREATE ON SCHEMA {sch} FROM {writer}, {reader}",
     ]
-    altered = sorted((t for t in tables if t not in owned), key=_lock_rank)
+    altered = sorted((t for t in tables + partitions if t not in owned), key=_lock_rank)
     if altered:
         # Lock first, in the order a save takes them (the step table, the task, then the
         # event tables its triggers write and read): waiting for a writer never while

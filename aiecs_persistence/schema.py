@@ -32,19 +32,29 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    UniqueConstraint,
     event,
     text,
 )
-from sqlalchemy.dialects.postgresql import ENUM, JSONB
+from sqlalchemy.dialects.postgresql import ENUM, INTERVAL, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .ddl import DDL_STATEMENTS, DROP_STATEMENTS, SEED_ERROR_CODES
+from . import names
+from .ddl import (
+    DDL_STATEMENTS,
+    DEFAULT_AHEAD,
+    DROP_STATEMENTS,
+    SEED_ERROR_CODES,
+    SEED_PARTITIONS,
+    bucket_sql,
+)
 from .domain import ID_MAX_LENGTH, ErrorCode, TaskStatus
 
 __all__ = [
     "ID_MAX_LENGTH",
     "Base",
     "ErrorCodeRow",
+    "Partitioning",
     "Task",
     "TaskEvent",
     "TaskHistory",
@@ -115,6 +125,19 @@ class _TaskKey:
     task_id: Mapped[str] = mapped_column(Text, sort_order=-2)
 
 
+class _Bucket:
+    """The partition key of a task's rows (``ddl.py``, partitions): its creation time truncated
+    to the partition width, set once on the task by this default and copied by its steps and
+    events. (A step written by hand without it gets the current bucket: right for a task
+    created in the same period, refused by the foreign key otherwise.)"""
+
+    bucket: Mapped[dt.datetime] = mapped_column(
+        _TZ, server_default=text(bucket_sql()), sort_order=9)
+
+
+_PARTITIONED: Final = {"postgresql_partition_by": f"RANGE ({names.BUCKET})"}
+
+
 class _Outcome:
     """Status, error and activity times: shared by a task and each of its steps. (The
     ``sort_order`` keeps each table's column order as the migrations create it.)"""
@@ -144,12 +167,17 @@ class ErrorCodeRow(Base):
     description: Mapped[str] = mapped_column(Text)
 
 
-class Task(_TaskKey, _Outcome, Base):
-    """One row per (user_id, task_id): the task's lifecycle."""
+class Task(_TaskKey, _Outcome, _Bucket, Base):
+    """One row per (user_id, task_id): the task's lifecycle. Not partitioned: the lookup of a
+    task by its key, and of its partition by its ``bucket``."""
 
     __tablename__ = "tasks"
     __table_args__ = (
         PrimaryKeyConstraint("user_id", "task_id"),
+        # What the steps' foreign key names (a partitioned table's keys include its bucket);
+        # led by the bucket, with the activity, for retention: a period's tasks still active.
+        UniqueConstraint(names.BUCKET, "user_id", "task_id",
+                         postgresql_include=["updated_at"]),
         *_id_checks("user_id", "task_id"),
         *_error_checks(),
         CheckConstraint(
@@ -166,15 +194,18 @@ class Task(_TaskKey, _Outcome, Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(_TZ, sort_order=3)
 
 
-class TaskHistory(_TaskKey, _Outcome, Base):
-    """One row per step of a task (``step`` is its 0-based position)."""
+class TaskHistory(_TaskKey, _Outcome, _Bucket, Base):
+    """One row per step of a task (``step`` is its 0-based position), in its task's partition.
+    Unique on (user_id, task_id, step): the key also holds the bucket, which the foreign key
+    makes the task's own."""
 
     __tablename__ = "task_history"
     __table_args__ = (
-        PrimaryKeyConstraint("user_id", "task_id", "step"),
+        PrimaryKeyConstraint("user_id", "task_id", "step", names.BUCKET),
         # The primary key's prefix (user_id, task_id) is the index behind this foreign key.
         ForeignKeyConstraint(
-            ["user_id", "task_id"], ["tasks.user_id", "tasks.task_id"], ondelete="CASCADE"
+            ["user_id", "task_id", names.BUCKET],
+            ["tasks.user_id", "tasks.task_id", f"tasks.{names.BUCKET}"], ondelete="CASCADE"
         ),
         CheckConstraint("step >= 0", name="step_index"),
         # The whitespace of domain.BLANK_CHARS (PostgreSQL spells \v as \x0B).
@@ -194,6 +225,7 @@ class TaskHistory(_TaskKey, _Outcome, Base):
               postgresql_with={"pages_per_range": 32, "autosummarize": "on"}),
         # list_tasks(step_name=…): a user's tasks with a step of that name.
         Index("ix_task_history_user_id_step_name", "user_id", "step_name", "task_id"),
+        _PARTITIONED,
     )
 
     step: Mapped[int] = mapped_column(Integer)
@@ -203,17 +235,18 @@ class TaskHistory(_TaskKey, _Outcome, Base):
     message: Mapped[str] = mapped_column(Text, server_default=text("''"))
 
 
-class TaskEvent(_TaskKey, Base):
+class TaskEvent(_TaskKey, _Bucket, Base):
     """One committed change: an insert or update of a step (``step`` set), or a task's status
     change (``step`` NULL). Append-only, written by the triggers below; what watchers follow
     (watch.py). ``tx`` is the writing transaction, ``seq`` the order of writing."""
 
     __tablename__ = "task_events"
     __table_args__ = (
-        PrimaryKeyConstraint("user_id", "task_id", "tx", "seq"),
+        PrimaryKeyConstraint("user_id", "task_id", "tx", "seq", names.BUCKET),
         # A user's task changes (watch_user_tasks), by transaction.
         Index("ix_task_events_user_id_tx", "user_id", "tx", "seq",
               postgresql_where=text("step IS NULL")),
+        _PARTITIONED,
     )
 
     tx: Mapped[int] = mapped_column(
@@ -244,6 +277,24 @@ class Watched(Base):
     until: Mapped[dt.datetime] = mapped_column(_TZ)
 
 
+class Partitioning(Base):
+    """The partitions' settings (one row): their ``width`` (the bucket of a task) and how many
+    are kept ready ``ahead`` of the current one. Change the width with
+    ``aiecs_set_partition_width(interval)``, which also changes the buckets' default."""
+
+    __tablename__ = names.PARTITIONING_TABLE
+    __table_args__ = (
+        CheckConstraint("one_row", name="one_row"),
+        CheckConstraint("width >= interval '1 second'", name="width"),
+        CheckConstraint("ahead BETWEEN 0 AND 366", name="ahead"),
+    )
+
+    one_row: Mapped[bool] = mapped_column(Boolean, primary_key=True,
+                                          server_default=text("true"))
+    width: Mapped[dt.timedelta] = mapped_column(INTERVAL)
+    ahead: Mapped[int] = mapped_column(Integer, server_default=text(str(DEFAULT_AHEAD)))
+
+
 #: Rows that set aside upstream history could not be adopted (see migration 0002).
 legacy_rejects: Final = Table(
     "legacy_task_history_rejects",
@@ -267,7 +318,7 @@ def _executor(statement: str) -> Any:
 
 # ``metadata.create_all`` builds what the migrations build: the tables above, then the
 # server-side DDL (ddl.py) and the error codes; ``drop_all`` drops that DDL first.
-for _ddl in (*DDL_STATEMENTS, SEED_ERROR_CODES):
+for _ddl in (*DDL_STATEMENTS, SEED_ERROR_CODES, *SEED_PARTITIONS):
     event.listen(metadata, "after_create", _executor(_ddl))
 for _drop in DROP_STATEMENTS:
     event.listen(metadata, "before_drop", _executor(_drop))

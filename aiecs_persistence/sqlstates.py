@@ -28,6 +28,7 @@ from .errors import (
 )
 
 __all__ = [
+    "CHECK_VIOLATION",
     "FOREIGN_KEY_VIOLATION",
     "INVALID_TRANSITION",
     "Kind",
@@ -38,6 +39,7 @@ __all__ = [
     "dropped",
     "is_transient",
     "is_unique_violation",
+    "missing_partition",
     "translate",
     "unreachable",
 ]
@@ -48,6 +50,8 @@ INVALID_TRANSITION: Final = names.INVALID_TRANSITION_SQLSTATE
 IMMUTABLE: Final = names.IMMUTABLE_SQLSTATE
 #: SQLSTATE foreign_key_violation.
 FOREIGN_KEY_VIOLATION: Final = "23503"
+#: SQLSTATE check_violation, which PostgreSQL also raises for a row no partition accepts.
+CHECK_VIOLATION: Final = "23514"
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,3 +289,20 @@ def connect_error(exc: BaseException, where: str) -> PersistenceError:
         return QueryTimeoutError(
             f"cannot connect to {where}: no answer within the connect timeout ({reason})")
     return DatabaseError(f"cannot connect to {where}: {reason}")
+
+
+#: The value of the partition key in PostgreSQL's DETAIL for a row no partition accepts.
+_PARTITION_KEY: Final = re.compile(r"Partition key of the failing row contains \(.*\) = \((.+)\)\.")
+
+
+def missing_partition(exc: BaseException) -> str | None:
+    """When ``exc`` says a row found no partition of ours (a save in a period whose partition
+    was not created yet): the row's bucket, as the server printed it; else None."""
+    driver = _driver_error(exc)
+    if _sqlstate(driver) != CHECK_VIOLATION:
+        return None
+    if not (_diag(driver, "message_primary") or "").startswith("no partition of relation"):
+        return None
+    found = _PARTITION_KEY.fullmatch(_diag(driver, "message_detail") or "")
+    # (A NULL bucket is a save's that found no task: ``core.ManagerBase._task_was_gone``.)
+    return found.group(1) if found and found.group(1) != "null" else None

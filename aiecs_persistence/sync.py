@@ -26,8 +26,8 @@ from .group import Arrival
 from .listen_sync import Listener, Waiter
 from .queued_sync import Queued
 from .records import Page, StepRecord, TaskRecord
-from .sqlstates import connection_lost, is_unique_violation
-from .statements import bulk, checks, reads, saves, tasks
+from .sqlstates import connection_lost, is_unique_violation, missing_partition
+from .statements import bulk, checks, partitions, reads, saves, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
 from .statements.rows import (
@@ -97,6 +97,16 @@ class SyncDatabaseManager(ManagerBase):
             self.prepare_schema()  # resolves self.url too
             self._pool_sizes = (min_size, max_size)
             self._pool = self._open_pool()
+        self._partitions_due()
+
+    def _partitions_due(self) -> None:
+        """Create the history's partitions due (this period's and those kept ready ahead) as
+        the pool opens, so that saves find them. A failure here is logged, not raised: a save
+        that finds no partition creates the one it needs (``_with_retries``)."""
+        try:
+            self._run(partitions.create_due())
+        except PersistenceError as exc:
+            log.warning("the partitions due could not be created now: %s", exc.message)
 
     def _open_pool(self) -> ConnectionPool[Connection[Row]]:
         from psycopg_pool import ConnectionPool
@@ -224,6 +234,12 @@ class SyncDatabaseManager(ManagerBase):
                 finally:
                     self._checkin(pool, conn, writer, ok)
             except Exception as exc:
+                at = missing_partition(exc)
+                if at is not None and statement.idempotent and attempt < 2:
+                    # A save in a period with no partition yet (idle for longer than the
+                    # partitions made ahead): create it, then save again.
+                    self._run(partitions.create_for(at))
+                    continue
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc) and not self._suspect:
                     self._suspect = True  # the next attempt asks the server first
@@ -438,6 +454,8 @@ class SyncDatabaseManager(ManagerBase):
 
         with conn.cursor() as cur:
             cur.execute(tasks.sql, tasks.params)
+            cur.execute(bulk.BULK_BUCKETS, tasks.params)
+            rows = bulk.with_buckets(rows, cur.fetchall())
             try:
                 with conn.transaction(), cur.copy(bulk.BULK_COPY) as copy:
                     for row in rows:

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from aiecs_persistence import citus
 from aiecs_persistence.config import resolve_url
 from aiecs_persistence.errors import QueryTimeoutError, ValidationError
-from aiecs_persistence.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE
+from aiecs_persistence.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE, include_object
 from aiecs_persistence.migrate import connection as connection_to
 from aiecs_persistence.schema import metadata
 
@@ -59,6 +59,7 @@ COMMON = {
     "version_table": VERSION_TABLE,
     "compare_type": True,
     "compare_server_default": True,
+    "include_object": include_object,
 }
 
 

@@ -9,6 +9,7 @@
 ``tasks.py``        a task's own life: start, finish, cancel
 ``bulk.py``         ``save_task_history_many``: chunks COPYed, or merged when re-saved
 ``cleanup.py``      retention in bounded batches, and the two ways to tell an inactive task
+``partitions.py``   the history's partitions: created ahead, or the one a save found missing
 ``reads.py``        a task's history, a task, listings with filters and keyset pagination
 ``report.py``       the failure report over the reporting views
 ``watching.py``     watchers' catch-ups and registrations

@@ -1,6 +1,7 @@
 """The bulk path: ``save_task_history_many`` streams its records in chunks, all in one
 transaction. For each chunk:
-(1) its tasks are upserted (one statement, arrays as parameters); (2) inside a savepoint, its
+(1) its tasks are upserted (one statement, arrays as parameters) and their buckets read (each
+step goes to its task's partition); (2) inside a savepoint, its
 steps are COPYed straight into task_history, which PostgreSQL loads in batches (multi-insert,
 the fastest way in); (3) only when that meets an existing step (a re-save: unique violation)
 is the savepoint rolled back and the chunk merged instead: COPY into a temporary staging table
@@ -11,13 +12,14 @@ is a re-save of the first, checked by the state machine and logged (``BulkChunk`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from .. import names
 from ..errors import ValidationError
 from .checks import check_id, check_step_index, step_fields
 from .columns import RESULT_COLUMNS, STEP_COLUMNS, casted, listed, task_arrays
+from .rows import Row
 from .saves import (
     EVENTS_INSERT,
     OWN_EVENTS,
@@ -40,29 +42,40 @@ BULK_TASKS: Final = f"""
 WITH {OWN_EVENTS}, task AS ({TASKS_UPSERT})
 {EVENTS_INSERT}
 SELECT user_id, task_id, NULL, NULL, NULL, NULL, NULL, status, error_code, error_message,
-       updated_at
+       updated_at, bucket
 FROM task WHERE inserted"""
 
 #: A chunk's tasks on Citus: no shortcut, no ``own``. The events are the triggers' there:
 #: ``aiecs.bulk_events`` set on the coordinator does not reach the workers' sessions.
 BULK_TASKS_CLUSTER: Final = tasks_upsert(citus=True)
 
-BULK_COPY: Final = f"COPY task_history ({listed(STEP_COLUMNS)}) FROM STDIN"
+#: A chunk's tasks' buckets, once they are upserted (the pairs of the users and tasks given are
+#: picked by ``with_buckets``).
+BULK_BUCKETS: Final = (
+    f"SELECT user_id, task_id, {names.BUCKET} FROM tasks "
+    "WHERE user_id = ANY(%(users)s::text[]) AND task_id = ANY(%(tasks)s::text[])"
+)
+
+#: What a chunk's rows carry: a step's columns, then its task's bucket (``with_buckets``).
+_ROW_COLUMNS: Final = (*STEP_COLUMNS, names.BUCKET)
+
+BULK_COPY: Final = f"COPY task_history ({listed(_ROW_COLUMNS)}) FROM STDIN"
 
 #: Staging columns are text (cast by the merge), but for these.
-_STAGING_TYPES: Final = {"step": "integer", "completed": "boolean"}
+_STAGING_TYPES: Final = {"step": "integer", "completed": "boolean",
+                         names.BUCKET: "timestamptz"}
 BULK_STAGING: Final = (
     f"CREATE TEMP TABLE IF NOT EXISTS {names.STAGING_TABLE} ("
-    + ", ".join(f"{c} {_STAGING_TYPES.get(c, 'text')}" for c in STEP_COLUMNS)
+    + ", ".join(f"{c} {_STAGING_TYPES.get(c, 'text')}" for c in _ROW_COLUMNS)
     + ") ON COMMIT DROP"
 )
 
 BULK_STAGING_CLEAR: Final = f"TRUNCATE {names.STAGING_TABLE}"
 
-BULK_STAGING_COPY: Final = f"COPY {names.STAGING_TABLE} ({listed(STEP_COLUMNS)}) FROM STDIN"
+BULK_STAGING_COPY: Final = f"COPY {names.STAGING_TABLE} ({listed(_ROW_COLUMNS)}) FROM STDIN"
 
 BULK_MERGE: Final = (
-    f"{STEP_INSERT}SELECT {casted(STEP_COLUMNS, '{}')}\n"
+    f"{STEP_INSERT}SELECT {casted(STEP_COLUMNS, '{}')}, {names.BUCKET}\n"
     f"FROM {names.STAGING_TABLE} ORDER BY user_id, task_id, step"
     f"{STEP_CONFLICT}"
 )
@@ -74,12 +87,12 @@ BULK_EVENTS_ON: Final = f"SELECT {names.set_own_events()}"
 
 #: A COPYed chunk's events: the same rows, COPYed again (reading them back from task_history
 #: would make the planner scan the whole table).
-BULK_EVENTS_COPY: Final = f"COPY {names.EVENTS_TABLE} ({listed(STEP_COLUMNS)}) FROM STDIN"
+BULK_EVENTS_COPY: Final = f"COPY {names.EVENTS_TABLE} ({listed(_ROW_COLUMNS)}) FROM STDIN"
 
 #: A merged chunk's events, from the staging table.
 BULK_MERGE_EVENTS: Final = (
-    f"INSERT INTO {names.EVENTS_TABLE} ({listed(STEP_COLUMNS)})\n"
-    f"SELECT {casted(STEP_COLUMNS, '{}')} FROM {names.STAGING_TABLE}"
+    f"INSERT INTO {names.EVENTS_TABLE} ({listed(_ROW_COLUMNS)})\n"
+    f"SELECT {casted(STEP_COLUMNS, '{}')}, {names.BUCKET} FROM {names.STAGING_TABLE}"
     " ORDER BY user_id, task_id, step"
 )
 
@@ -113,6 +126,14 @@ def bulk_row(seq: int, record: Any, *, max_result_bytes: int) -> tuple[Any, ...]
         if exc.field and not exc.field.startswith("records["):
             raise ValidationError(f"{where}{exc.message}", field=f"{where}{exc.field}") from None
         raise
+
+
+def with_buckets(rows: Iterable[tuple[Any, ...]], found: Iterable[Row]
+                 ) -> list[tuple[Any, ...]]:
+    """A chunk's rows, each with its task's bucket (``BULK_BUCKETS``'s rows). A task missing
+    there (deleted meanwhile) leaves the bucket NULL, which the COPY refuses."""
+    buckets = {(r.user_id, r.task_id): getattr(r, names.BUCKET) for r in found}
+    return [(*row, buckets.get((row[0], row[1]))) for row in rows]
 
 
 def bulk_statement(records: Any) -> Statement:

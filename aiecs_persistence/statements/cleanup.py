@@ -59,15 +59,17 @@ def _written_since_horizon(alias: str) -> str:
 _INACTIVE: Final = f"""t.updated_at < %(cutoff)s
   AND NOT {_written_since_horizon("t")}
   AND NOT EXISTS (
-    SELECT FROM task_history h WHERE h.user_id = t.user_id AND h.task_id = t.task_id
+    SELECT FROM task_history h
+    WHERE h.user_id = t.user_id AND h.task_id = t.task_id AND h.bucket = t.bucket
       AND {_written_since_horizon("h")})"""
 
-_LOCKED: Final = "unnest(%(users)s::text[], %(tasks)s::text[]) AS d(user_id, task_id)"
+_LOCKED: Final = ("unnest(%(users)s::text[], %(tasks)s::text[], %(buckets)s::timestamptz[])"
+                  " AS d(user_id, task_id, bucket)")
 
 #: Batch, between pick and delete where locks are taken: wait for steps of the picked tasks
 #: that a re-save holds.
 _LOCK_STEPS: Final = f"""
-SELECT FROM task_history h JOIN {_LOCKED} USING (user_id, task_id)
+SELECT FROM task_history h JOIN {_LOCKED} USING (user_id, task_id, bucket)
 ORDER BY h.user_id, h.task_id, h.step
 FOR UPDATE OF h
 """
@@ -96,7 +98,7 @@ class Retention:
         """Batch, statement 1: up to ``batch_size`` candidates, oldest first
         (``ix_tasks_updated_at``); with ``locks``, locked, and a task a writer holds skipped."""
         lock = "\nFOR UPDATE SKIP LOCKED" if self.locks else ""
-        return (f"\nSELECT t.user_id, t.task_id FROM tasks t WHERE {self.inactive}\n"
+        return (f"\nSELECT t.user_id, t.task_id, t.bucket FROM tasks t WHERE {self.inactive}\n"
                 f"ORDER BY t.updated_at LIMIT %(batch_size)s{lock}\n")
 
     @property
@@ -173,4 +175,4 @@ class Cleanup:
     def picked(self, keys: Sequence[Row]) -> dict[str, Any]:
         """Parameters of the batch's next statements for the picked keys."""
         return {**self.params, "users": [k.user_id for k in keys],
-                "tasks": [k.task_id for k in keys]}
+                "tasks": [k.task_id for k in keys], "buckets": [k.bucket for k in keys]}

@@ -18,9 +18,13 @@ from .checks import (
 from .columns import RESULT_COLUMNS, STEP_COLUMNS, TASK_COLUMNS, listed
 from .statement import Statement
 
+#: A task's steps, from its partition alone (its bucket, read first from ``tasks``).
 LOAD_HISTORY: Final = f"""
 SELECT step, {listed(RESULT_COLUMNS)}, updated_at
-FROM task_history WHERE user_id = %(user_id)s AND task_id = %(task_id)s
+FROM task_history
+WHERE user_id = %(user_id)s AND task_id = %(task_id)s
+  AND bucket = (SELECT t.bucket FROM tasks t
+                WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s)
 ORDER BY step
 """
 
@@ -112,7 +116,8 @@ def list_tasks(
     more = []
     if step_name is not None:
         more.append(("EXISTS (SELECT FROM task_history h WHERE h.user_id = t.user_id "
-                     "AND h.task_id = t.task_id AND h.step_name = %(step_name)s)",
+                     "AND h.task_id = t.task_id AND h.bucket = t.bucket "
+                     "AND h.step_name = %(step_name)s)",
                      "step_name", check_filter_text(step_name, "step_name")))
     return _listing(
         "list_tasks", f"{listed(TASK_COLUMNS, 't.')} FROM tasks t", "t",

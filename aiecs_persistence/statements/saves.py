@@ -20,10 +20,12 @@ from .columns import (
 )
 from .statement import Statement
 
-STEP_INSERT: Final = f"INSERT INTO task_history AS h ({listed(STEP_COLUMNS)})\n"
+# A step goes to its task's partition: its ``bucket`` is the task's (ddl.py, partitions).
+B: Final = names.BUCKET
+STEP_INSERT: Final = f"INSERT INTO task_history AS h ({listed(STEP_COLUMNS)}, {B})\n"
 _STEP_VALUES: Final = casted(STEP_COLUMNS)
 STEP_CONFLICT: Final = (
-    "\nON CONFLICT (user_id, task_id, step) DO UPDATE SET "
+    f"\nON CONFLICT (user_id, task_id, step, {B}) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in RESULT_COLUMNS) + "\n"
 )
 
@@ -43,21 +45,21 @@ STEP_CONFLICT: Final = (
 OWN_EVENTS: Final = f"own AS (SELECT {names.set_own_events()} AS own)"
 TASK_RETURNING: Final = (
     "RETURNING t.user_id, t.task_id, t.status, t.error_code, t.error_message, t.updated_at, "
-    "t.xmax = 0 AS inserted"
+    f"t.xmax = 0 AS inserted, t.{B}"
 )
-_STEP_RETURNING: Final = f"RETURNING {listed(STEP_COLUMNS, 'h.')}, h.updated_at"
-EVENTS_INSERT: Final = f"INSERT INTO {names.EVENTS_TABLE} ({listed(STEP_COLUMNS)}, at)"
+_STEP_RETURNING: Final = f"RETURNING {listed(STEP_COLUMNS, 'h.')}, h.updated_at, h.{B}"
+EVENTS_INSERT: Final = f"INSERT INTO {names.EVENTS_TABLE} ({listed(STEP_COLUMNS)}, at, {B})"
 _LOG_STEPS: Final = f"""logged AS (
   {EVENTS_INSERT}
-  SELECT {listed(STEP_COLUMNS)}, updated_at FROM step
+  SELECT {listed(STEP_COLUMNS)}, updated_at, {B} FROM step
 )"""
 _LOG_TASKS_AND_STEPS: Final = f"""logged AS (
   {EVENTS_INSERT}
   SELECT user_id, task_id, NULL::integer, NULL::text, NULL::jsonb, NULL::boolean, NULL::text,
-         status, error_code, error_message, updated_at
+         status, error_code, error_message, updated_at, {B}
   FROM task WHERE inserted
   UNION ALL
-  SELECT {listed(STEP_COLUMNS)}, updated_at FROM step
+  SELECT {listed(STEP_COLUMNS)}, updated_at, {B} FROM step
 )"""
 
 
@@ -72,8 +74,8 @@ WHERE EXISTS (SELECT FROM {names.WATCHED_TABLE} w
                 AND (w.task_id = {task} OR (w.task_id = '' AND {created})))"""
 
 #: The probe of a save's task: it is running (or ended) and was touched less than a second ago,
-#: so the save may leave it alone. Written so that no index serves ``updated_at`` here: the
-#: probe must find its task by the primary key. Given ``updated_at >= now() - 1 s``, the
+#: so the save may leave it alone. Read beside the task's bucket, by the primary key only: no
+#: index may serve ``updated_at`` here. Given ``updated_at >= now() - 1 s``, the
 #: planner read the recent end of ``ix_tasks_updated_at`` wherever the statistics made that
 #: range look empty (after an ANALYZE, as autovacuum runs it): every task touched in the last
 #: second, for each save or batch — about 12,000 index entries at 15,000 saves/s
@@ -83,36 +85,49 @@ _FRESH: Final = "f.status <> 'pending' AND now() - f.updated_at <= interval '1 s
 #: ``_wake``'s ``created`` for a lone save: its ``task`` returned an inserted row.
 _CREATED: Final = "EXISTS (SELECT FROM task WHERE inserted)"
 
+#: The task's row as a save finds it (``probe``): its bucket, and whether it is fresh.
+_PROBE: Final = f"""probe AS (
+  SELECT f.{B}, {_FRESH} AS fresh FROM tasks f
+  WHERE f.user_id = %(user_id)s AND f.task_id = %(task_id)s
+)"""
+
+#: The step's bucket: its task's, as the save wrote it or found it. NULL only when the task
+#: was created by a transaction committed after this statement began and left as it was: no
+#: partition takes the row, and the managers save again (``ManagerBase._task_was_gone``).
+_TASK_BUCKET: Final = f"coalesce((SELECT {B} FROM task), (SELECT {B} FROM probe))"
+
 # The task comes first: ``step`` reads ``task`` (count(*) runs it to completion), so a save
 # waits for a concurrent writer's hold on the task *before* it holds its step. (A save holding
 # its new step while waiting for the task deadlocked with a bulk load holding the task while
 # waiting for that step.)
 SAVE_STEP: Final = f"""
 WITH {OWN_EVENTS},
+{_PROBE},
 task AS (
   INSERT INTO tasks AS t (user_id, task_id, status, started_at)
   SELECT %(user_id)s, %(task_id)s, 'running', now() FROM own
-  WHERE NOT EXISTS (
-    SELECT FROM tasks f
-    WHERE f.user_id = %(user_id)s AND f.task_id = %(task_id)s AND {_FRESH})
+  WHERE NOT EXISTS (SELECT FROM probe WHERE fresh)
   ON CONFLICT (user_id, task_id) DO UPDATE
     SET status = CASE WHEN t.status = 'pending' THEN 'running'::task_status ELSE t.status END
     WHERE t.status = 'pending' OR t.updated_at < now() - interval '1 second'
   {TASK_RETURNING}
 ),
 step AS (
-  {STEP_INSERT}  SELECT {_STEP_VALUES}
+  {STEP_INSERT}  SELECT {_STEP_VALUES}, {_TASK_BUCKET}
   FROM (SELECT count(*) FROM task) AS task_first, own{STEP_CONFLICT}  {_STEP_RETURNING}
 ),
 {_LOG_TASKS_AND_STEPS}{_wake("%(user_id)s", "%(task_id)s", _CREATED)}"""
 
 #: ``SAVE_STEP`` without the task part, for a task this manager touched less than a second ago
 #: (``ManagerBase._recently_touched``): the step's foreign key then proves the task exists, and
-#: a violation (the task was deleted meanwhile) sends the save down the full path again.
+#: a violation (the task was deleted meanwhile) sends the save down the full path again. The
+#: step's bucket is read from the task by its primary key.
 SAVE_STEP_ONLY: Final = f"""
 WITH {OWN_EVENTS},
 step AS (
-  {STEP_INSERT}  SELECT {_STEP_VALUES} FROM own{STEP_CONFLICT}  {_STEP_RETURNING}
+  {STEP_INSERT}  SELECT {_STEP_VALUES}, (
+    SELECT f.{B} FROM tasks f WHERE f.user_id = %(user_id)s AND f.task_id = %(task_id)s)
+  FROM own{STEP_CONFLICT}  {_STEP_RETURNING}
 ),
 {_LOG_STEPS}{_wake("%(user_id)s", "%(task_id)s", "false")}"""
 
@@ -157,9 +172,11 @@ SAVE_STEPS: Final = f"""
 WITH {OWN_EVENTS},
 task AS ({TASKS_UPSERT}),
 step AS (
-  {STEP_INSERT}  SELECT {listed(STEP_COLUMNS, 'r.')}
+  {STEP_INSERT}  SELECT {listed(STEP_COLUMNS, 'r.')}, coalesce(t.{B}, (
+    SELECT f.{B} FROM tasks f WHERE f.user_id = r.user_id AND f.task_id = r.task_id))
   FROM unnest({", ".join(f"%({c})s::{array_type(c)}" for c in STEP_COLUMNS)})
-         AS r({listed(STEP_COLUMNS)}),
+         AS r({listed(STEP_COLUMNS)})
+       LEFT JOIN task t ON t.user_id = r.user_id AND t.task_id = r.task_id,
        (SELECT count(*) FROM task) AS task_first, own
   ORDER BY r.user_id, r.task_id, r.step{STEP_CONFLICT}  {_STEP_RETURNING}
 ),

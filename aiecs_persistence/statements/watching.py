@@ -43,6 +43,8 @@ SELECT snap.horizon,
 FROM snap LEFT JOIN LATERAL (
   SELECT * FROM {names.EVENTS_TABLE} e
   WHERE e.user_id = %(user_id)s AND e.task_id = %(task_id)s AND e.step IS NOT NULL
+    AND e.bucket = (SELECT t.bucket FROM tasks t
+                    WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s)
     AND {_UNSEEN}
 ) e ON true
 ORDER BY e.seq

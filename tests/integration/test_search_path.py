@@ -52,9 +52,11 @@ def test_functions_pin_their_search_path(psql):
                            "WHERE proname LIKE 'aiecs%' "
                            "AND pronamespace = current_schema()::regnamespace ORDER BY 1"
                            ).fetchall()
-    assert len(configs) == 9  # 8, and aiecs_keys_immutable
+    assert len(configs) == 12  # 8, aiecs_keys_immutable, and the three of the partitions
     for name, config in configs:
-        assert config == ["search_path=pg_catalog, pg_temp"], name
+        # (Those reading partition bounds also pin how timestamps are written.)
+        assert config[0] == "search_path=pg_catalog, pg_temp", name
+        assert set(config[1:]) <= {"DateStyle=ISO, YMD", "TimeZone=UTC"}, name
 
 
 @pytest.mark.parametrize(("name", "accepted"), [
