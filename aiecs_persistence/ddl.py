@@ -210,7 +210,8 @@ $$
 #: Create the partitions due: with no argument, the current bucket's and ``ahead`` more; given
 #: a time, the one of its bucket (a save's task begun while no partition was there). A range
 #: that an existing partition overlaps (the width changed) is clipped to fit. Returns how many
-#: partitions it created. Serialized by an advisory lock; no more than ``ahead`` buckets ahead.
+#: partitions it created, or -1 for a bucket of a period retention dropped (``retired_before``:
+#: its tasks are being deleted). Serialized by an advisory lock; at most ``ahead`` buckets ahead.
 PARTITIONS_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.{names.PARTITIONS_FUNCTION}(p_at timestamptz DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER {PINNED_SEARCH_PATH} SET timezone = 'UTC'
@@ -218,6 +219,7 @@ AS $$
 DECLARE
   w interval;
   n integer;
+  retired timestamptz;
   first timestamptz;
   lo timestamptz;
   hi timestamptz;
@@ -225,7 +227,11 @@ DECLARE
   part text;
   made integer := 0;
 BEGIN
-  SELECT width, ahead INTO STRICT w, n FROM @S@.{names.PARTITIONING_TABLE};
+  SELECT width, ahead, retired_before INTO STRICT w, n, retired
+  FROM @S@.{names.PARTITIONING_TABLE};
+  IF p_at < retired THEN
+    RETURN -1;
+  END IF;
   IF p_at > now() + w * (n + 1) THEN
     RAISE EXCEPTION 'no partition is created more than % buckets ahead', n
       USING ERRCODE = '22023';

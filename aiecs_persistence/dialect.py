@@ -10,7 +10,8 @@ never reach a client of the coordinator. So there:
 * the step-only save (a task touched less than a second ago) is not used: the call probes the
   task's freshness itself;
 * the bulk path upserts tasks without the freshness probe, and the triggers log its events;
-* retention goes by activity alone, with a margin (``statements.cleanup.BY_ACTIVITY``);
+* retention goes by activity alone, with a margin (``statements.cleanup.BY_ACTIVITY``), row
+  by row: Citus cannot detach a partition concurrently;
 * the report aggregates per figure, since ``GROUPING SETS`` is refused;
 * a watcher's catch-up runs under the horizon of the user's node, and watchers poll.
 """
@@ -43,6 +44,8 @@ class Dialect:
     report_form: ClassVar[str] = report.REPORT
     #: The bulk path's task upsert.
     bulk_tasks: ClassVar[str] = bulk.BULK_TASKS
+    #: Retention drops whole partitions (detached concurrently) before going row by row.
+    drops_partitions: ClassVar[bool] = True
 
     def batch(self, lone_saves: Sequence[Statement], lock_timeout_ms: int | None) -> Statement:
         """The statement that writes ``save_step`` statements of distinct keys together."""
@@ -72,6 +75,7 @@ class Citus(Dialect):
     retention = cleanup.BY_ACTIVITY
     report_form = report.REPORT_CLUSTER
     bulk_tasks = bulk.BULK_TASKS_CLUSTER
+    drops_partitions = False
 
     def batch(self, lone_saves: Sequence[Statement], lock_timeout_ms: int | None) -> Statement:
         return saves.save_steps_call(lone_saves, lock_timeout_ms)

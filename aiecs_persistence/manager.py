@@ -32,12 +32,18 @@ from . import prepared
 from .config import libpq_conninfo
 from .core import ManagerBase, SettingsKwargs, log, returns_rows, reusable
 from .domain import ErrorCode, TaskStatus
-from .errors import PersistenceError, QueryTimeoutError, RetryExhaustedError, ValidationError
+from .errors import (
+    PermissionDeniedError,
+    PersistenceError,
+    QueryTimeoutError,
+    RetryExhaustedError,
+    ValidationError,
+)
 from .group import Arrival
 from .listen import AsyncListener, AsyncWaiter
 from .queued import AsyncQueued
 from .records import Page, StepRecord, TaskRecord
-from .sqlstates import connection_lost, is_unique_violation, missing_partition
+from .sqlstates import connection_lost, is_unique_violation, missing_partition, translate
 from .statements import bulk, checks, partitions, reads, saves, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
@@ -272,10 +278,14 @@ class DatabaseManager(ManagerBase):
                     await self._checkin(pool, conn, writer, ok)
             except Exception as exc:
                 at = missing_partition(exc)
-                if at is not None and statement.idempotent and attempt < 2:
+                if at is not None and statement.idempotent and (
+                        attempt < self.settings.max_attempts):
                     # A save in a period with no partition yet (idle for longer than the
-                    # partitions made ahead): create it, then save again.
-                    await self._run(partitions.create_for(at))
+                    # partitions made ahead): create it, then save again. (-1: retention is
+                    # dropping that period; once its task is deleted, the save creates it anew.)
+                    made = await self._run(partitions.create_for(at))
+                    if made and made[0].created < 0:
+                        await asyncio.sleep(self.settings.backoff(attempt))
                     continue
                 delay = self.retry_delay(statement, exc, attempt, started)
                 if connection_lost(exc) and not self._suspect:
@@ -588,6 +598,8 @@ class DatabaseManager(ManagerBase):
             return len(keys), int(row.deleted) if row else 0
 
         total = 0
+        if self._dialect.drops_partitions:
+            total += await self._drop_periods(job, on_batch)
         while True:
             locked, deleted = await self._with_retries(job.pick, batch)
             total += deleted
@@ -595,6 +607,76 @@ class DatabaseManager(ManagerBase):
                 on_batch(deleted)
             if locked < self.settings.cleanup_batch_size:
                 return total
+
+    async def _drop_periods(
+        self, job: retention.Cleanup, on_batch: Callable[[int], object] | None,
+    ) -> int:
+        """Retention by partitions (statements/partitions.py): each period whose tasks are all
+        inactive past the cutoff loses its partitions whole. Returns the tasks deleted. A role
+        that does not own the tables (``aiecs-db grant``'s writer) cannot detach them: its
+        cleanup goes row by row, as the owner's does for what remains."""
+        periods = await self._run(partitions.droppable(job.params))
+        total = 0
+        for found in periods:
+            deleted = await self._drop_period(job, found)
+            if deleted is None:
+                break
+            total += deleted
+            if on_batch is not None:
+                on_batch(deleted)
+        return total
+
+    async def _drop_period(self, job: retention.Cleanup, found: Row) -> int | None:
+        """One period's partitions detached, its tasks checked again and deleted, the
+        partitions dropped; the tasks deleted (None: this role may not detach, 0: the period
+        came back to life meanwhile)."""
+        params = partitions.period(job.params, found)
+        pool = await self._ready()
+        conn = await pool.getconn()
+        detached: list[tuple[str, str]] = []
+        try:
+            await conn.execute(partitions.RETIRE, params)
+            try:
+                for parent, partition in zip(found.parents, found.partitions, strict=True):
+                    await conn.execute(partitions.detach(parent, partition))
+                    detached.append((parent, partition))
+            except Exception as exc:
+                if detached:
+                    await self._attach_again(conn, detached, found)
+                if isinstance(translate(exc), PermissionDeniedError):
+                    log.info("cleanup: this role may not detach partitions; row by row")
+                    return None
+                raise translate(exc, operation="cleanup_old_tasks") from None
+            cur = await conn.execute(partitions.STILL_INACTIVE, params)
+            row = await cur.fetchone()
+            if row is None or not row.inactive:  # a save reached one of its tasks: keep it
+                await self._attach_again(conn, detached, found)
+                return 0
+            for parent, partition in detached:
+                if parent == "task_history":
+                    await conn.execute(partitions.unlink(partition))
+            deleted = 0
+            while True:
+                cur = await conn.execute(partitions.DELETE_TASKS, {
+                    **params, "batch_size": self.settings.cleanup_batch_size})
+                row = await cur.fetchone()
+                gone = int(row.deleted) if row else 0
+                deleted += gone
+                if gone < self.settings.cleanup_batch_size:
+                    break
+            for _, partition in detached:
+                await conn.execute(partitions.drop(partition))
+            log.info("cleanup: dropped the partitions of %s .. %s (%d tasks)",
+                     found.lower, found.upper, deleted)
+            return deleted
+        finally:
+            await pool.putconn(conn)
+
+    @staticmethod
+    async def _attach_again(conn: AsyncConnection[Row], detached: list[tuple[str, str]],
+                            found: Row) -> None:
+        for parent, partition in detached:
+            await conn.execute(partitions.attach(parent, partition, found.lower, found.upper))
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -278,9 +278,10 @@ class Watched(Base):
 
 
 class Partitioning(Base):
-    """The partitions' settings (one row): their ``width`` (the bucket of a task) and how many
-    are kept ready ``ahead`` of the current one. Change the width with
-    ``aiecs_set_partition_width(interval)``, which also changes the buckets' default."""
+    """The partitions' settings (one row): their ``width`` (the bucket of a task), how many
+    are kept ready ``ahead`` of the current one, and the periods retention dropped. Change
+    the width with ``aiecs_set_partition_width(interval)``, which also changes the buckets'
+    default."""
 
     __tablename__ = names.PARTITIONING_TABLE
     __table_args__ = (
@@ -293,6 +294,8 @@ class Partitioning(Base):
                                           server_default=text("true"))
     width: Mapped[dt.timedelta] = mapped_column(INTERVAL)
     ahead: Mapped[int] = mapped_column(Integer, server_default=text(str(DEFAULT_AHEAD)))
+    #: Periods before this were dropped by retention: no partition is created for them again.
+    retired_before: Mapped[dt.datetime | None] = mapped_column(_TZ)
 
 
 #: Rows that set aside upstream history could not be adopted (see migration 0002).

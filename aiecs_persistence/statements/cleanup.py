@@ -43,7 +43,7 @@ CLEANUP_START: Final = (
     "pg_snapshot_xmin(pg_current_snapshot())::text::bigint %% 4294967296 AS horizon"
 )
 
-def _written_since_horizon(alias: str) -> str:
+def written_since_horizon(alias: str) -> str:
     # Transaction ids are 32 bits and wrap around, so "at or after the horizon" is a distance
     # modulo 2^32: the row's, within the span from the horizon to the newest transaction this
     # statement's snapshot can see. (A frozen row from billions of transactions ago could
@@ -57,11 +57,11 @@ def _written_since_horizon(alias: str) -> str:
 
 
 _INACTIVE: Final = f"""t.updated_at < %(cutoff)s
-  AND NOT {_written_since_horizon("t")}
+  AND NOT {written_since_horizon("t")}
   AND NOT EXISTS (
     SELECT FROM task_history h
     WHERE h.user_id = t.user_id AND h.task_id = t.task_id AND h.bucket = t.bucket
-      AND {_written_since_horizon("h")})"""
+      AND {written_since_horizon("h")})"""
 
 _LOCKED: Final = ("unnest(%(users)s::text[], %(tasks)s::text[], %(buckets)s::timestamptz[])"
                   " AS d(user_id, task_id, bucket)")

@@ -1,17 +1,77 @@
 """Partitions of the history (``ddl.py``, partitions): creating those due, and the one a save
-found missing; listing them for operators."""
+found missing; retention by dropping whole partitions; listing them for operators.
+
+Retention drops a period's partitions (its steps and its events) when every task of the period
+has been inactive since the cutoff: they are detached concurrently (writers go on), the period's
+tasks are checked again (a save that reached one meanwhile keeps the period: its partitions go
+back), its tasks' rows are deleted (their steps and events are no longer there to cascade to),
+and the detached tables are dropped, their files returned to the operating system at once. The
+period is first recorded as retired, so that no partition is created for it again: a save that
+reaches one of its tasks in that moment waits for the task to be deleted and creates it anew,
+as a save that reaches a task the row-by-row cleanup deletes does.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
+
+from psycopg import sql
 
 from .. import names
+from .cleanup import written_since_horizon
+from .rows import Row
 from .statement import Statement
 
 #: The partitions due: the current period's and those kept ready ahead.
 CREATE_DUE: Final = f"SELECT {names.PARTITIONS_FUNCTION}() AS created"
-#: The partition of one bucket, as PostgreSQL printed it in a failed save's error.
+#: The partition of one bucket, as PostgreSQL printed it in a failed save's error (-1: the
+#: bucket's period was retired by retention).
 CREATE_FOR: Final = f"SELECT {names.PARTITIONS_FUNCTION}(%(at)s::timestamptz) AS created"
+
+#: A period's tasks active since the cutoff (or written since the cleanup began).
+_ACTIVE: Final = f"""SELECT FROM tasks t
+  WHERE t.{names.BUCKET} >= coalesce(%(lower)s::timestamptz, '-infinity')
+    AND t.{names.BUCKET} < %(upper)s
+    AND (t.updated_at >= %(cutoff)s OR {written_since_horizon("t")})"""
+
+#: The periods whose partitions retention may drop, oldest first: ended before the cutoff, and
+#: no task of theirs active since.
+DROPPABLE: Final = f"""
+SELECT nullif(b.lower, '-infinity') AS lower, b.upper,
+       array_agg(b.parent ORDER BY b.parent) AS parents,
+       array_agg(b.partition ORDER BY b.parent) AS partitions
+FROM aiecs_partition_bounds() b
+WHERE b.upper <= %(cutoff)s
+GROUP BY b.lower, b.upper
+HAVING NOT EXISTS ({_ACTIVE.replace("%(lower)s", "b.lower").replace("%(upper)s", "b.upper")})
+ORDER BY b.lower
+"""
+
+#: After the detach: whether the period is still inactive.
+STILL_INACTIVE: Final = f"SELECT NOT EXISTS ({_ACTIVE}) AS inactive"
+
+#: No partition is created again for a retired period (``names.PARTITIONS_FUNCTION``).
+RETIRE: Final = (f"UPDATE {names.PARTITIONING_TABLE} SET retired_before = "
+                 "greatest(retired_before, %(upper)s)")
+
+#: A retired period's tasks, a batch at a time (their steps and events are gone already).
+DELETE_TASKS: Final = f"""
+WITH gone AS (
+  DELETE FROM tasks t USING (
+    SELECT user_id, task_id FROM tasks
+    WHERE {names.BUCKET} >= coalesce(%(lower)s::timestamptz, '-infinity')
+      AND {names.BUCKET} < %(upper)s
+    LIMIT %(batch_size)s
+  ) d
+  WHERE t.user_id = d.user_id AND t.task_id = d.task_id
+  RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone
+"""
+
+#: Bytes of a detached partition and its indexes (what dropping it frees).
+SIZE: Final = "SELECT pg_total_relation_size(%(table)s::regclass) AS bytes"
 
 
 def create_due() -> Statement:
@@ -21,3 +81,41 @@ def create_due() -> Statement:
 def create_for(at: str) -> Statement:
     """The partition of the bucket ``at`` (a save found none: ``sqlstates.missing_partition``)."""
     return Statement("create_partitions", CREATE_FOR, {"at": at})
+
+
+def detach(parent: str, partition: str) -> sql.Composed:
+    """Detach ``partition`` from ``parent`` without stopping writers (outside a transaction)."""
+    return sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+        sql.Identifier(parent), sql.Identifier(partition))
+
+
+def attach(parent: str, partition: str, lower: Any, upper: Any) -> sql.Composed:
+    """Put a detached partition back (its range is checked by the constraint the detach left)."""
+    return sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+        sql.Identifier(parent), sql.Identifier(partition), _bound(lower, "MINVALUE"),
+        _bound(upper, "MAXVALUE"))
+
+
+def _bound(value: Any, infinite: str) -> sql.Composable:
+    return sql.SQL(infinite) if value is None else sql.Literal(value)
+
+
+def unlink(partition: str) -> sql.Composed:
+    """A detached step partition's foreign key, dropped: deleting its tasks must not cascade
+    into rows about to be dropped whole."""
+    return sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+        sql.Identifier(partition), sql.Identifier("fk_task_history_tasks"))
+
+
+def drop(partition: str) -> sql.Composed:
+    return sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition))
+
+
+def droppable(params: Mapping[str, Any]) -> Statement:
+    """The periods a cleanup may drop (``Cleanup.params``)."""
+    return Statement("cleanup_old_tasks (partitions)", DROPPABLE, params)
+
+
+def period(job_params: Mapping[str, Any], found: Row) -> dict[str, Any]:
+    """The parameters of a period's statements."""
+    return {**job_params, "lower": found.lower, "upper": found.upper}

@@ -143,6 +143,7 @@ PARTITIONING = """CREATE TABLE aiecs_partitioning (
 	one_row BOOLEAN DEFAULT true NOT NULL,
 	width INTERVAL NOT NULL,
 	ahead INTEGER DEFAULT 3 NOT NULL,
+	retired_before TIMESTAMP WITH TIME ZONE,
 	CONSTRAINT pk_aiecs_partitioning PRIMARY KEY (one_row),
 	CONSTRAINT ck_aiecs_partitioning_one_row CHECK (one_row),
 	CONSTRAINT ck_aiecs_partitioning_width CHECK (width >= interval '1 second'),
@@ -409,6 +410,7 @@ AS $$
 DECLARE
   w interval;
   n integer;
+  retired timestamptz;
   first timestamptz;
   lo timestamptz;
   hi timestamptz;
@@ -416,7 +418,11 @@ DECLARE
   part text;
   made integer := 0;
 BEGIN
-  SELECT width, ahead INTO STRICT w, n FROM @S@.aiecs_partitioning;
+  SELECT width, ahead, retired_before INTO STRICT w, n, retired
+  FROM @S@.aiecs_partitioning;
+  IF p_at < retired THEN
+    RETURN -1;
+  END IF;
   IF p_at > now() + w * (n + 1) THEN
     RAISE EXCEPTION 'no partition is created more than % buckets ahead', n
       USING ERRCODE = '22023';

@@ -1,0 +1,177 @@
+"""History partitioned by the time its task began (docs/operations.md, partitions and
+retention): a task's rows stay in its partition whatever their own time, saves find their
+partition even after the clock passed the last one made ahead, reads touch only the partitions
+they need, and retention drops whole partitions whose tasks are all inactive.
+
+The periods here are a few seconds wide (``aiecs_set_partition_width``), so that the clock
+passes them while a test runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from aiecs_persistence import SyncDatabaseManager
+from aiecs_persistence.domain import TaskStatus, TaskStepResult
+
+from ..conftest import conninfo
+
+
+def step(name: str, status: TaskStatus = TaskStatus.COMPLETED) -> TaskStepResult:
+    return TaskStepResult(step=name, result={"ok": name}, completed=status is TaskStatus.COMPLETED,
+                          message="", status=status.value)
+
+
+@pytest.fixture
+def short(pg: Any, db_url: Any) -> Any:
+    """The test database with periods of ``width`` and ``ahead`` periods made in advance."""
+    if pg.citus:
+        pytest.skip("changes the partition width of the database the Citus run shares")
+
+    def set_width(width: str, ahead: int = 0) -> psycopg.Connection:
+        conn = psycopg.connect(conninfo(db_url), autocommit=True)
+        # The day-wide partitions made when the database was (still empty) go first.
+        for (name,) in conn.execute("SELECT partition FROM aiecs_partition_bounds()").fetchall():
+            conn.execute(f'DROP TABLE "{name}"')
+        conn.execute("UPDATE aiecs_partitioning SET ahead = %s", [ahead])
+        conn.execute("SELECT aiecs_set_partition_width(%s::interval)", [width])
+        return conn
+
+    return set_width
+
+
+def partitions(conn: psycopg.Connection, parent: str = "task_history") -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT partition FROM aiecs_partition_bounds() WHERE parent = %s ORDER BY lower",
+        [parent]).fetchall()]
+
+
+def wait_for_next_period(conn: psycopg.Connection) -> None:
+    """Sleep until the server's clock is in a period after the current one."""
+    (left,) = conn.execute(
+        "SELECT extract(epoch FROM date_bin(width, now(), '2000-01-01 00:00:00+00') + width "
+        "- clock_timestamp()) FROM aiecs_partitioning").fetchone()
+    time.sleep(float(left) + 0.05)
+
+
+def test_a_save_after_the_last_partition_made_ahead_creates_its_own(short, db_url):
+    conn = short("1 second", ahead=0)
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history("u", "early", 0, step("plan"))
+        made = len(partitions(conn))
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)  # the clock is past every partition made so far
+        assert db.save_task_history("u", "late", 0, step("plan")) is True
+        assert db.save_task_history_many([("u", "bulk", 0, step("plan"))]) == 1
+        assert [e["step"] for e in db.load_task_history("u", "late")] == [0]
+    assert len(partitions(conn)) > made
+    counts = conn.execute("SELECT count(*) FROM task_history").fetchone()
+    assert counts == (3,)
+
+
+def test_a_task_across_a_period_boundary_stays_in_one_partition(short, db_url):
+    conn = short("2 seconds", ahead=1)
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history("u", "long", 0, step("plan", TaskStatus.RUNNING))
+        wait_for_next_period(conn)
+        db.save_task_history("u", "long", 1, step("call"))
+        db.save_task_history("u", "long", 0, step("plan"))  # a re-save after the boundary
+        db.save_task_history("u", "other", 0, step("plan"))  # begun in the new period
+        places = conn.execute(
+            "SELECT task_id, count(DISTINCT tableoid), count(*) FROM task_history "
+            "GROUP BY task_id ORDER BY task_id").fetchall()
+        assert places == [("long", 1, 2), ("other", 1, 1)]
+        events = conn.execute(
+            "SELECT count(DISTINCT tableoid) FROM task_events WHERE task_id = 'long'").fetchone()
+        assert events == (1,)
+        assert [e["step"] for e in db.load_task_history("u", "long")] == [0, 1]
+        assert [s.step for s in db.list_steps("u", limit=10).items
+                if s.task_id == "long"] == [0, 1]  # newest activity first: 0 was re-saved
+        first = partitions(conn)[0], partitions(conn, "task_events")[0]
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)
+        db.save_task_history("u", "other", 1, step("call"))
+        deleted = db.cleanup_old_tasks(2.5 / 86_400)  # the first period ended over 2.5 s ago
+        assert deleted == 1  # "long", whole; "other" is active
+        assert db.load_task_history("u", "long") == []
+        assert [e["step"] for e in db.load_task_history("u", "other")] == [0, 1]
+    # The first period's partitions were dropped whole (and no table of theirs is left).
+    assert first[0] not in partitions(conn) and first[1] not in partitions(conn, "task_events")
+    left = conn.execute("SELECT to_regclass(%s), to_regclass(%s)", list(first)).fetchone()
+    assert left == (None, None)
+
+
+def test_a_task_active_in_an_old_period_keeps_its_partition(short, db_url):
+    conn = short("2 seconds", ahead=2)
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history("u", "busy", 0, step("plan", TaskStatus.RUNNING))
+        db.save_task_history("u", "idle", 0, step("plan"))
+        first = partitions(conn)[0]
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)
+        time.sleep(0.6)  # the first period ended more than 2.5 s ago
+        db.save_task_history("u", "busy", 1, step("call"))  # still running, in its period
+        assert db.cleanup_old_tasks(2.5 / 86_400) == 1  # "idle", row by row
+        assert [e["step"] for e in db.load_task_history("u", "busy")] == [0, 1]
+        assert db.load_task_history("u", "idle") == []
+    assert first in partitions(conn)
+
+
+def test_retention_beside_sixteen_writers_loses_no_acknowledged_save(short, db_url):
+    conn = short("2 seconds", ahead=2)
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history_many([("u", f"old-{i}", 0, step("plan")) for i in range(40)])
+        first = partitions(conn)[0]
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)
+        time.sleep(0.6)
+        stop, cleaning = threading.Event(), threading.Event()
+        acknowledged: list[tuple[str, str, int]] = []
+        failures: list[Exception] = []
+        began = [0.0]
+
+        def writer(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                # Mostly new tasks; now and then a step of an old task, which may land in
+                # its period before it is dropped, or after (then the task is created anew).
+                # (Each writer starts later than the one before: some reach the old period
+                # before the cleanup looks at it, some while it is detached, some after.)
+                late = cleaning.is_set() and time.monotonic() - began[0] > n * 0.01
+                key = (("u", f"old-{(n * 7 + i) % 40}", 1 + i)
+                       if i % 10 == 9 and late else ("w", f"w{n}-{i}", 0))
+                try:
+                    db.save_task_history(*key, step("call"))
+                except Exception as exc:
+                    failures.append(exc)
+                else:
+                    acknowledged.append(key)
+                i += 1
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        began[0] = time.monotonic()
+        cleaning.set()
+        db.cleanup_old_tasks(2.5 / 86_400)
+        took = time.monotonic() - began[0]
+        time.sleep(0.3)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert not failures, failures[:3]
+    stored = set(conn.execute("SELECT user_id, task_id, step FROM task_history").fetchall())
+    assert set(acknowledged) <= stored
+    assert len(acknowledged) > 100
+    assert took < 10, took  # waits for locks are bounded (lock_timeout), no queue behind them
+    revived = {k[1] for k in acknowledged if k[0] == "u"}
+    gone = {f"old-{i}" for i in range(40)} - revived
+    left = {r[0] for r in conn.execute("SELECT task_id FROM tasks WHERE user_id = 'u'")}
+    assert not gone & left  # every old task never saved again was deleted
+    # The first period went whole, or stayed because a save reached one of its tasks first.
+    assert first not in partitions(conn) or revived
