@@ -321,17 +321,31 @@ def current(url: UrlOption = None, as_json: JsonOption = False) -> None:
 @app.command()
 def check(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Exit non-zero unless the database is at head, its enums match the code, nothing earlier
-    on the search_path shadows our tables and, on a Citus coordinator, every table is
-    distributed as it should be."""
+    on the search_path shadows our tables, the partitions of the current and coming periods
+    exist and, on a Citus coordinator, every table is distributed as it should be."""
     target = resolve_url(url=url)
     status = migrate.inspect(target)
-    _emit({"ok": status.ok, "current": status.current, "head": status.head,
+    missing = _missing_partitions(target) if status.ok else 0
+    human = status.describe() + (
+        f"; {missing} partition(s) of the current and coming periods are missing "
+        "(run `aiecs-db maintain`)" if missing else "")
+    _emit({"ok": status.ok and not missing, "current": status.current, "head": status.head,
            "enum_problems": list(status.enum_problems), "citus": status.on_citus,
            "distribution_problems": list(status.distribution_problems),
-           "schema": status.schema, "shadowing": list(status.shadowing)},
-          as_json, status.describe())
-    if not status.ok:
+           "schema": status.schema, "shadowing": list(status.shadowing),
+           "missing_partitions": missing},
+          as_json, human)
+    if not status.ok or missing:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _missing_partitions(target: Any) -> int:
+    """Partitions of the current period and those to be kept ready ahead that do not exist."""
+    from .statements import partitions as statements
+
+    with connect(target) as conn:
+        row = conn.execute(statements.MISSING).fetchone()
+    return int(row[0]) if row else 0
 
 
 @app.command()
@@ -519,9 +533,75 @@ def cleanup(
                 bar = progress.add_task("deleting tasks", total=due)
                 count = db.cleanup_old_tasks(
                     days, on_batch=lambda n: progress.advance(bar, n))
+        summary = db.last_cleanup
     verb = "would delete" if dry_run else "deleted"
-    _emit({"tasks": count, "dry_run": dry_run, "older_than_days": days}, as_json,
-          f"{verb} {count} task(s) with no activity for {older_than}")
+    dropped = "" if dry_run or not summary.partitions_dropped else (
+        f" ({summary.tasks_in_partitions} with {summary.partitions_dropped} whole "
+        f"partition(s), {_size(summary.bytes_freed)} freed)")
+    _emit({"tasks": count, "dry_run": dry_run, "older_than_days": days,
+           "partitions_dropped": 0 if dry_run else summary.partitions_dropped,
+           "bytes_freed": 0 if dry_run else summary.bytes_freed}, as_json,
+          f"{verb} {count} task(s) with no activity for {older_than}{dropped}")
+
+
+def _size(n: int) -> str:
+    """Bytes for people: ``8.0 kB``, ``1.2 GB``."""
+    size, unit = float(n), "B"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            break
+        size /= 1000
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+@app.command()
+def partitions(
+    older_than: Annotated[str, typer.Option(
+        "--older-than", help="The retention to judge them by, e.g. 30d")] = "30d",
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The history's partitions: each one's period, estimated rows, size with its indexes,
+    and whether `cleanup --older-than` that age may drop it now (its period ended before,
+    and none of its tasks was active since)."""
+    from psycopg.rows import namedtuple_row
+
+    from .statements import partitions as statements
+    from .statements.cleanup import cutoff
+
+    days = _days(older_than)
+    with connect(resolve_url(url=url)) as conn:
+        conn.row_factory = namedtuple_row
+        now = conn.execute("SELECT now() AS now").fetchone()
+        assert now is not None
+        found = conn.execute(statements.LIST, {"cutoff": cutoff(now.now, days)}).fetchall()
+    rows = [{"table": r.parent, "partition": r.partition, "from": r.lower, "to": r.upper,
+             "rows": int(r.rows), "bytes": int(r.bytes), "droppable": bool(r.droppable)}
+            for r in found]
+    if as_json:
+        _emit({"partitions": rows, "older_than_days": days}, True, "")
+        return
+    table = Table(title=f"partitions (droppable: by cleanup --older-than {older_than})")
+    for column in ("table", "partition", "from", "to", "rows (est.)", "size", "droppable"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["table"], row["partition"], str(row["from"] or "-"),
+                      str(row["to"] or "-"), str(row["rows"]), _size(row["bytes"]),
+                      "yes" if row["droppable"] else "no")
+    out.print(table)
+
+
+@app.command()
+def maintain(url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """Create the partitions due: the current period's and those kept ready ahead. The
+    managers do it as they connect, and a save creates the one it lacks; run this from cron
+    (daily) so that none has to."""
+    from .statements import partitions as statements
+
+    with connect(resolve_url(url=url)) as conn:
+        row = conn.execute(statements.CREATE_DUE).fetchone()
+    created = int(row[0]) if row else 0
+    _emit({"created": created}, as_json, f"created {created} partition(s)")
 
 
 def _quiet(ctx: typer.Context, as_json: bool = False) -> bool:

@@ -23,6 +23,7 @@ from .dialect import PLAIN, Dialect, dialect_for
 from .errors import PersistenceError, RetryExhaustedError, SchemaMismatchError, ValidationError
 from .group import MAX_BATCH, WRITERS, GroupCommit
 from .jsonb import DEFAULT_MAX_BYTES
+from .records import CleanupSummary
 from .sqlstates import (
     CHECK_VIOLATION,
     FOREIGN_KEY_VIOLATION,
@@ -255,6 +256,8 @@ class ManagerBase:
         self._url_arg = url
         self._url: URL | None = None
         self.metrics = Metrics()
+        #: What the last ``cleanup_old_tasks`` did (the command line reports it).
+        self.last_cleanup = CleanupSummary()
 
     # -- where -----------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from .errors import (
 from .group import Arrival
 from .listen import AsyncListener, AsyncWaiter
 from .queued import AsyncQueued
-from .records import Page, StepRecord, TaskRecord
+from .records import CleanupSummary, Page, StepRecord, TaskRecord
 from .sqlstates import connection_lost, is_unique_violation, missing_partition, translate
 from .statements import bulk, checks, partitions, reads, saves, tasks
 from .statements import cleanup as retention
@@ -597,39 +597,46 @@ class DatabaseManager(ManagerBase):
                 row = await cur.fetchone()
             return len(keys), int(row.deleted) if row else 0
 
-        total = 0
+        dropped = CleanupSummary()
         if self._dialect.drops_partitions:
-            total += await self._drop_periods(job, on_batch)
+            dropped = await self._drop_periods(job, on_batch)
+        total = dropped.tasks
         while True:
             locked, deleted = await self._with_retries(job.pick, batch)
             total += deleted
             if on_batch is not None:
                 on_batch(deleted)
             if locked < self.settings.cleanup_batch_size:
+                self.last_cleanup = dropped._replace(tasks=total)
                 return total
 
     async def _drop_periods(
         self, job: retention.Cleanup, on_batch: Callable[[int], object] | None,
-    ) -> int:
+    ) -> CleanupSummary:
         """Retention by partitions (statements/partitions.py): each period whose tasks are all
-        inactive past the cutoff loses its partitions whole. Returns the tasks deleted. A role
-        that does not own the tables (``aiecs-db grant``'s writer) cannot detach them: its
-        cleanup goes row by row, as the owner's does for what remains."""
+        inactive past the cutoff loses its partitions whole. A role that does not own the
+        tables (``aiecs-db grant``'s writer) cannot detach them: its cleanup goes row by row,
+        as the owner's does for what remains."""
         periods = await self._run(partitions.droppable(job.params))
-        total = 0
+        done = CleanupSummary()
         for found in periods:
-            deleted = await self._drop_period(job, found)
-            if deleted is None:
+            outcome = await self._drop_period(job, found)
+            if outcome is None:
                 break
-            total += deleted
+            deleted, freed = outcome
+            if freed:
+                done = CleanupSummary(done.tasks + deleted, done.tasks_in_partitions + deleted,
+                                      done.partitions_dropped + len(found.partitions),
+                                      done.bytes_freed + freed)
             if on_batch is not None:
                 on_batch(deleted)
-        return total
+        return done
 
-    async def _drop_period(self, job: retention.Cleanup, found: Row) -> int | None:
+    async def _drop_period(self, job: retention.Cleanup, found: Row
+                           ) -> tuple[int, int] | None:
         """One period's partitions detached, its tasks checked again and deleted, the
-        partitions dropped; the tasks deleted (None: this role may not detach, 0: the period
-        came back to life meanwhile)."""
+        partitions dropped; the tasks deleted and the bytes freed (None: this role may not
+        detach; bytes 0: the period came back to life meanwhile, and is kept)."""
         params = partitions.period(job.params, found)
         pool = await self._ready()
         conn = await pool.getconn()
@@ -651,7 +658,7 @@ class DatabaseManager(ManagerBase):
             row = await cur.fetchone()
             if row is None or not row.inactive:  # a save reached one of its tasks: keep it
                 await self._attach_again(conn, detached, found)
-                return 0
+                return 0, 0
             for parent, partition in detached:
                 if parent == "task_history":
                     await conn.execute(partitions.unlink(partition))
@@ -664,11 +671,15 @@ class DatabaseManager(ManagerBase):
                 deleted += gone
                 if gone < self.settings.cleanup_batch_size:
                     break
+            freed = 0
             for _, partition in detached:
+                cur = await conn.execute(partitions.SIZE, {"table": partition})
+                size = await cur.fetchone()
+                freed += int(size.bytes) if size else 0
                 await conn.execute(partitions.drop(partition))
-            log.info("cleanup: dropped the partitions of %s .. %s (%d tasks)",
-                     found.lower, found.upper, deleted)
-            return deleted
+            log.info("cleanup: dropped the partitions of %s .. %s (%d tasks, %d bytes)",
+                     found.lower, found.upper, deleted, freed)
+            return deleted, freed
         finally:
             await pool.putconn(conn)
 

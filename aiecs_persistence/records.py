@@ -13,7 +13,8 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from .domain import ErrorCode, TaskStatus, TaskStepResult
 from .errors import ValidationError
 
-__all__ = ["Page", "Position", "StepRecord", "TaskRecord", "decode_cursor", "encode_cursor"]
+__all__ = ["CleanupSummary", "Page", "Position", "StepRecord", "TaskRecord", "decode_cursor",
+           "encode_cursor"]
 
 
 class TaskRecord(NamedTuple):
@@ -29,6 +30,16 @@ class TaskRecord(NamedTuple):
     updated_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+
+
+class CleanupSummary(NamedTuple):
+    """What the last ``cleanup_old_tasks`` of a manager did: the tasks it deleted, and of them
+    those that went with whole partitions, the partitions dropped and the bytes they held."""
+
+    tasks: int = 0
+    tasks_in_partitions: int = 0
+    partitions_dropped: int = 0
+    bytes_freed: int = 0
 
 
 class StepRecord(NamedTuple):

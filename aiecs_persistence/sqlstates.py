@@ -50,6 +50,11 @@ INVALID_TRANSITION: Final = names.INVALID_TRANSITION_SQLSTATE
 IMMUTABLE: Final = names.IMMUTABLE_SQLSTATE
 #: SQLSTATE foreign_key_violation.
 FOREIGN_KEY_VIOLATION: Final = "23503"
+#: The task's second unique key, which the steps' foreign key names (``schema.Task``). The
+#: saves' ``ON CONFLICT`` arbitrates on the primary key only: a writer that creates a task
+#: while another creates it too, unseen, can meet the other's row in this key instead, and is
+#: then told a unique violation. Saving again finds the task: the failure is transient.
+TASK_BUCKET_KEY: Final = "uq_tasks_bucket_user_id_task_id"
 #: SQLSTATE check_violation, which PostgreSQL also raises for a row no partition accepts.
 CHECK_VIOLATION: Final = "23514"
 
@@ -136,6 +141,8 @@ def classify(exc: BaseException) -> Kind | None:
         return _LOST
     driver = _driver_error(exc)
     state = _sqlstate(driver)
+    if state == UNIQUE_VIOLATION and constraint_name(driver) == TASK_BUCKET_KEY:
+        return _RETRY  # two writers created the same task at once (TASK_BUCKET_KEY)
     if state is not None:
         return BY_SQLSTATE.get(state) or BY_SQLSTATE.get(state[:2]) or _OTHER
     for cls, kind in by_class():

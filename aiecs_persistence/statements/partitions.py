@@ -14,14 +14,15 @@ as a save that reaches a task the row-by-row cleanup deletes does.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
-
-from psycopg import sql
+from typing import TYPE_CHECKING, Any, Final
 
 from .. import names
 from .cleanup import written_since_horizon
 from .rows import Row
 from .statement import Statement
+
+if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
+    from psycopg import sql
 
 #: The partitions due: the current period's and those kept ready ahead.
 CREATE_DUE: Final = f"SELECT {names.PARTITIONS_FUNCTION}() AS created"
@@ -85,29 +86,39 @@ def create_for(at: str) -> Statement:
 
 def detach(parent: str, partition: str) -> sql.Composed:
     """Detach ``partition`` from ``parent`` without stopping writers (outside a transaction)."""
+    from psycopg import sql
+
     return sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
         sql.Identifier(parent), sql.Identifier(partition))
 
 
 def attach(parent: str, partition: str, lower: Any, upper: Any) -> sql.Composed:
     """Put a detached partition back (its range is checked by the constraint the detach left)."""
+    from psycopg import sql
+
     return sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
         sql.Identifier(parent), sql.Identifier(partition), _bound(lower, "MINVALUE"),
         _bound(upper, "MAXVALUE"))
 
 
 def _bound(value: Any, infinite: str) -> sql.Composable:
+    from psycopg import sql
+
     return sql.SQL(infinite) if value is None else sql.Literal(value)
 
 
 def unlink(partition: str) -> sql.Composed:
     """A detached step partition's foreign key, dropped: deleting its tasks must not cascade
     into rows about to be dropped whole."""
+    from psycopg import sql
+
     return sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
         sql.Identifier(partition), sql.Identifier("fk_task_history_tasks"))
 
 
 def drop(partition: str) -> sql.Composed:
+    from psycopg import sql
+
     return sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition))
 
 
@@ -119,3 +130,33 @@ def droppable(params: Mapping[str, Any]) -> Statement:
 def period(job_params: Mapping[str, Any], found: Row) -> dict[str, Any]:
     """The parameters of a period's statements."""
     return {**job_params, "lower": found.lower, "upper": found.upper}
+
+
+# -- for operators (``aiecs-db partitions``, ``maintain``, ``check``) ---------------------------
+
+#: Each partition: its range (NULL for an unbounded end), estimated rows, bytes with its
+#: indexes, and whether retention at ``cutoff`` may drop it (its period ended before, and no
+#: task of the period was active since).
+LIST: Final = f"""
+SELECT b.parent, b.partition, nullif(b.lower, '-infinity') AS lower,
+       nullif(b.upper, 'infinity') AS upper,
+       greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS bytes,
+       b.upper <= %(cutoff)s AND NOT EXISTS (
+         SELECT FROM tasks t WHERE t.{names.BUCKET} >= b.lower AND t.{names.BUCKET} < b.upper
+           AND t.updated_at >= %(cutoff)s) AS droppable
+FROM aiecs_partition_bounds() b
+JOIN pg_class c ON c.relname = b.partition AND c.relnamespace = current_schema()::regnamespace
+ORDER BY b.lower, b.parent
+"""
+
+#: The periods from now to ``ahead`` periods on that some table has no partition for.
+MISSING: Final = f"""
+SELECT count(*) AS missing
+FROM {names.PARTITIONING_TABLE} s, generate_series(0, s.ahead) AS i,
+     unnest(ARRAY[{", ".join(f"'{t}'" for t in names.PARTITIONED_TABLES)}]) AS p(parent)
+WHERE NOT EXISTS (
+  SELECT FROM aiecs_partition_bounds() b
+  WHERE b.parent = p.parent
+    AND b.lower <= date_bin(s.width, now(), '2000-01-01 00:00:00+00') + s.width * i
+    AND b.upper > date_bin(s.width, now(), '2000-01-01 00:00:00+00') + s.width * i)
+"""

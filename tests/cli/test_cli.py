@@ -66,7 +66,8 @@ def test_cleanup_dry_run_then_for_real(seeded, db_url):
                      "WHERE task_id = 't1'")
     dry = json.loads(runner.invoke(app, ["cleanup", "--older-than", "30d", "--dry-run",
                                          "--json", "--url", seeded]).output)
-    assert dry == {"tasks": 1, "dry_run": True, "older_than_days": 30.0}
+    assert dry == {"tasks": 1, "dry_run": True, "older_than_days": 30.0,
+                   "partitions_dropped": 0, "bytes_freed": 0}
     refused = runner.invoke(app, ["cleanup", "--older-than", "4w", "--url", seeded])
     assert refused.exit_code == 4 and "without --yes" in refused.output
     real = runner.invoke(app, ["cleanup", "--older-than", "4w", "--yes", "--url", seeded])
@@ -273,8 +274,9 @@ def test_grant_json_and_log_level(seeded):
 
 EVERY_COMMAND = [
     ["upgrade"], ["downgrade", "base"], ["stamp"], ["heads"], ["revisions"], ["current"], ["check"],
-    ["sql"], ["tasks"], ["history"], ["report"], ["cleanup"], ["grant"], ["import-legacy"],
-    ["demo"], ["embedded", "status"], ["embedded", "url"], ["embedded", "stop"],
+    ["sql"], ["tasks"], ["history"], ["report"], ["cleanup"], ["partitions"], ["maintain"],
+    ["grant"], ["import-legacy"], ["demo"], ["embedded", "status"], ["embedded", "url"],
+    ["embedded", "stop"],
 ]
 
 

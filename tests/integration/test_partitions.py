@@ -8,6 +8,7 @@ passes them while a test runs."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -175,3 +176,43 @@ def test_retention_beside_sixteen_writers_loses_no_acknowledged_save(short, db_u
     assert not gone & left  # every old task never saved again was deleted
     # The first period went whole, or stayed because a save reached one of its tasks first.
     assert first not in partitions(conn) or revived
+
+
+def test_the_operators_commands(short, db_url):
+    """`partitions` lists them with their sizes and what retention may drop, `cleanup` says
+    what whole partitions it dropped, `check` notices missing coming partitions and
+    `maintain` creates them."""
+    from typer.testing import CliRunner
+
+    from aiecs_persistence.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "200"})
+    url = db_url.render_as_string(hide_password=False)
+    conn = short("2 seconds", ahead=1)
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history_many([("u", f"t{i}", 0, step("plan")) for i in range(20)])
+    listed = runner.invoke(app, ["partitions", "--json", "--older-than", "0d", "--url", url])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)["partitions"]
+    assert {r["table"] for r in rows} == {"task_history", "task_events"}
+    assert all(r["bytes"] > 0 and r["partition"].startswith(r["table"] + "_p") for r in rows)
+    assert not any(r["droppable"] for r in rows)  # the first period has not ended yet
+    wait_for_next_period(conn)
+    wait_for_next_period(conn)
+    time.sleep(0.6)
+    listed = json.loads(runner.invoke(
+        app, ["partitions", "--json", "--older-than", "0d", "--url", url]).stdout)
+    droppable = [r["partition"] for r in listed["partitions"] if r["droppable"]]
+    assert len(droppable) >= 2  # the first period's two partitions (and any empty one)
+    # The clock went past the partitions made ahead: check says so, maintain mends it.
+    checked = runner.invoke(app, ["check", "--json", "--url", url])
+    assert checked.exit_code != 0 and json.loads(checked.stdout)["missing_partitions"] > 0
+    made = runner.invoke(app, ["maintain", "--json", "--url", url])
+    assert made.exit_code == 0 and json.loads(made.stdout)["created"] > 0
+    assert runner.invoke(app, ["check", "--url", url]).exit_code == 0
+    done = runner.invoke(app, ["cleanup", "--older-than", "0.0007h", "--yes", "--json",
+                               "--url", url])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["tasks"] == 20 and summary["partitions_dropped"] >= 2
+    assert summary["bytes_freed"] > 0
