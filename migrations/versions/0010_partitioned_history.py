@@ -6,10 +6,14 @@ which ``tasks`` gains (and a unique key on it, led by it, that the steps' foreig
 ``aiecs_set_partition_width`` changes the width. The event triggers, the cluster's save
 function and the key guards carry the bucket; ``task_summary`` joins on it.
 
-Existing tasks get the bucket 1970-01-01 (UTC); their steps and events, if any, are moved into one
-first partition of each table, ``<table>_p_initial`` (everything before the current period),
-which retention drops like any other once all of its tasks are inactive. ``seq`` of the events
-continues where it was. Downgrade moves the rows back into plain tables.
+Existing tasks get the bucket 1970-01-01 (UTC), and the existing tables become the first
+partition of each partitioned table, ``<table>_p_initial`` (everything before the current
+period), which retention drops like any other once all of its tasks are inactive. On a plain
+server with rows, in place and online: the new keys are built ``CONCURRENTLY`` and the first
+partitions' bound and the steps' new foreign key validated while writers go on, then one short
+transaction renames the tables, makes the partitioned ones and attaches them, scanning nothing
+(no row is rewritten). Elsewhere (no rows, Citus, ``--sql``) the rows, if any, are copied.
+``seq`` of the events continues where it was. Downgrade copies the rows back into plain tables.
 
 A frozen snapshot (see 0001).
 
@@ -686,8 +690,104 @@ DO $aiecs$ BEGIN
 END $aiecs$""")
 
 
+#: The history tables' other indexes, as the model names them: an existing table's own are
+#: renamed for its partition, so that the partitioned table's take their names and adopt them.
+INDEX_NAMES = {
+    "task_history": ("ix_task_history_created_at", "ix_task_history_error_code_created_at",
+                     "ix_task_history_user_id_step_name", "ix_task_history_user_id_updated_at"),
+    "task_events": ("ix_task_events_user_id_tx",),
+}
+#: Each history table's old key, which its partition's key extends with the bucket.
+OLD_KEYS = {"task_history": "user_id, task_id, step", "task_events": "user_id, task_id, tx, seq"}
+#: The triggers of the history tables that the partitioned tables take over.
+TABLE_TRIGGERS = {
+    "task_history": ("tr_task_history_status_transition", "tr_task_history_changed"),
+    "task_events": (),
+}
+BEFORE = "'1970-01-01 00:00:00+00'"
+
+
+def _in_place() -> bool:
+    """Whether to convert in place: online, on a plain server, with rows to keep."""
+    if context.is_offline_mode():
+        return False
+    bind = op.get_bind()
+    if bind.exec_driver_sql(
+            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").scalar():
+        return False
+    return bool(bind.exec_driver_sql(
+        "SELECT EXISTS (SELECT FROM task_history) OR EXISTS (SELECT FROM task_events)").scalar())
+
+
+def _prepare_in_place() -> str:
+    """Everything that takes long, while writers go on: the new keys built concurrently, the
+    first partitions' bound and the steps' new foreign key validated (``SHARE UPDATE
+    EXCLUSIVE``), each step committed. Rows written meanwhile get the bucket of the existing
+    ones. Returns the first partitions' upper bound (the current period's start)."""
+    bind = op.get_bind()
+    first = str(bind.exec_driver_sql(
+        "SELECT date_bin('1 day', now(), '2000-01-01 00:00:00+00')::text").scalar())
+    for table in ("tasks", *TABLE_TRIGGERS):
+        op.execute(f"ALTER TABLE {table} ADD COLUMN bucket timestamptz NOT NULL DEFAULT {BEFORE}")
+    with op.get_context().autocommit_block():
+        op.execute("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "
+                   "uq_tasks_bucket_user_id_task_id ON tasks (bucket, user_id, task_id) "
+                   "INCLUDE (updated_at)")
+        for table, key in OLD_KEYS.items():
+            op.execute(f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {table}_p_initial_pkey "
+                       f"ON {table} ({key}, bucket)")
+    op.execute("ALTER TABLE tasks ADD CONSTRAINT uq_tasks_bucket_user_id_task_id "
+               "UNIQUE USING INDEX uq_tasks_bucket_user_id_task_id")
+    for table in OLD_KEYS:
+        op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {table}_p_initial_bound "
+                   f"CHECK (bucket < '{first}') NOT VALID")
+    op.execute("ALTER TABLE task_history ADD CONSTRAINT task_history_p_initial_fk "
+               "FOREIGN KEY (user_id, task_id, bucket) REFERENCES tasks (user_id, task_id, bucket) "
+               "ON DELETE CASCADE NOT VALID")
+    with op.get_context().autocommit_block():
+        for table in OLD_KEYS:
+            op.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {table}_p_initial_bound")
+        op.execute("ALTER TABLE task_history VALIDATE CONSTRAINT task_history_p_initial_fk")
+    return first
+
+
+def _swap_in_place(table: str, create: str, fks: Sequence[str], indexes: Sequence[str],
+                   first: str) -> None:
+    """In the migration's last transaction: ``table`` renamed to its first partition, with the
+    key built for it, and attached to the partitioned table made in its place. Nothing is
+    scanned: the validated bound lets ATTACH skip its check, the indexes and the foreign key
+    match the table's own, which it adopts."""
+    op.execute(f"ALTER TABLE {table} DROP CONSTRAINT pk_{table}, "
+               f"ADD CONSTRAINT {table}_p_initial_pkey PRIMARY KEY "
+               f"USING INDEX {table}_p_initial_pkey")
+    if table == "task_history":
+        op.execute("ALTER TABLE task_history DROP CONSTRAINT fk_task_history_tasks")
+    for trigger in TABLE_TRIGGERS[table]:
+        op.execute(f"DROP TRIGGER {trigger} ON {table}")
+    for index in INDEX_NAMES[table]:
+        op.execute(f"ALTER INDEX {index} RENAME TO {table}_p_initial{index[len('ix_' + table):]}")
+    op.execute(f"ALTER TABLE {table} RENAME TO {table}_p_initial")
+    if table == "task_events":  # a partition has no identity of its own
+        op.execute("ALTER TABLE task_events_p_initial ALTER COLUMN seq DROP IDENTITY")
+    op.execute(create)
+    if table == "task_events":  # the order of writing goes on where it was
+        op.execute("""
+DO $aiecs$ BEGIN
+  EXECUTE format('ALTER TABLE task_events ALTER COLUMN seq RESTART WITH %s',
+                 (SELECT coalesce(max(seq), 0) + 1 FROM task_events_p_initial));
+END $aiecs$""")
+    for fk in fks:
+        op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {fk}")
+    for index in indexes:
+        op.execute(index)
+    op.execute(f"ALTER TABLE {table} ATTACH PARTITION {table}_p_initial "
+               f"FOR VALUES FROM (MINVALUE) TO ('{first}')")
+    op.execute(f"ALTER TABLE {table}_p_initial DROP CONSTRAINT {table}_p_initial_bound")
+
+
 def upgrade() -> None:
     citus = _citus()
+    first = _prepare_in_place() if _in_place() else None
     for view in reversed(VIEWS):
         op.execute(f"DROP VIEW {view}")
     for table in KEYS:
@@ -696,14 +796,21 @@ def upgrade() -> None:
     op.execute(SEED)
     for function in PARTITION_FUNCTIONS:
         op.execute(_in_current_schema(function))
-    op.execute("ALTER TABLE tasks ADD COLUMN bucket timestamptz NOT NULL DEFAULT '1970-01-01 00:00:00+00'")
-    op.execute(f"ALTER TABLE tasks ALTER COLUMN bucket SET DEFAULT {BUCKET_DEFAULT}")
-    op.execute("ALTER TABLE tasks ADD CONSTRAINT uq_tasks_bucket_user_id_task_id "
-               "UNIQUE (bucket, user_id, task_id) INCLUDE (updated_at)")
-    _rebuild("task_history", NEW_TASK_HISTORY, NEW_TASK_HISTORY_FKS, NEW_TASK_HISTORY_INDEXES,
-             "'1970-01-01 00:00:00+00'", citus)
-    _rebuild("task_events", NEW_TASK_EVENTS, NEW_TASK_EVENTS_FKS, NEW_TASK_EVENTS_INDEXES,
-             "'1970-01-01 00:00:00+00'", citus)
+    if first is not None:
+        op.execute(f"ALTER TABLE tasks ALTER COLUMN bucket SET DEFAULT {BUCKET_DEFAULT}")
+        _swap_in_place("task_history", NEW_TASK_HISTORY, NEW_TASK_HISTORY_FKS,
+                       NEW_TASK_HISTORY_INDEXES, first)
+        _swap_in_place("task_events", NEW_TASK_EVENTS, NEW_TASK_EVENTS_FKS,
+                       NEW_TASK_EVENTS_INDEXES, first)
+    else:
+        op.execute(f"ALTER TABLE tasks ADD COLUMN bucket timestamptz NOT NULL DEFAULT {BEFORE}")
+        op.execute(f"ALTER TABLE tasks ALTER COLUMN bucket SET DEFAULT {BUCKET_DEFAULT}")
+        op.execute("ALTER TABLE tasks ADD CONSTRAINT uq_tasks_bucket_user_id_task_id "
+                   "UNIQUE (bucket, user_id, task_id) INCLUDE (updated_at)")
+        _rebuild("task_history", NEW_TASK_HISTORY, NEW_TASK_HISTORY_FKS,
+                 NEW_TASK_HISTORY_INDEXES, BEFORE, citus)
+        _rebuild("task_events", NEW_TASK_EVENTS, NEW_TASK_EVENTS_FKS, NEW_TASK_EVENTS_INDEXES,
+                 BEFORE, citus)
     for function in NEW_FUNCTIONS:
         op.execute(_in_current_schema(function))
     for trigger in (*HISTORY_TRIGGERS, *NEW_KEY_TRIGGERS):
