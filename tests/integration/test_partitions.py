@@ -51,6 +51,15 @@ def partitions(conn: psycopg.Connection, parent: str = "task_history") -> list[s
         [parent]).fetchall()]
 
 
+def partition_of(conn: psycopg.Connection, task_id: str) -> str:
+    """The step partition of a task's period."""
+    (name,) = conn.execute(
+        "SELECT b.partition FROM aiecs_partition_bounds() b, tasks t "
+        "WHERE b.parent = 'task_history' AND t.task_id = %s "
+        "AND b.lower <= t.bucket AND b.upper > t.bucket", [task_id]).fetchone()
+    return str(name)
+
+
 def wait_for_next_period(conn: psycopg.Connection) -> None:
     """Sleep until the server's clock is in a period after the current one."""
     (left,) = conn.execute(
@@ -92,7 +101,8 @@ def test_a_task_across_a_period_boundary_stays_in_one_partition(short, db_url):
         assert [e["step"] for e in db.load_task_history("u", "long")] == [0, 1]
         assert [s.step for s in db.list_steps("u", limit=10).items
                 if s.task_id == "long"] == [0, 1]  # newest activity first: 0 was re-saved
-        first = partitions(conn)[0], partitions(conn, "task_events")[0]
+        steps_part = partition_of(conn, "long")
+        first = steps_part, steps_part.replace("task_history", "task_events", 1)
         wait_for_next_period(conn)
         wait_for_next_period(conn)
         db.save_task_history("u", "other", 1, step("call"))
@@ -111,7 +121,7 @@ def test_a_task_active_in_an_old_period_keeps_its_partition(short, db_url):
     with SyncDatabaseManager(url=db_url) as db:
         db.save_task_history("u", "busy", 0, step("plan", TaskStatus.RUNNING))
         db.save_task_history("u", "idle", 0, step("plan"))
-        first = partitions(conn)[0]
+        first = partition_of(conn, "busy")
         wait_for_next_period(conn)
         wait_for_next_period(conn)
         time.sleep(0.6)  # the first period ended more than 2.5 s ago
@@ -126,7 +136,7 @@ def test_retention_beside_sixteen_writers_loses_no_acknowledged_save(short, db_u
     conn = short("2 seconds", ahead=2)
     with SyncDatabaseManager(url=db_url) as db:
         db.save_task_history_many([("u", f"old-{i}", 0, step("plan")) for i in range(40)])
-        first = partitions(conn)[0]
+        first = partition_of(conn, "old-0")
         wait_for_next_period(conn)
         wait_for_next_period(conn)
         time.sleep(0.6)
@@ -196,14 +206,19 @@ def test_the_operators_commands(short, db_url):
     rows = json.loads(listed.stdout)["partitions"]
     assert {r["table"] for r in rows} == {"task_history", "task_events"}
     assert all(r["bytes"] > 0 and r["partition"].startswith(r["table"] + "_p") for r in rows)
-    assert not any(r["droppable"] for r in rows)  # the first period has not ended yet
+    theirs = {r[0] for r in conn.execute(
+        "SELECT b.partition FROM aiecs_partition_bounds() b, tasks t WHERE t.task_id = 't0' "
+        "AND b.lower <= t.bucket AND b.upper > t.bucket").fetchall()}
+    assert len(theirs) == 2  # the period of the tasks: its steps' and its events' partitions
+    # (A period that ended meanwhile with no task in it may be droppable already.)
+    assert not any(r["droppable"] for r in rows if r["partition"] in theirs)
     wait_for_next_period(conn)
     wait_for_next_period(conn)
     time.sleep(0.6)
     listed = json.loads(runner.invoke(
         app, ["partitions", "--json", "--older-than", "0d", "--url", url]).stdout)
-    droppable = [r["partition"] for r in listed["partitions"] if r["droppable"]]
-    assert len(droppable) >= 2  # the first period's two partitions (and any empty one)
+    droppable = {r["partition"] for r in listed["partitions"] if r["droppable"]}
+    assert theirs <= droppable  # their period ended, and none of its tasks was active since
     # The clock went past the partitions made ahead: check says so, maintain mends it.
     checked = runner.invoke(app, ["check", "--json", "--url", url])
     assert checked.exit_code != 0 and json.loads(checked.stdout)["missing_partitions"] > 0
