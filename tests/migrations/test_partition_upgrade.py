@@ -16,7 +16,7 @@ from aiecs_persistence import migrate
 from ..conftest import conninfo
 
 PREVIOUS = "0009_immutable_keys"
-TASKS, STEPS = 20_000, 10  # 200,000 existing steps
+TASKS, STEPS = 10_000, 10  # 100,000 existing steps
 
 
 def fill(conn: psycopg.Connection) -> None:
