@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import names
+from ..ddl import BUCKET_ORIGIN
 from .cleanup import written_since_horizon
 from .rows import Row
 from .statement import Statement
@@ -157,6 +158,6 @@ FROM {names.PARTITIONING_TABLE} s, generate_series(0, s.ahead) AS i,
 WHERE NOT EXISTS (
   SELECT FROM aiecs_partition_bounds() b
   WHERE b.parent = p.parent
-    AND b.lower <= date_bin(s.width, now(), '2000-01-01 00:00:00+00') + s.width * i
-    AND b.upper > date_bin(s.width, now(), '2000-01-01 00:00:00+00') + s.width * i)
+    AND b.lower <= date_bin(s.width, now(), '{BUCKET_ORIGIN}') + s.width * i
+    AND b.upper > date_bin(s.width, now(), '{BUCKET_ORIGIN}') + s.width * i)
 """
