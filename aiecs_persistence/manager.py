@@ -43,7 +43,13 @@ from .group import Arrival
 from .listen import AsyncListener, AsyncWaiter
 from .queued import AsyncQueued
 from .records import CleanupSummary, Page, StepRecord, TaskRecord
-from .sqlstates import connection_lost, is_unique_violation, missing_partition, translate
+from .sqlstates import (
+    classify,
+    connection_lost,
+    is_unique_violation,
+    missing_partition,
+    translate,
+)
 from .statements import bulk, checks, partitions, reads, saves, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
@@ -642,8 +648,8 @@ class DatabaseManager(ManagerBase):
         conn = await pool.getconn()
         detached: list[tuple[str, str]] = []
         try:
-            await conn.execute(partitions.RETIRE, params)
             try:
+                await conn.execute(partitions.RETIRE, params)
                 for parent, partition in zip(found.parents, found.partitions, strict=True):
                     await conn.execute(partitions.detach(parent, partition))
                     detached.append((parent, partition))
@@ -653,7 +659,7 @@ class DatabaseManager(ManagerBase):
                 if isinstance(translate(exc), PermissionDeniedError):
                     log.info("cleanup: this role may not detach partitions; row by row")
                     return None
-                raise translate(exc, operation="cleanup_old_tasks") from None
+                raise
             cur = await conn.execute(partitions.STILL_INACTIVE, params)
             row = await cur.fetchone()
             if row is None or not row.inactive:  # a save reached one of its tasks: keep it
@@ -680,6 +686,10 @@ class DatabaseManager(ManagerBase):
             log.info("cleanup: dropped the partitions of %s .. %s (%d tasks, %d bytes)",
                      found.lower, found.upper, deleted, freed)
             return deleted, freed
+        except Exception as exc:
+            if classify(exc) is None:  # ours, or a bug: as it is
+                raise
+            raise translate(exc, operation="cleanup_old_tasks") from None
         finally:
             await pool.putconn(conn)
 

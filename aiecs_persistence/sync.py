@@ -32,7 +32,13 @@ from .group import Arrival
 from .listen_sync import Listener, Waiter
 from .queued_sync import Queued
 from .records import CleanupSummary, Page, StepRecord, TaskRecord
-from .sqlstates import connection_lost, is_unique_violation, missing_partition, translate
+from .sqlstates import (
+    classify,
+    connection_lost,
+    is_unique_violation,
+    missing_partition,
+    translate,
+)
 from .statements import bulk, checks, partitions, reads, saves, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
@@ -580,8 +586,8 @@ class SyncDatabaseManager(ManagerBase):
         conn = pool.getconn()
         detached: list[tuple[str, str]] = []
         try:
-            conn.execute(partitions.RETIRE, params)
             try:
+                conn.execute(partitions.RETIRE, params)
                 for parent, partition in zip(found.parents, found.partitions, strict=True):
                     conn.execute(partitions.detach(parent, partition))
                     detached.append((parent, partition))
@@ -591,7 +597,7 @@ class SyncDatabaseManager(ManagerBase):
                 if isinstance(translate(exc), PermissionDeniedError):
                     log.info("cleanup: this role may not detach partitions; row by row")
                     return None
-                raise translate(exc, operation="cleanup_old_tasks") from None
+                raise
             cur = conn.execute(partitions.STILL_INACTIVE, params)
             row = cur.fetchone()
             if row is None or not row.inactive:  # a save reached one of its tasks: keep it
@@ -618,6 +624,10 @@ class SyncDatabaseManager(ManagerBase):
             log.info("cleanup: dropped the partitions of %s .. %s (%d tasks, %d bytes)",
                      found.lower, found.upper, deleted, freed)
             return deleted, freed
+        except Exception as exc:
+            if classify(exc) is None:  # ours, or a bug: as it is
+                raise
+            raise translate(exc, operation="cleanup_old_tasks") from None
         finally:
             pool.putconn(conn)
 

@@ -132,3 +132,23 @@ def test_grant_before_upgrade_and_bad_role_names(empty_db_url):
     assert bad.exit_code == 4 and "writer role" in bad.output
     printed = runner.invoke(app, ["grant", "--print", "--url", url.replace("+psycopg", "")])
     assert printed.exit_code == 4
+
+
+def test_the_writer_cleans_up_row_by_row(roles, db_url):
+    """Detaching partitions takes ownership of the tables: a cleanup by the writer role goes
+    row by row (and raises no privilege error), where the owner's drops whole partitions."""
+    import time
+
+    with psycopg.connect(conninfo(db_url), autocommit=True) as admin:
+        for (name,) in admin.execute("SELECT partition FROM aiecs_partition_bounds()").fetchall():
+            admin.execute(f'DROP TABLE "{name}"')
+        admin.execute("UPDATE aiecs_partitioning SET ahead = 0")
+        admin.execute("SELECT aiecs_set_partition_width('1 second')")
+    step = TaskStepResult(step="a", result=None, completed=True, message="",
+                          status="completed")
+    with SyncDatabaseManager(url=roles["writer"]) as db:
+        db.save_task_history("u", "t", 0, step)  # its partition made by the writer's save
+        time.sleep(2.5)
+        assert db.cleanup_old_tasks(1 / 86_400) == 1
+        assert db.last_cleanup.partitions_dropped == 0
+        assert db.load_task_history("u", "t") == []
