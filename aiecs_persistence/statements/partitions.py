@@ -31,11 +31,14 @@ CREATE_DUE: Final = f"SELECT {names.PARTITIONS_FUNCTION}() AS created"
 #: bucket's period was retired by retention).
 CREATE_FOR: Final = f"SELECT {names.PARTITIONS_FUNCTION}(%(at)s::timestamptz) AS created"
 
-#: A period's tasks active since the cutoff (or written since the cleanup began).
-_ACTIVE: Final = f"""SELECT FROM tasks t
-  WHERE t.{names.BUCKET} >= coalesce(%(lower)s::timestamptz, '-infinity')
-    AND t.{names.BUCKET} < %(upper)s
-    AND (t.updated_at >= %(cutoff)s OR {written_since_horizon("t")})"""
+def _active(lower: str, upper: str, *, horizon: bool = True) -> str:
+    """A query of the tasks of the period [``lower``, ``upper``) (SQL expressions; a NULL lower
+    is unbounded) active since the cutoff, or (``horizon``) written since the cleanup began."""
+    written = f" OR {written_since_horizon('t')}" if horizon else ""
+    return f"""SELECT FROM tasks t
+  WHERE t.{names.BUCKET} >= coalesce({lower}::timestamptz, '-infinity')
+    AND t.{names.BUCKET} < {upper}
+    AND (t.updated_at >= %(cutoff)s{written})"""
 
 #: The periods whose partitions retention may drop, oldest first: ended before the cutoff, and
 #: no task of theirs active since.
@@ -46,12 +49,12 @@ SELECT nullif(b.lower, '-infinity') AS lower, b.upper,
 FROM aiecs_partition_bounds() b
 WHERE b.upper <= %(cutoff)s
 GROUP BY b.lower, b.upper
-HAVING NOT EXISTS ({_ACTIVE.replace("%(lower)s", "b.lower").replace("%(upper)s", "b.upper")})
+HAVING NOT EXISTS ({_active("b.lower", "b.upper")})
 ORDER BY b.lower
 """
 
 #: After the detach: whether the period is still inactive.
-STILL_INACTIVE: Final = f"SELECT NOT EXISTS ({_ACTIVE}) AS inactive"
+STILL_INACTIVE: Final = f"SELECT NOT EXISTS ({_active('%(lower)s', '%(upper)s')}) AS inactive"
 
 #: No partition is created again for a retired period (``names.PARTITIONS_FUNCTION``).
 RETIRE: Final = (f"UPDATE {names.PARTITIONING_TABLE} SET retired_before = "
@@ -142,9 +145,8 @@ LIST: Final = f"""
 SELECT b.parent, b.partition, nullif(b.lower, '-infinity') AS lower,
        nullif(b.upper, 'infinity') AS upper,
        greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS bytes,
-       b.upper <= %(cutoff)s AND NOT EXISTS (
-         SELECT FROM tasks t WHERE t.{names.BUCKET} >= b.lower AND t.{names.BUCKET} < b.upper
-           AND t.updated_at >= %(cutoff)s) AS droppable
+       b.upper <= %(cutoff)s
+         AND NOT EXISTS ({_active("b.lower", "b.upper", horizon=False)}) AS droppable
 FROM aiecs_partition_bounds() b
 JOIN pg_class c ON c.relname = b.partition AND c.relnamespace = current_schema()::regnamespace
 ORDER BY b.lower, b.parent
