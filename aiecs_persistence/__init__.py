@@ -16,6 +16,7 @@ from .errors import (
     RetryExhaustedError,
     SchemaMismatchError,
     ValidationError,
+    WatchExpiredError,
 )
 from .records import Page, StepRecord, TaskRecord
 
@@ -36,6 +37,7 @@ __all__ = [
     "TaskStatus",
     "TaskStepResult",
     "ValidationError",
+    "WatchExpiredError",
 ]
 __version__ = "0.1.0"
 

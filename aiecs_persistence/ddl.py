@@ -179,6 +179,8 @@ BUCKET_ORIGIN: Final = "2000-01-01 00:00:00+00"
 #: The partition width a new schema gets, and the partitions kept ready past the current one.
 DEFAULT_WIDTH: Final = "1 day"
 DEFAULT_AHEAD: Final = 3
+#: How long the event log (what watchers resume from) is kept, unless set otherwise.
+DEFAULT_EVENTS_KEPT: Final = "7 days"
 
 _PARTITIONED: Final = ", ".join(f"'{t}'" for t in names.PARTITIONED_TABLES)
 
@@ -211,7 +213,8 @@ $$
 #: a time, the one of its bucket (a save's task begun while no partition was there). A range
 #: that an existing partition overlaps (the width changed) is clipped to fit. Returns how many
 #: partitions it created, or -1 for a bucket of a period retention dropped (``retired_before``:
-#: its tasks are being deleted). Serialized by an advisory lock; at most ``ahead`` buckets ahead.
+#: its tasks are being deleted) or whose partition retention has detached and is dropping.
+#: Serialized by an advisory lock; at most ``ahead`` buckets ahead.
 PARTITIONS_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.{names.PARTITIONS_FUNCTION}(p_at timestamptz DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER {PINNED_SEARCH_PATH} SET timezone = 'UTC'
@@ -248,6 +251,9 @@ BEGIN
       part := t || '_p' || to_char(lo, 'YYYYMMDD')
               || CASE WHEN lo = date_trunc('day', lo) AND w >= interval '1 day' THEN ''
                       ELSE to_char(lo, '"_"HH24MISS') END;
+      IF to_regclass(format('@S@.%I', part)) IS NOT NULL THEN
+        RETURN -1;  -- detached by retention, about to be dropped
+      END IF;
       EXECUTE format('CREATE TABLE @S@.%I PARTITION OF @S@.%I FOR VALUES FROM (%L) TO (%L)',
                      part, t, lo, hi);
       made := made + 1;

@@ -35,6 +35,7 @@ __all__ = [
     "RetryExhaustedError",
     "SchemaMismatchError",
     "ValidationError",
+    "WatchExpiredError",
     "mask_password",
     "shown",
 ]
@@ -92,6 +93,16 @@ class InvalidTransitionError(ValidationError):
         super().__init__(message, **kwargs)
         self.from_status = from_status
         self.to_status = to_status
+
+
+class WatchExpiredError(ValidationError):
+    """A watch resumed from a position the event log no longer covers: retention dropped
+    events it had not seen (``events_kept``). Reload what the watch follows
+    (``load_task_history``, ``list_tasks``) and watch again without a token."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("field", "after")
+        super().__init__(message, **kwargs)
 
 
 class QueryTimeoutError(PersistenceError, TimeoutError):

@@ -606,6 +606,10 @@ class DatabaseManager(ManagerBase):
         dropped = CleanupSummary()
         if self._dialect.drops_partitions:
             dropped = await self._drop_periods(job, on_batch)
+            events = await self._expire_events(job)
+            dropped = dropped._replace(
+                partitions_dropped=dropped.partitions_dropped + events.partitions_dropped,
+                bytes_freed=dropped.bytes_freed + events.bytes_freed)
         total = dropped.tasks
         while True:
             locked, deleted = await self._with_retries(job.pick, batch)
@@ -692,6 +696,63 @@ class DatabaseManager(ManagerBase):
             raise translate(exc, operation="cleanup_old_tasks") from None
         finally:
             await pool.putconn(conn)
+
+    async def _expire_events(self, job: retention.Cleanup) -> CleanupSummary:
+        """The event log's own, shorter retention (statements/partitions.py): each event
+        partition past ``events_kept`` whose tasks are all inactive since is dropped."""
+        (setting,) = await self._run(partitions.events_cutoff())
+        if setting.cutoff is None:
+            return CleanupSummary()
+        done = CleanupSummary()
+        for found in await self._run(partitions.expired_events(job.params, setting.cutoff)):
+            freed = await self._drop_events(
+                {**partitions.period(job.params, found), "cutoff": setting.cutoff}, found)
+            if freed is None:
+                break
+            if freed:
+                done = done._replace(partitions_dropped=done.partitions_dropped + 1,
+                                     bytes_freed=done.bytes_freed + freed)
+        return done
+
+    async def _drop_events(self, params: dict[str, Any], found: Row) -> int | None:
+        """One event partition: watchers below its events told to reload, the partition
+        detached, read again, and dropped; the bytes freed (0: an event was written or a task
+        came back to life meanwhile, and it is kept; None: this role may not detach)."""
+        (parent,), (partition,) = found.parents, found.partitions
+        pool = await self._ready()
+        conn = await pool.getconn()
+        try:
+            top = await self._events_top(conn, partition)
+            try:
+                await conn.execute(partitions.EXPIRE_EVENTS, {**params, "top": top})
+                await conn.execute(partitions.detach(parent, partition))
+            except Exception as exc:
+                if isinstance(translate(exc), PermissionDeniedError):
+                    return None
+                raise
+            cur = await conn.execute(partitions.STILL_INACTIVE, params)
+            still = await cur.fetchone()
+            if still is None or not still.inactive or (
+                    await self._events_top(conn, partition) > top):
+                await self._attach_again(conn, [(parent, partition)], found)
+                return 0
+            cur = await conn.execute(partitions.SIZE, {"table": partition})
+            size = await cur.fetchone()
+            await conn.execute(partitions.drop(partition))
+            log.info("cleanup: dropped the events of %s .. %s", found.lower, found.upper)
+            return int(size.bytes) if size else 0
+        except Exception as exc:
+            if classify(exc) is None:
+                raise
+            raise translate(exc, operation="cleanup_old_tasks") from None
+        finally:
+            await pool.putconn(conn)
+
+    @staticmethod
+    async def _events_top(conn: AsyncConnection[Row], partition: str) -> int:
+        cur = await conn.execute(partitions.events_top(partition))
+        row = await cur.fetchone()
+        return int(row.top) if row else 0
 
     @staticmethod
     async def _attach_again(conn: AsyncConnection[Row], detached: list[tuple[str, str]],

@@ -121,9 +121,17 @@ class Position:
 
     horizon: int = 0
     seen: dict[int, int] = field(default_factory=dict)
+    #: A watch of a user's tasks begun without a token starts with what the event log still
+    #: holds: the ``events_horizon`` of its first catch-up (``watch.py``, retention).
+    start: int = 0
+    #: Begun without a token, and not caught up yet.
+    fresh: bool = False
 
     def token(self) -> str:
-        raw = json.dumps([self.horizon, sorted(self.seen.items())], separators=(",", ":"))
+        state: list[Any] = [self.horizon, sorted(self.seen.items())]
+        if self.start:
+            state.append(self.start)
+        raw = json.dumps(state, separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
@@ -131,18 +139,33 @@ class Position:
         """The position in ``token`` (``None``: the beginning); ``ValidationError`` when it
         was not made by a watcher."""
         if token is None:
-            return cls()
+            return cls(fresh=True)
         bad = ValidationError("after: not a token yielded by a watcher", field="after")
         if not isinstance(token, str) or len(token) > 100_000:
             raise bad
         try:
-            horizon, seen = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-            position = cls(int(horizon), {int(tx): int(seq) for tx, seq in seen})
+            horizon, seen, *start = json.loads(
+                base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            position = cls(int(horizon), {int(tx): int(seq) for tx, seq in seen},
+                           int(start[0]) if start else 0)
         except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
             raise bad from None
-        if position.horizon < 0 or any(tx < position.horizon for tx in position.seen):
+        if (position.horizon < 0 or position.start < 0 or len(start) > 1
+                or any(tx < position.horizon for tx in position.seen)):
             raise bad
         return position
+
+    def expired(self, events_horizon: int, *, task_events_dropped: bool | None) -> bool:
+        """Whether retention may have dropped events this position has not seen: some event
+        below ``events_horizon`` is gone. For a task's watch (``task_events_dropped`` not
+        None), only when its own events may be among them; a user's watch begun without a
+        token takes the log as it finds it (``start``)."""
+        if task_events_dropped is None and self.fresh:
+            self.start = events_horizon
+        self.fresh = False
+        if task_events_dropped is not None and not task_events_dropped:
+            return False
+        return events_horizon > max(self.horizon, self.start)
 
     def params(self) -> dict[str, Any]:
         return {"horizon": self.horizon, "seen_tx": list(self.seen),

@@ -43,6 +43,7 @@ from . import names
 from .ddl import (
     DDL_STATEMENTS,
     DEFAULT_AHEAD,
+    DEFAULT_EVENTS_KEPT,
     DROP_STATEMENTS,
     SEED_ERROR_CODES,
     SEED_PARTITIONS,
@@ -281,13 +282,15 @@ class Partitioning(Base):
     """The partitions' settings (one row): their ``width`` (the bucket of a task), how many
     are kept ready ``ahead`` of the current one, and the periods retention dropped. Change
     the width with ``aiecs_set_partition_width(interval)``, which also changes the buckets'
-    default."""
+    default. The event log (what watchers resume from) is kept ``events_kept``, shorter than
+    the history (``ddl.EVENTS_RETENTION_FUNCTION``); NULL keeps it as long as the history."""
 
     __tablename__ = names.PARTITIONING_TABLE
     __table_args__ = (
         CheckConstraint("one_row", name="one_row"),
         CheckConstraint("width >= interval '1 second'", name="width"),
         CheckConstraint("ahead BETWEEN 0 AND 366", name="ahead"),
+        CheckConstraint("events_kept >= interval '1 second'", name="events_kept"),
     )
 
     one_row: Mapped[bool] = mapped_column(Boolean, primary_key=True,
@@ -296,6 +299,13 @@ class Partitioning(Base):
     ahead: Mapped[int] = mapped_column(Integer, server_default=text(str(DEFAULT_AHEAD)))
     #: Periods before this were dropped by retention: no partition is created for them again.
     retired_before: Mapped[dt.datetime | None] = mapped_column(_TZ)
+    events_kept: Mapped[dt.timedelta | None] = mapped_column(
+        INTERVAL, server_default=text(f"'{DEFAULT_EVENTS_KEPT}'::interval"))
+    #: The event partitions of periods before this were dropped (their history may remain).
+    events_dropped_before: Mapped[dt.datetime | None] = mapped_column(_TZ)
+    #: Every dropped event was written by a transaction below this id: a watcher whose
+    #: position is below it may have missed some (``watch.py``, expired tokens).
+    events_horizon: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 #: Rows that set aside upstream history could not be adopted (see migration 0002).

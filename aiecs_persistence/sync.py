@@ -544,6 +544,10 @@ class SyncDatabaseManager(ManagerBase):
         dropped = CleanupSummary()
         if self._dialect.drops_partitions:
             dropped = self._drop_periods(job, on_batch)
+            events = self._expire_events(job)
+            dropped = dropped._replace(
+                partitions_dropped=dropped.partitions_dropped + events.partitions_dropped,
+                bytes_freed=dropped.bytes_freed + events.bytes_freed)
         total = dropped.tasks
         while True:
             locked, deleted = self._with_retries(job.pick, batch)
@@ -630,6 +634,63 @@ class SyncDatabaseManager(ManagerBase):
             raise translate(exc, operation="cleanup_old_tasks") from None
         finally:
             pool.putconn(conn)
+
+    def _expire_events(self, job: retention.Cleanup) -> CleanupSummary:
+        """The event log's own, shorter retention (statements/partitions.py): each event
+        partition past ``events_kept`` whose tasks are all inactive since is dropped."""
+        (setting,) = self._run(partitions.events_cutoff())
+        if setting.cutoff is None:
+            return CleanupSummary()
+        done = CleanupSummary()
+        for found in self._run(partitions.expired_events(job.params, setting.cutoff)):
+            freed = self._drop_events(
+                {**partitions.period(job.params, found), "cutoff": setting.cutoff}, found)
+            if freed is None:
+                break
+            if freed:
+                done = done._replace(partitions_dropped=done.partitions_dropped + 1,
+                                     bytes_freed=done.bytes_freed + freed)
+        return done
+
+    def _drop_events(self, params: dict[str, Any], found: Row) -> int | None:
+        """One event partition: watchers below its events told to reload, the partition
+        detached, read again, and dropped; the bytes freed (0: an event was written or a task
+        came back to life meanwhile, and it is kept; None: this role may not detach)."""
+        (parent,), (partition,) = found.parents, found.partitions
+        pool = self._ready()
+        conn = pool.getconn()
+        try:
+            top = self._events_top(conn, partition)
+            try:
+                conn.execute(partitions.EXPIRE_EVENTS, {**params, "top": top})
+                conn.execute(partitions.detach(parent, partition))
+            except Exception as exc:
+                if isinstance(translate(exc), PermissionDeniedError):
+                    return None
+                raise
+            cur = conn.execute(partitions.STILL_INACTIVE, params)
+            still = cur.fetchone()
+            if still is None or not still.inactive or (
+                    self._events_top(conn, partition) > top):
+                self._attach_again(conn, [(parent, partition)], found)
+                return 0
+            cur = conn.execute(partitions.SIZE, {"table": partition})
+            size = cur.fetchone()
+            conn.execute(partitions.drop(partition))
+            log.info("cleanup: dropped the events of %s .. %s", found.lower, found.upper)
+            return int(size.bytes) if size else 0
+        except Exception as exc:
+            if classify(exc) is None:
+                raise
+            raise translate(exc, operation="cleanup_old_tasks") from None
+        finally:
+            pool.putconn(conn)
+
+    @staticmethod
+    def _events_top(conn: Connection[Row], partition: str) -> int:
+        cur = conn.execute(partitions.events_top(partition))
+        row = cur.fetchone()
+        return int(row.top) if row else 0
 
     @staticmethod
     def _attach_again(conn: Connection[Row], detached: list[tuple[str, str]],

@@ -60,6 +60,43 @@ STILL_INACTIVE: Final = f"SELECT NOT EXISTS ({_active('%(lower)s', '%(upper)s')}
 RETIRE: Final = (f"UPDATE {names.PARTITIONING_TABLE} SET retired_before = "
                  "greatest(retired_before, %(upper)s)")
 
+# -- the event log's own retention ---------------------------------------------------------
+# The events (what watchers resume from) go sooner than the history: a period's event partition
+# is dropped once it ended ``events_kept`` ago and its tasks have all been inactive since. First
+# ``events_horizon`` is raised past every transaction that wrote one of its events (a watcher
+# whose position is below it is told to reload, ``watch.py``); then the partition is detached
+# concurrently and read again: an event written since (its transaction at or above that bound),
+# or a task active again, keeps it (attached back), so no watcher can miss an event unwarned.
+
+#: The event log's cutoff (NULL: events are kept as long as the history).
+EVENTS_CUTOFF: Final = (f"SELECT now() - events_kept AS cutoff FROM {names.PARTITIONING_TABLE}")
+
+#: The event partitions past their retention whose tasks were all inactive since, oldest first.
+EXPIRED_EVENTS: Final = f"""
+SELECT nullif(b.lower, '-infinity') AS lower, b.upper,
+       ARRAY[b.parent] AS parents, ARRAY[b.partition] AS partitions
+FROM aiecs_partition_bounds() b
+WHERE b.parent = '{names.EVENTS_TABLE}' AND b.upper <= %(cutoff)s
+  AND NOT EXISTS ({_active("b.lower", "b.upper")})
+ORDER BY b.lower
+"""
+
+
+def events_top(partition: str) -> sql.Composed:
+    """Above every transaction that wrote an event of ``partition`` (``top``)."""
+    from psycopg import sql
+
+    return sql.SQL("SELECT coalesce(max(tx) + 1, 0) AS top FROM {}").format(
+        sql.Identifier(partition))
+
+
+#: Watchers below ``top`` are told to reload from now on, and those of a task from its first
+#: step where the task began before ``upper`` (its first events may be gone).
+EXPIRE_EVENTS: Final = (f"UPDATE {names.PARTITIONING_TABLE} SET "
+                        "events_horizon = greatest(events_horizon, %(top)s), "
+                        "events_dropped_before = greatest(events_dropped_before, %(upper)s)")
+
+
 #: A retired period's tasks, a batch at a time (their steps and events are gone already).
 DELETE_TASKS: Final = f"""
 WITH gone AS (
@@ -124,6 +161,15 @@ def drop(partition: str) -> sql.Composed:
     from psycopg import sql
 
     return sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition))
+
+
+def events_cutoff() -> Statement:
+    return Statement("cleanup_old_tasks (events)", EVENTS_CUTOFF)
+
+
+def expired_events(params: Mapping[str, Any], cutoff: Any) -> Statement:
+    """The event partitions past the event log's ``cutoff`` (``Cleanup.params``)."""
+    return Statement("cleanup_old_tasks (events)", EXPIRED_EVENTS, {**params, "cutoff": cutoff})
 
 
 def droppable(params: Mapping[str, Any]) -> Statement:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from .. import names
+from ..errors import WatchExpiredError
 from ..records import Position
 from .checks import check_id
 from .columns import RESULT_COLUMNS, listed
@@ -32,13 +33,26 @@ WATCH_HORIZON: Final = f"SELECT {names.HORIZON_FUNCTION}(%(user_id)s) AS horizon
 _GIVEN_HORIZON: Final = "SELECT %(node_horizon)s::bigint AS horizon"
 
 
-def _catch_up_task(horizon: str) -> str:
+#: What retention dropped of the event log (``statements/partitions.py``), read in the
+#: catch-up's snapshot: every dropped event's transaction is below ``events_horizon``, and a
+#: task begun before ``events_dropped_before`` may have lost its first events. On Citus the
+#: event log is kept as long as the history (its partitions are not dropped there).
+_DROPPED: Final = (f"(SELECT events_horizon FROM {names.PARTITIONING_TABLE}) AS events_horizon",
+                   f"(SELECT t.{names.BUCKET} < p.events_dropped_before"
+                   f" FROM tasks t, {names.PARTITIONING_TABLE} p"
+                   " WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s)"
+                   " AS task_events_dropped")
+_KEPT: Final = ("0::bigint AS events_horizon", "false AS task_events_dropped")
+
+
+def _catch_up_task(horizon: str, dropped: tuple[str, str]) -> str:
     """A task's step events above the position, under ``horizon`` (a query of one row)."""
     return f"""
 WITH snap AS ({horizon})
 SELECT snap.horizon,
        (SELECT t.status FROM tasks t
         WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s) AS task_status,
+       {", ".join(dropped)},
        {listed(_EVENT_COLUMNS, 'e.')}, e.at AS updated_at
 FROM snap LEFT JOIN LATERAL (
   SELECT * FROM {names.EVENTS_TABLE} e
@@ -51,12 +65,12 @@ ORDER BY e.seq
 """
 
 
-def _catch_up_user(horizon: str) -> str:
+def _catch_up_user(horizon: str, dropped: tuple[str, str]) -> str:
     """A user's task events above the position, under ``horizon``."""
     return f"""
 WITH snap AS ({horizon})
-SELECT snap.horizon, NULL AS task_status, e.tx, e.seq, e.task_id, e.status, e.error_code,
-       e.error_message, e.at AS updated_at
+SELECT snap.horizon, NULL AS task_status, {dropped[0]}, NULL AS task_events_dropped,
+       e.tx, e.seq, e.task_id, e.status, e.error_code, e.error_message, e.at AS updated_at
 FROM snap LEFT JOIN LATERAL (
   SELECT * FROM {names.EVENTS_TABLE} e
   WHERE e.user_id = %(user_id)s AND e.step IS NULL AND {_UNSEEN}
@@ -66,10 +80,10 @@ ORDER BY e.seq
 
 
 #: Catch-ups under their own snapshot's horizon, and (Citus) under a given one.
-WATCH_TASK: Final = _catch_up_task(_SNAPSHOT)
-WATCH_USER: Final = _catch_up_user(_SNAPSHOT)
-WATCH_TASK_GIVEN: Final = _catch_up_task(_GIVEN_HORIZON)
-WATCH_USER_GIVEN: Final = _catch_up_user(_GIVEN_HORIZON)
+WATCH_TASK: Final = _catch_up_task(_SNAPSHOT, _DROPPED)
+WATCH_USER: Final = _catch_up_user(_SNAPSHOT, _DROPPED)
+WATCH_TASK_GIVEN: Final = _catch_up_task(_GIVEN_HORIZON, _KEPT)
+WATCH_USER_GIVEN: Final = _catch_up_user(_GIVEN_HORIZON, _KEPT)
 
 #: How long a registration in ``aiecs_watched`` lasts unless its listener renews it (seconds).
 REGISTRATION_TTL: Final = 300
@@ -139,7 +153,17 @@ class Watch:
     def _take(self, rows: Sequence[Row], entry: Callable[[Row], dict[str, Any]]
               ) -> Iterator[dict[str, Any]]:
         """A catch-up's rows (horizon, the task's status, tx, seq and the event's fields) as
-        entries; when all are taken, the position moves to the snapshot's horizon."""
+        entries; when all are taken, the position moves to the snapshot's horizon. Raises
+        ``WatchExpiredError`` when retention dropped events the position had not seen."""
+        if rows and self.position.expired(
+                int(rows[0].events_horizon),
+                task_events_dropped=None if self.task_id is None
+                else bool(rows[0].task_events_dropped)):
+            raise WatchExpiredError(
+                "after: the event log no longer holds events this watch had not seen (they "
+                "were older than aiecs_partitioning.events_kept and retention dropped them); "
+                "reload with load_task_history or list_tasks, then watch again without a "
+                "token")
         for row in rows:
             task_status = row.task_status
             self.finished = task_status is not None and status(task_status).is_terminal

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from aiecs_persistence import SyncDatabaseManager
+from aiecs_persistence import SyncDatabaseManager, WatchExpiredError
 from aiecs_persistence.domain import TaskStatus, TaskStepResult
 
 from ..conftest import conninfo
@@ -231,3 +231,57 @@ def test_the_operators_commands(short, db_url):
     summary = json.loads(done.stdout)
     assert summary["tasks"] == 20 and summary["partitions_dropped"] >= 2
     assert summary["bytes_freed"] > 0
+
+
+def test_the_event_log_goes_sooner_and_an_expired_token_is_refused(short, db_url):
+    conn = short("2 seconds", ahead=1)
+    conn.execute("UPDATE aiecs_partitioning SET events_kept = '2 seconds'")
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history("u", "old", 0, step("plan", TaskStatus.RUNNING))
+        db.save_task_history("u", "old", 1, step("call"))
+        db.finish_task("u", "old", TaskStatus.COMPLETED)
+        task_tokens = [e["token"] for e in db.watch_task_history("u", "old")]
+        user_watch = db.watch_user_tasks("u", poll_interval=0.1)
+        user_token = next(user_watch)["token"]
+        user_watch.close()
+        old_events = partition_of(conn, "old").replace("task_history", "task_events", 1)
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)  # the old period ended 2 s ago, its task inactive since
+        db.save_task_history("u", "new", 0, step("plan", TaskStatus.RUNNING))
+        db.finish_task("u", "new", TaskStatus.COMPLETED)
+        new_token = [e["token"] for e in db.watch_task_history("u", "new")][-1]
+
+        assert db.cleanup_old_tasks(1) == 0  # the history is kept a day ...
+        assert db.last_cleanup.partitions_dropped >= 1  # ... its events two seconds
+        assert db.last_cleanup.bytes_freed > 0
+        assert old_events not in partitions(conn, "task_events")
+        assert [e["step"] for e in db.load_task_history("u", "old")] == [0, 1]
+
+        # A position from before the drop, and the old task's watch from its start, are told to
+        # reload; so is a user's watch resumed from before it. Nothing is silently skipped.
+        for watch in (lambda: db.watch_task_history("u", "old", after=task_tokens[0]),
+                      lambda: db.watch_task_history("u", "old"),
+                      lambda: db.watch_user_tasks("u", after=user_token, poll_interval=0.1)):
+            with pytest.raises(WatchExpiredError) as caught:
+                next(iter(watch()))
+            assert caught.value.field == "after" and caught.value.code.value == "E001"
+            assert "reload" in caught.value.message
+        # Positions past the dropped events go on: the new task's, a user's watch begun now.
+        assert list(db.watch_task_history("u", "new", after=new_token)) == []
+        fresh = db.watch_user_tasks("u", poll_interval=0.1)
+        first = next(fresh)
+        fresh.close()
+        assert first["task_id"] == "new"
+        again = db.watch_user_tasks("u", after=first["token"], poll_interval=0.1)
+        db.save_task_history("u", "third", 0, step("plan"))
+        followed = [next(again)["task_id"] for _ in range(2)]
+        again.close()
+        assert followed == ["new", "third"]  # the rest of the new task's, then the next
+
+        # The old task saved again: its period gets a new, empty event partition, and a watch
+        # from a token taken after that follows it.
+        db.save_task_history("u", "old", 2, step("report"))
+        assert [e["step"] for e in db.load_task_history("u", "old")] == [0, 1, 2]
+        events = conn.execute(
+            "SELECT count(*) FROM task_events WHERE task_id = 'old'").fetchone()
+        assert events == (1,)

@@ -1,0 +1,144 @@
+"""The event log gets its own, shorter retention: ``aiecs_partitioning`` gains ``events_kept``
+(seven days; NULL keeps the events as long as the history), ``events_dropped_before`` and
+``events_horizon`` (what retention dropped of it: a watcher resuming from below that horizon is
+told to reload), and ``aiecs_create_partitions`` answers -1 for a bucket whose partition
+retention has detached and is about to drop, instead of failing on the name.
+
+A frozen snapshot (see 0001).
+
+Revision ID: 0011_events_retention
+Revises: 0010_partitioned_history
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0011_events_retention"
+down_revision: str | Sequence[str] | None = "0010_partitioned_history"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+COLUMNS = (
+    "ADD COLUMN events_kept INTERVAL DEFAULT '7 days'::interval",
+    "ADD COLUMN events_dropped_before TIMESTAMP WITH TIME ZONE",
+    "ADD COLUMN events_horizon BIGINT DEFAULT 0 NOT NULL",
+    "ADD CONSTRAINT ck_aiecs_partitioning_events_kept CHECK (events_kept >= interval '1 second')",
+)
+
+NEW_CREATE = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_create_partitions(p_at timestamptz DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC'
+AS $$
+DECLARE
+  w interval;
+  n integer;
+  retired timestamptz;
+  first timestamptz;
+  lo timestamptz;
+  hi timestamptz;
+  t text;
+  part text;
+  made integer := 0;
+BEGIN
+  SELECT width, ahead, retired_before INTO STRICT w, n, retired
+  FROM @S@.aiecs_partitioning;
+  IF p_at < retired THEN
+    RETURN -1;
+  END IF;
+  IF p_at > now() + w * (n + 1) THEN
+    RAISE EXCEPTION 'no partition is created more than % buckets ahead', n
+      USING ERRCODE = '22023';
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext('@S@.aiecs_create_partitions'));
+  first := date_bin(w, coalesce(p_at, now()), '2000-01-01 00:00:00+00');
+  FOR i IN 0 .. CASE WHEN p_at IS NULL THEN n ELSE 0 END LOOP
+    lo := first + w * i;
+    FOREACH t IN ARRAY ARRAY['task_history', 'task_events'] LOOP
+      CONTINUE WHEN EXISTS (SELECT FROM @S@.aiecs_partition_bounds() b
+                            WHERE b.parent = t AND b.lower <= lo AND b.upper > lo);
+      SELECT least(lo + w, min(b.lower)) INTO hi FROM @S@.aiecs_partition_bounds() b
+      WHERE b.parent = t AND b.lower > lo;
+      part := t || '_p' || to_char(lo, 'YYYYMMDD')
+              || CASE WHEN lo = date_trunc('day', lo) AND w >= interval '1 day' THEN ''
+                      ELSE to_char(lo, '"_"HH24MISS') END;
+      IF to_regclass(format('@S@.%I', part)) IS NOT NULL THEN
+        RETURN -1;  -- detached by retention, about to be dropped
+      END IF;
+      EXECUTE format('CREATE TABLE @S@.%I PARTITION OF @S@.%I FOR VALUES FROM (%L) TO (%L)',
+                     part, t, lo, hi);
+      made := made + 1;
+    END LOOP;
+  END LOOP;
+  RETURN made;
+END
+$$
+"""
+
+OLD_CREATE = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_create_partitions(p_at timestamptz DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC'
+AS $$
+DECLARE
+  w interval;
+  n integer;
+  retired timestamptz;
+  first timestamptz;
+  lo timestamptz;
+  hi timestamptz;
+  t text;
+  part text;
+  made integer := 0;
+BEGIN
+  SELECT width, ahead, retired_before INTO STRICT w, n, retired
+  FROM @S@.aiecs_partitioning;
+  IF p_at < retired THEN
+    RETURN -1;
+  END IF;
+  IF p_at > now() + w * (n + 1) THEN
+    RAISE EXCEPTION 'no partition is created more than % buckets ahead', n
+      USING ERRCODE = '22023';
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext('@S@.aiecs_create_partitions'));
+  first := date_bin(w, coalesce(p_at, now()), '2000-01-01 00:00:00+00');
+  FOR i IN 0 .. CASE WHEN p_at IS NULL THEN n ELSE 0 END LOOP
+    lo := first + w * i;
+    FOREACH t IN ARRAY ARRAY['task_history', 'task_events'] LOOP
+      CONTINUE WHEN EXISTS (SELECT FROM @S@.aiecs_partition_bounds() b
+                            WHERE b.parent = t AND b.lower <= lo AND b.upper > lo);
+      SELECT least(lo + w, min(b.lower)) INTO hi FROM @S@.aiecs_partition_bounds() b
+      WHERE b.parent = t AND b.lower > lo;
+      part := t || '_p' || to_char(lo, 'YYYYMMDD')
+              || CASE WHEN lo = date_trunc('day', lo) AND w >= interval '1 day' THEN ''
+                      ELSE to_char(lo, '"_"HH24MISS') END;
+      EXECUTE format('CREATE TABLE @S@.%I PARTITION OF @S@.%I FOR VALUES FROM (%L) TO (%L)',
+                     part, t, lo, hi);
+      made := made + 1;
+    END LOOP;
+  END LOOP;
+  RETURN made;
+END
+$$
+"""
+
+
+def _in_current_schema(ddl: str) -> str:
+    return (
+        "DO $aiecs$ BEGIN EXECUTE replace($ddl$" + ddl
+        + "$ddl$, '@S@', quote_ident(current_schema())); END $aiecs$"
+    )
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE aiecs_partitioning " + ", ".join(COLUMNS))
+    op.execute(_in_current_schema(NEW_CREATE))
+
+
+def downgrade() -> None:
+    op.execute(_in_current_schema(OLD_CREATE))
+    op.execute("ALTER TABLE aiecs_partitioning DROP CONSTRAINT ck_aiecs_partitioning_events_kept, "
+               "DROP COLUMN events_horizon, DROP COLUMN events_dropped_before, "
+               "DROP COLUMN events_kept")
