@@ -264,6 +264,24 @@ END
 $$
 """
 
+#: Where a window of steps created since ``p_since`` begins among the partitions: the oldest
+#: bucket of a task active since (``tasks.updated_at``, indexed). Every write of a step is
+#: activity of its task: a save touches the task unless it did within the last second
+#: (``statements/saves.py``, ``_FRESH``), and a step written by hand touches it through the
+#: event trigger. So no step created since ``p_since`` lies in an older partition, and a
+#: report of the last day skips last month's partitions whatever its tasks' ages. STABLE, so
+#: that PostgreSQL prunes with it as the statement starts; runs as the owner, so that the
+#: reader role (views only) gets the bound without reading ``tasks``.
+WINDOW_START_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.{names.WINDOW_START_FUNCTION}(p_since timestamptz)
+RETURNS timestamptz LANGUAGE sql STABLE SECURITY DEFINER {PINNED_SEARCH_PATH} AS $$
+  SELECT CASE WHEN p_since IS NULL THEN '-infinity'::timestamptz
+              ELSE coalesce((SELECT min(t.{names.BUCKET}) FROM @S@.tasks t
+                             WHERE t.updated_at >= p_since - interval '1 second'),
+                            'infinity') END
+$$
+"""
+
 #: Change the partition width: the buckets of tasks created from now on, and the partitions
 #: created for them (existing partitions keep their ranges).
 WIDTH_FUNCTION: Final = f"""
@@ -314,6 +332,10 @@ BEGIN
   VALUES (NEW.user_id, NEW.task_id, NEW.step, NEW.step_name, NEW.result, NEW.completed,
           NEW.message, NEW.status, NEW.error_code, NEW.error_message, NEW.updated_at,
           NEW.bucket);
+  -- A step written by hand is activity of its task, as a save's is (WINDOW_START_FUNCTION).
+  UPDATE @S@.tasks SET updated_at = greatest(NEW.created_at, NEW.updated_at)
+  WHERE user_id = NEW.user_id AND task_id = NEW.task_id
+    AND updated_at < greatest(NEW.created_at, NEW.updated_at);
   IF EXISTS (SELECT FROM @S@.{names.WATCHED_TABLE} w
              WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now()) THEN
     PERFORM pg_notify('{names.CHANNEL}', NEW.user_id || {names.SEPARATOR_SQL} || NEW.task_id);
@@ -492,7 +514,7 @@ CREATE VIEW step_details AS
 SELECT h.user_id, h.task_id, h.step, h.step_name, h.status, h.completed, h.message,
        h.error_code, e.name AS error_name, e.category AS error_category,
        e.description AS error_description, h.error_message, h.result,
-       h.created_at, h.updated_at
+       h.created_at, h.updated_at, h.bucket
 FROM task_history h
 LEFT JOIN error_codes e ON e.code = h.error_code
 """
@@ -546,6 +568,7 @@ DDL_STATEMENTS: Final = (
     in_current_schema(BOUNDS_FUNCTION),
     in_current_schema(PARTITIONS_FUNCTION),
     in_current_schema(WIDTH_FUNCTION),
+    in_current_schema(WINDOW_START_FUNCTION),
     in_current_schema(KEYS_IMMUTABLE_FUNCTION),
     *KEYS_IMMUTABLE_TRIGGERS,
     STEP_DETAILS_VIEW,
@@ -574,6 +597,7 @@ DROP_STATEMENTS: Final = (
     "jsonb[], boolean[], text[], task_status[], error_code[], text[], text)",
     f"DROP FUNCTION IF EXISTS {names.HORIZON_FUNCTION}(text)",
     "DROP FUNCTION IF EXISTS aiecs_set_partition_width(interval)",
+    f"DROP FUNCTION IF EXISTS {names.WINDOW_START_FUNCTION}(timestamptz)",
     f"DROP FUNCTION IF EXISTS {names.PARTITIONS_FUNCTION}(timestamptz)",
     "DROP FUNCTION IF EXISTS aiecs_partition_bounds()",
     "DROP FUNCTION IF EXISTS aiecs_tasks_changed() CASCADE",

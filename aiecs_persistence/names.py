@@ -40,6 +40,8 @@ PARTITIONING_TABLE: Final = "aiecs_partitioning"
 #: Creates the partitions due (``ddl.PARTITIONS_FUNCTION``): those from now on, or the one of a
 #: given bucket.
 PARTITIONS_FUNCTION: Final = "aiecs_create_partitions"
+#: The oldest partition a window of steps since a time can reach (``ddl.WINDOW_START_FUNCTION``).
+WINDOW_START_FUNCTION: Final = "aiecs_window_start"
 #: The tables partitioned by ``BUCKET``.
 PARTITIONED_TABLES: Final = ("task_history", "task_events")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .. import names
 from .checks import check_limit, check_time
 from .statement import Statement
 
@@ -30,12 +31,19 @@ from .statement import Statement
 #: hash_mem_multiplier, in this one statement's transaction only.
 REPORT_SETTINGS: Final = {"jit": "off", "work_mem": "32MB"}
 
-_REPORT_WINDOW: Final = """FROM step_details
+_WINDOW: Final = """FROM step_details
   WHERE created_at >= COALESCE(%(since)s::timestamptz, '-infinity')
     AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')"""
 
+#: The window on a plain server, where the history is partitioned by the time its task began:
+#: only the partitions from the oldest task active since ``since`` on (``ddl``,
+#: ``WINDOW_START_FUNCTION``), pruned as the statement starts.
+_PRUNED_WINDOW: Final = (_WINDOW + f"""
+    AND {names.BUCKET} >= {names.WINDOW_START_FUNCTION}(%(since)s::timestamptz)""")
 
-def _report(counts: str, totals: str, names: str, days: str) -> str:
+
+def _report(counts: str, totals: str, names: str, days: str, window: str = _PRUNED_WINDOW
+            ) -> str:
     """The report over the window's step counts (``counts``: CTEs; ``totals``, ``names``,
     ``days``: where the whole window's, each step name's and each day's rows are), with the
     failures by code and category and the distinct tasks read apart."""
@@ -44,7 +52,7 @@ WITH {counts},
 failed AS (
   SELECT error_code, error_name, error_category, sum(n) AS failures, count(*) AS tasks
   FROM (SELECT error_code, error_name, error_category, count(*) AS n
-        {_REPORT_WINDOW} AND error_code IS NOT NULL
+        {window} AND error_code IS NOT NULL
         GROUP BY error_code, error_name, error_category, user_id, task_id) f
   GROUP BY error_code, error_name, error_category
 )
@@ -52,7 +60,7 @@ SELECT
   (SELECT jsonb_build_object(
             'steps', COALESCE(sum(c.steps), 0),
             'tasks', (SELECT count(*) FROM (SELECT DISTINCT user_id, task_id
-                                            {_REPORT_WINDOW}) d),
+                                            {window}) d),
             'failures', COALESCE(sum(c.failures), 0))
    FROM {totals}) AS totals,
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.error_code), '[]') FROM failed x)
@@ -76,7 +84,7 @@ REPORT: Final = _report(
          count(*) FILTER (WHERE s.status = 'completed') AS completed
   FROM (SELECT step_name, error_code, status,
                ((created_at AT TIME ZONE 'UTC')::date)::text AS day
-        {_REPORT_WINDOW}) s
+        {_PRUNED_WINDOW}) s
   GROUP BY GROUPING SETS ((s.step_name), (s.day), ())
 )""",
     totals="counts c WHERE c.grouped = 3",
@@ -92,19 +100,20 @@ REPORT_CLUSTER: Final = _report(
     f"""by_name AS (
   SELECT step_name, count(*) AS steps,
          count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
-  {_REPORT_WINDOW}
+  {_WINDOW}
   GROUP BY step_name
 ),
 by_day AS (
   SELECT ((created_at AT TIME ZONE 'UTC')::date)::text AS day, count(*) AS steps,
          count(*) FILTER (WHERE status = 'completed') AS completed,
          count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
-  {_REPORT_WINDOW}
+  {_WINDOW}
   GROUP BY 1
 )""",
     totals="by_day c",
     names="by_name",
     days="by_day",
+    window=_WINDOW,
 )
 
 

@@ -38,9 +38,9 @@ _GIVEN_HORIZON: Final = "SELECT %(node_horizon)s::bigint AS horizon"
 #: task begun before ``events_dropped_before`` may have lost its first events. On Citus the
 #: event log is kept as long as the history (its partitions are not dropped there).
 _DROPPED: Final = (f"(SELECT events_horizon FROM {names.PARTITIONING_TABLE}) AS events_horizon",
-                   f"(SELECT t.{names.BUCKET} < p.events_dropped_before"
+                   f"coalesce((SELECT t.{names.BUCKET} < p.events_dropped_before"
                    f" FROM tasks t, {names.PARTITIONING_TABLE} p"
-                   " WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s)"
+                   " WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s), false)"
                    " AS task_events_dropped")
 _KEPT: Final = ("0::bigint AS events_horizon", "false AS task_events_dropped")
 

@@ -4,6 +4,10 @@
 told to reload), and ``aiecs_create_partitions`` answers -1 for a bucket whose partition
 retention has detached and is about to drop, instead of failing on the name.
 
+A report's window reads only the partitions its steps can be in: ``step_details`` shows
+``bucket``, ``aiecs_window_start(since)`` gives the oldest bucket of a task active since, and a
+step written by hand touches its task (``aiecs_task_history_changed``), as a save does.
+
 A frozen snapshot (see 0001).
 
 Revision ID: 0011_events_retention
@@ -125,6 +129,83 @@ $$
 """
 
 
+WINDOW_START = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_window_start(p_since timestamptz)
+RETURNS timestamptz LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+  SELECT CASE WHEN p_since IS NULL THEN '-infinity'::timestamptz
+              ELSE coalesce((SELECT min(t.bucket) FROM @S@.tasks t
+                             WHERE t.updated_at >= p_since - interval '1 second'),
+                            'infinity') END
+$$
+"""
+
+NEW_STEP_EVENTS = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_task_history_changed() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF current_setting('aiecs.bulk_events', true) = 'on' THEN
+    RETURN NULL;
+  END IF;
+  INSERT INTO @S@.task_events (user_id, task_id, step, step_name, result, completed,
+                               message, status, error_code, error_message, at, bucket)
+  VALUES (NEW.user_id, NEW.task_id, NEW.step, NEW.step_name, NEW.result, NEW.completed,
+          NEW.message, NEW.status, NEW.error_code, NEW.error_message, NEW.updated_at,
+          NEW.bucket);
+  -- A step written by hand is activity of its task, as a save's is (WINDOW_START_FUNCTION).
+  UPDATE @S@.tasks SET updated_at = greatest(NEW.created_at, NEW.updated_at)
+  WHERE user_id = NEW.user_id AND task_id = NEW.task_id
+    AND updated_at < greatest(NEW.created_at, NEW.updated_at);
+  IF EXISTS (SELECT FROM @S@.aiecs_watched w
+             WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now()) THEN
+    PERFORM pg_notify('aiecs_events', NEW.user_id || chr(31) || NEW.task_id);
+  END IF;
+  RETURN NULL;
+END
+$$
+"""
+
+OLD_STEP_EVENTS = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_task_history_changed() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF current_setting('aiecs.bulk_events', true) = 'on' THEN
+    RETURN NULL;
+  END IF;
+  INSERT INTO @S@.task_events (user_id, task_id, step, step_name, result, completed,
+                               message, status, error_code, error_message, at, bucket)
+  VALUES (NEW.user_id, NEW.task_id, NEW.step, NEW.step_name, NEW.result, NEW.completed,
+          NEW.message, NEW.status, NEW.error_code, NEW.error_message, NEW.updated_at,
+          NEW.bucket);
+  IF EXISTS (SELECT FROM @S@.aiecs_watched w
+             WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now()) THEN
+    PERFORM pg_notify('aiecs_events', NEW.user_id || chr(31) || NEW.task_id);
+  END IF;
+  RETURN NULL;
+END
+$$
+"""
+
+NEW_STEP_DETAILS = """
+CREATE OR REPLACE VIEW step_details AS
+SELECT h.user_id, h.task_id, h.step, h.step_name, h.status, h.completed, h.message,
+       h.error_code, e.name AS error_name, e.category AS error_category,
+       e.description AS error_description, h.error_message, h.result,
+       h.created_at, h.updated_at, h.bucket
+FROM task_history h
+LEFT JOIN error_codes e ON e.code = h.error_code
+"""
+
+OLD_STEP_DETAILS = """
+CREATE VIEW step_details AS
+SELECT h.user_id, h.task_id, h.step, h.step_name, h.status, h.completed, h.message,
+       h.error_code, e.name AS error_name, e.category AS error_category,
+       e.description AS error_description, h.error_message, h.result,
+       h.created_at, h.updated_at
+FROM task_history h
+LEFT JOIN error_codes e ON e.code = h.error_code
+"""
+
+
 def _in_current_schema(ddl: str) -> str:
     return (
         "DO $aiecs$ BEGIN EXECUTE replace($ddl$" + ddl
@@ -135,10 +216,17 @@ def _in_current_schema(ddl: str) -> str:
 def upgrade() -> None:
     op.execute("ALTER TABLE aiecs_partitioning " + ", ".join(COLUMNS))
     op.execute(_in_current_schema(NEW_CREATE))
+    op.execute(_in_current_schema(WINDOW_START))
+    op.execute(_in_current_schema(NEW_STEP_EVENTS))
+    op.execute(NEW_STEP_DETAILS)
 
 
 def downgrade() -> None:
     op.execute(_in_current_schema(OLD_CREATE))
+    op.execute("DROP FUNCTION aiecs_window_start(timestamptz)")
+    op.execute(_in_current_schema(OLD_STEP_EVENTS))
+    op.execute("DROP VIEW step_details")
+    op.execute(OLD_STEP_DETAILS)
     op.execute("ALTER TABLE aiecs_partitioning DROP CONSTRAINT ck_aiecs_partitioning_events_kept, "
                "DROP COLUMN events_horizon, DROP COLUMN events_dropped_before, "
                "DROP COLUMN events_kept")

@@ -9,6 +9,7 @@ passes them while a test runs."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -199,6 +200,7 @@ def test_the_operators_commands(short, db_url):
     runner = CliRunner(env={"COLUMNS": "200"})
     url = db_url.render_as_string(hide_password=False)
     conn = short("2 seconds", ahead=1)
+    wait_for_next_period(conn)  # a whole period ahead: the tasks' period is still open below
     with SyncDatabaseManager(url=db_url) as db:
         db.save_task_history_many([("u", f"t{i}", 0, step("plan")) for i in range(20)])
     listed = runner.invoke(app, ["partitions", "--json", "--older-than", "0d", "--url", url])
@@ -285,3 +287,62 @@ def test_the_event_log_goes_sooner_and_an_expired_token_is_refused(short, db_url
         events = conn.execute(
             "SELECT count(*) FROM task_events WHERE task_id = 'old'").fetchone()
         assert events == (1,)
+
+
+def partitions_read(conn: psycopg.Connection, statement: Any) -> set[str]:
+    """The history partitions ``statement`` read: those its plan ran (EXPLAIN ANALYZE; a
+    partition pruned as the statement started is not in the plan, one pruned while it ran
+    shows as never executed)."""
+    plan = [r[0] for r in conn.execute(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + statement.sql,
+        statement.params).fetchall()]
+    return {word for line in plan if "never executed" not in line
+            for word in line.split() if re.fullmatch(r"task_history_p\d{8}(_\d{6})?", word)}
+
+
+def test_reads_touch_only_the_partitions_they_need(short, db_url):
+    from aiecs_persistence.statements import reads
+    from aiecs_persistence.statements import report as reporting
+
+    conn = short("2 seconds", ahead=1)
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history("u", "raw", 0, step("plan", TaskStatus.RUNNING))
+        first = partition_of(conn, "raw")
+        wait_for_next_period(conn)
+        for task in ("idle", "long"):
+            db.save_task_history("u", task, 0, step("plan", TaskStatus.RUNNING))
+        db.finish_task("u", "idle", TaskStatus.CANCELLED)
+        second = partition_of(conn, "idle")
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)
+        (since,) = conn.execute("SELECT now()").fetchone()
+        # Steps written now into tasks of earlier periods: by a save, and by hand in psql (the
+        # oldest: it is what reaches back to the first period).
+        db.save_task_history("u", "long", 1, step("call", TaskStatus.RUNNING))
+        conn.execute(
+            "INSERT INTO task_history (user_id, task_id, step, step_name, status, bucket) "
+            "SELECT user_id, task_id, 1, 'by hand', 'running', bucket FROM tasks "
+            "WHERE task_id = 'raw'")
+        db.save_task_history("u", "new", 0, step("plan"))
+        current = partition_of(conn, "new")
+
+        # A task's load reads its own partition only.
+        assert partitions_read(conn, reads.load_history("u", "idle")) == {second}
+        assert partitions_read(conn, reads.load_history("u", "new")) == {current}
+
+        # A report since the tasks of the earlier periods came back reads from the first on, and
+        # counts exactly what a scan of every partition counts.
+        report = db.report(since=since)
+        (scanned,) = conn.execute(
+            "SELECT count(*) FROM task_history WHERE created_at >= %s", [since]).fetchone()
+        assert report["totals"]["steps"] == scanned == 3
+        assert {first, second, current} <= partitions_read(conn, reporting.report(since))
+
+        # Once they are quiet, a report of the latest period reads its partition alone.
+        db.finish_task("u", "long", TaskStatus.COMPLETED)
+        db.finish_task("u", "raw", TaskStatus.COMPLETED)
+        wait_for_next_period(conn)
+        (since,) = conn.execute("SELECT now()").fetchone()
+        db.save_task_history("u", "latest", 0, step("plan"))
+        assert db.report(since=since)["totals"]["steps"] == 1
+        assert partitions_read(conn, reporting.report(since)) == {partition_of(conn, "latest")}
