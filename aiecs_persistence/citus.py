@@ -27,7 +27,8 @@ DISTRIBUTED: Final = ("tasks", "task_history", "task_events", "aiecs_watched")
 #: Small tables every node reads: one copy on each.
 REFERENCE: Final = ("error_codes",)
 #: The coordinator's own (the migration bookkeeping, the import's rejects).
-LOCAL: Final = ("aiecs_alembic_version", "legacy_task_history_rejects", "aiecs_partitioning")
+LOCAL: Final = ("aiecs_alembic_version", "legacy_task_history_rejects", "aiecs_partitioning",
+                 "aiecs_period_summaries")
 #: Functions run where their user lives: signature → the argument that names the user.
 FUNCTIONS: Final = {
     "aiecs_save_steps(text, text[], integer[], text[], jsonb[], boolean[], text[], "

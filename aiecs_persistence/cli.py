@@ -595,13 +595,23 @@ def partitions(
 def maintain(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Create the partitions due: the current period's and those kept ready ahead. The
     managers do it as they connect, and a save creates the one it lacks; run this from cron
-    (daily) so that none has to."""
+    (daily) so that none has to. Then summarize the closed periods due a summary, which the
+    reports add up instead of reading their partitions."""
     from .statements import partitions as statements
+    from .statements import summaries
 
+    summarized = 0
     with connect(resolve_url(url=url)) as conn:
         row = conn.execute(statements.CREATE_DUE).fetchone()
+        for (partition,) in conn.execute(summaries.DUE).fetchall():
+            for _ in range(2):  # the trigger first, then the figures
+                step = conn.execute(summaries.SUMMARIZE, {"partition": partition}).fetchone()
+                if step and step[0]:
+                    summarized += 1
+                    break
     created = int(row[0]) if row else 0
-    _emit({"created": created}, as_json, f"created {created} partition(s)")
+    _emit({"created": created, "summarized": summarized}, as_json,
+          f"created {created} partition(s), summarized {summarized} period(s)")
 
 
 def _quiet(ctx: typer.Context, as_json: bool = False) -> bool:

@@ -282,6 +282,94 @@ RETURNS timestamptz LANGUAGE sql STABLE SECURITY DEFINER {PINNED_SEARCH_PATH} AS
 $$
 """
 
+# -- summaries of closed periods ---------------------------------------------------------------
+# A report over a long period adds up the figures of each closed period instead of reading its
+# partition (``statements/report.py``). A summary is made in two transactions: the first puts
+# a row trigger on the partition that counts every write from then on (only closed partitions
+# have it: a save to an open period pays nothing), the second computes the figures and records
+# the count its own snapshot saw. A summary is used only while the two counts agree, so a write
+# to an old task after it was made, or a deletion by retention, sends the report back to the
+# partition until the next summary. Whatever the order of a write and the second transaction,
+# either the write is in the figures or the count moved past them.
+
+#: Counts a write to a summarized partition (its trigger).
+WRITTEN_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.aiecs_period_written() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER {PINNED_SEARCH_PATH} AS $$
+BEGIN
+  UPDATE @S@.{names.SUMMARIES_TABLE} SET writes = writes + 1 WHERE partition = TG_TABLE_NAME;
+  RETURN NULL;
+END
+$$
+"""
+
+#: The figures a report adds up, of one partition (``%I``): as ``statements/report.py``
+#: reads them of the partitions it scans.
+_PERIOD_FIGURES: Final = f"""
+WITH h AS MATERIALIZED (
+  SELECT h.user_id, h.task_id, h.step_name, h.status, h.error_code::text AS error_code,
+         e.name AS error_name, e.category AS error_category, h.created_at,
+         ((h.created_at AT TIME ZONE 'UTC')::date)::text AS day
+  FROM @S@.%I h LEFT JOIN @S@.error_codes e ON e.code = h.error_code
+)
+SELECT (SELECT min(created_at) FROM h), (SELECT max(created_at) FROM h), jsonb_build_object(
+  'steps', (SELECT count(*) FROM h),
+  'tasks', (SELECT count(*) FROM (SELECT DISTINCT user_id, task_id FROM h) d),
+  'failures', (SELECT count(*) FROM h WHERE error_code IS NOT NULL),
+  'by_code', (SELECT COALESCE(jsonb_agg(x), '[]') FROM (
+    SELECT error_code, error_name, error_category, sum(n) AS failures, count(*) AS tasks
+    FROM (SELECT error_code, error_name, error_category, count(*) AS n FROM h
+          WHERE error_code IS NOT NULL
+          GROUP BY error_code, error_name, error_category, user_id, task_id) f
+    GROUP BY error_code, error_name, error_category) x),
+  'by_name', (SELECT COALESCE(jsonb_agg(x), '[]') FROM (
+    SELECT step_name, count(*) AS steps, count(*) FILTER (WHERE error_code IS NOT NULL)
+      AS failures
+    FROM h GROUP BY step_name) x),
+  'per_day', (SELECT COALESCE(jsonb_agg(x), '[]') FROM (
+    SELECT day, count(*) AS steps, count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+    FROM h GROUP BY day) x)),
+  (SELECT s.writes FROM @S@.{names.SUMMARIES_TABLE} s WHERE s.partition = %L)
+"""
+
+#: Summarize one closed partition of the history: the first call puts the counting trigger on
+#: it and returns false (call again, in a new transaction), the next computes its figures.
+#: Runs as the owner (the trigger needs it), so any role of ours may call it.
+SUMMARIZE_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.{names.SUMMARIZE_FUNCTION}(p_partition text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER {PINNED_SEARCH_PATH} AS $$
+DECLARE
+  v_first timestamptz;
+  v_last timestamptz;
+  v_figures jsonb;
+  v_seen bigint;
+BEGIN
+  IF NOT EXISTS (SELECT FROM @S@.aiecs_partition_bounds() b
+                 WHERE b.parent = 'task_history' AND b.partition = p_partition) THEN
+    RAISE EXCEPTION 'no partition % of task_history', p_partition USING ERRCODE = '22023';
+  END IF;
+  DELETE FROM @S@.{names.SUMMARIES_TABLE} s
+  WHERE NOT EXISTS (SELECT FROM @S@.aiecs_partition_bounds() b
+                    WHERE b.parent = 'task_history' AND b.partition = s.partition);
+  IF NOT EXISTS (SELECT FROM @S@.{names.SUMMARIES_TABLE} WHERE partition = p_partition) THEN
+    INSERT INTO @S@.{names.SUMMARIES_TABLE} (partition) VALUES (p_partition);
+    EXECUTE format('CREATE OR REPLACE TRIGGER tr_period_written '
+                   'AFTER INSERT OR UPDATE OR DELETE ON @S@.%I '
+                   'FOR EACH ROW EXECUTE FUNCTION @S@.aiecs_period_written()', p_partition);
+    RETURN false;
+  END IF;
+  EXECUTE format($f${_PERIOD_FIGURES}$f$, p_partition, p_partition)
+    INTO v_first, v_last, v_figures, v_seen;
+  UPDATE @S@.{names.SUMMARIES_TABLE} s
+  SET first_created = v_first, last_created = v_last, figures = v_figures,
+      writes_seen = v_seen, made_at = now()
+  WHERE s.partition = p_partition;
+  RETURN true;
+END
+$$
+"""
+
 #: Change the partition width: the buckets of tasks created from now on, and the partitions
 #: created for them (existing partitions keep their ranges).
 WIDTH_FUNCTION: Final = f"""
@@ -569,6 +657,8 @@ DDL_STATEMENTS: Final = (
     in_current_schema(PARTITIONS_FUNCTION),
     in_current_schema(WIDTH_FUNCTION),
     in_current_schema(WINDOW_START_FUNCTION),
+    in_current_schema(WRITTEN_FUNCTION),
+    in_current_schema(SUMMARIZE_FUNCTION),
     in_current_schema(KEYS_IMMUTABLE_FUNCTION),
     *KEYS_IMMUTABLE_TRIGGERS,
     STEP_DETAILS_VIEW,
@@ -598,6 +688,8 @@ DROP_STATEMENTS: Final = (
     f"DROP FUNCTION IF EXISTS {names.HORIZON_FUNCTION}(text)",
     "DROP FUNCTION IF EXISTS aiecs_set_partition_width(interval)",
     f"DROP FUNCTION IF EXISTS {names.WINDOW_START_FUNCTION}(timestamptz)",
+    f"DROP FUNCTION IF EXISTS {names.SUMMARIZE_FUNCTION}(text)",
+    "DROP FUNCTION IF EXISTS aiecs_period_written() CASCADE",
     f"DROP FUNCTION IF EXISTS {names.PARTITIONS_FUNCTION}(timestamptz)",
     "DROP FUNCTION IF EXISTS aiecs_partition_bounds()",
     "DROP FUNCTION IF EXISTS aiecs_tasks_changed() CASCADE",

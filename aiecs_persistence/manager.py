@@ -50,7 +50,7 @@ from .sqlstates import (
     missing_partition,
     translate,
 )
-from .statements import bulk, checks, partitions, reads, saves, tasks
+from .statements import bulk, checks, partitions, reads, saves, summaries, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
 from .statements.rows import (
@@ -618,6 +618,8 @@ class DatabaseManager(ManagerBase):
                 on_batch(deleted)
             if locked < self.settings.cleanup_batch_size:
                 self.last_cleanup = dropped._replace(tasks=total)
+                if self._dialect.drops_partitions:
+                    await self._summarize_periods()
                 return total
 
     async def _drop_periods(
@@ -696,6 +698,17 @@ class DatabaseManager(ManagerBase):
             raise translate(exc, operation="cleanup_old_tasks") from None
         finally:
             await pool.putconn(conn)
+
+    async def _summarize_periods(self) -> None:
+        """The summaries of the closed periods due one (statements/summaries.py), for the
+        reports. A failure is logged, not raised: a report reads what has no summary."""
+        try:
+            for found in await self._run(summaries.due()):
+                for _ in range(2):  # the trigger first, then the figures
+                    if (await self._run(summaries.summarize(found.partition)))[0].done:
+                        break
+        except PersistenceError as exc:
+            log.warning("cleanup: periods could not be summarized now: %s", exc.message)
 
     async def _expire_events(self, job: retention.Cleanup) -> CleanupSummary:
         """The event log's own, shorter retention (statements/partitions.py): each event

@@ -42,6 +42,10 @@ PARTITIONING_TABLE: Final = "aiecs_partitioning"
 PARTITIONS_FUNCTION: Final = "aiecs_create_partitions"
 #: The oldest partition a window of steps since a time can reach (``ddl.WINDOW_START_FUNCTION``).
 WINDOW_START_FUNCTION: Final = "aiecs_window_start"
+#: The figures of each closed period, that reports add up instead of reading its partition
+#: (``ddl.SUMMARIZE_FUNCTION``), and the function that makes them.
+SUMMARIES_TABLE: Final = "aiecs_period_summaries"
+SUMMARIZE_FUNCTION: Final = "aiecs_summarize_period"
 #: The tables partitioned by ``BUCKET``.
 PARTITIONED_TABLES: Final = ("task_history", "task_events")
 

@@ -29,7 +29,7 @@ from psycopg import errors
 from .ddl import VIEW_NAMES
 from .errors import ValidationError
 from .migrate import VERSION_TABLE
-from .names import PARTITIONED_TABLES, PARTITIONING_TABLE
+from .names import PARTITIONED_TABLES, PARTITIONING_TABLE, SUMMARIES_TABLE
 from .schema import metadata
 
 __all__ = ["Roles", "grant_statements"]
@@ -38,7 +38,7 @@ _ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Tables the runtime writes (task_events through the triggers; aiecs_watched: watchers).
 WRITTEN_TABLES: Final = ("tasks", "task_history", "task_events", "aiecs_watched")
 #: Tables the runtime only reads.
-READ_TABLES: Final = ("error_codes", VERSION_TABLE, PARTITIONING_TABLE)
+READ_TABLES: Final = ("error_codes", VERSION_TABLE, PARTITIONING_TABLE, SUMMARIES_TABLE)
 LEGACY_TABLES: Final = ("legacy_task_history", "legacy_task_history_rejects")
 ENUM_TYPES: Final = ("task_status", "error_code")
 
@@ -158,6 +158,8 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         )
     if VERSION_TABLE in relations:  # the schema check every connection makes reads it
         out.append(f"GRANT SELECT ON {sch}.{_q(VERSION_TABLE)} TO {reader}")
+    if SUMMARIES_TABLE in relations:  # the report adds up the periods' summaries
+        out.append(f"GRANT SELECT ON {sch}.{_q(SUMMARIES_TABLE)} TO {reader}")
     return out
 
 

@@ -308,6 +308,23 @@ class Partitioning(Base):
     events_horizon: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
+class PeriodSummary(Base):
+    """The figures of one closed period's history partition (``ddl.SUMMARIZE_FUNCTION``):
+    what a report adds up instead of reading the partition, while ``writes_seen`` (the writes
+    counted when they were made) still equals ``writes`` (counted by the partition's trigger
+    ever since)."""
+
+    __tablename__ = names.SUMMARIES_TABLE
+
+    partition: Mapped[str] = mapped_column(Text, primary_key=True)
+    writes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    writes_seen: Mapped[int] = mapped_column(BigInteger, server_default=text("-1"))
+    first_created: Mapped[dt.datetime | None] = mapped_column(_TZ)
+    last_created: Mapped[dt.datetime | None] = mapped_column(_TZ)
+    figures: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    made_at: Mapped[dt.datetime | None] = mapped_column(_TZ)
+
+
 #: Rows that set aside upstream history could not be adopted (see migration 0002).
 legacy_rejects: Final = Table(
     "legacy_task_history_rejects",

@@ -39,7 +39,7 @@ from .sqlstates import (
     missing_partition,
     translate,
 )
-from .statements import bulk, checks, partitions, reads, saves, tasks
+from .statements import bulk, checks, partitions, reads, saves, summaries, tasks
 from .statements import cleanup as retention
 from .statements import report as reporting
 from .statements.rows import (
@@ -556,6 +556,8 @@ class SyncDatabaseManager(ManagerBase):
                 on_batch(deleted)
             if locked < self.settings.cleanup_batch_size:
                 self.last_cleanup = dropped._replace(tasks=total)
+                if self._dialect.drops_partitions:
+                    self._summarize_periods()
                 return total
 
     def _drop_periods(
@@ -634,6 +636,17 @@ class SyncDatabaseManager(ManagerBase):
             raise translate(exc, operation="cleanup_old_tasks") from None
         finally:
             pool.putconn(conn)
+
+    def _summarize_periods(self) -> None:
+        """The summaries of the closed periods due one (statements/summaries.py), for the
+        reports. A failure is logged, not raised: a report reads what has no summary."""
+        try:
+            for found in self._run(summaries.due()):
+                for _ in range(2):  # the trigger first, then the figures
+                    if (self._run(summaries.summarize(found.partition)))[0].done:
+                        break
+        except PersistenceError as exc:
+            log.warning("cleanup: periods could not be summarized now: %s", exc.message)
 
     def _expire_events(self, job: retention.Cleanup) -> CleanupSummary:
         """The event log's own, shorter retention (statements/partitions.py): each event

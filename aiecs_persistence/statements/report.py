@@ -37,31 +37,80 @@ _WINDOW: Final = """FROM step_details
 
 #: The window on a plain server, where the history is partitioned by the time its task began:
 #: only the partitions from the oldest task active since ``since`` on (``ddl``,
-#: ``WINDOW_START_FUNCTION``), pruned as the statement starts.
+#: ``WINDOW_START_FUNCTION``), pruned as the statement starts, and from the first one the
+#: summaries do not answer for (``_SUMMARIES``), pruned as it runs.
 _PRUNED_WINDOW: Final = (_WINDOW + f"""
-    AND {names.BUCKET} >= {names.WINDOW_START_FUNCTION}(%(since)s::timestamptz)""")
+    AND {names.BUCKET} >= {names.WINDOW_START_FUNCTION}(%(since)s::timestamptz)
+    AND {names.BUCKET} >= (SELECT scan_from FROM plan)""")
+
+#: Which partitions of the history the report reads, and which it takes from their summaries
+#: (``ddl.SUMMARIZE_FUNCTION``): a partition no step of the window can be in (before the
+#: window's start, or a summary whose steps were all created outside the window) is skipped;
+#: one whose summary is current (no write since it was made) and whose steps all lie inside
+#: the window is used whole; the rest are read, from the oldest of them on (``scan_from``).
+#: Each task lives in one partition, so the figures of distinct partitions add up, distinct
+#: tasks included.
+_SUMMARIES: Final = f"""kinds AS (
+  SELECT b.lower, s.figures,
+         CASE WHEN b.upper <= {names.WINDOW_START_FUNCTION}(%(since)s::timestamptz) THEN 'skip'
+              WHEN s.figures IS NULL THEN 'scan'
+              WHEN s.first_created IS NULL
+                OR s.last_created < COALESCE(%(since)s::timestamptz, '-infinity')
+                OR s.first_created >= COALESCE(%(until)s::timestamptz, 'infinity') THEN 'skip'
+              WHEN s.first_created >= COALESCE(%(since)s::timestamptz, '-infinity')
+               AND s.last_created < COALESCE(%(until)s::timestamptz, 'infinity') THEN 'use'
+              ELSE 'scan' END AS how
+  FROM aiecs_partition_bounds() b
+  LEFT JOIN {names.SUMMARIES_TABLE} s ON s.partition = b.partition AND s.writes_seen = s.writes
+  WHERE b.parent = 'task_history'
+),
+plan AS (
+  SELECT COALESCE((SELECT min(lower) FROM kinds WHERE how = 'scan'), 'infinity') AS scan_from
+),
+used AS (
+  SELECT k.figures AS f FROM kinds k, plan WHERE k.how = 'use' AND k.lower < plan.scan_from
+)"""
 
 
-def _report(counts: str, totals: str, names: str, days: str, window: str = _PRUNED_WINDOW
-            ) -> str:
+def _used(path: str, fields: str) -> str:
+    """The summaries' rows at ``path`` (an array of their figures) as ``fields``."""
+    return f" UNION ALL SELECT {fields} FROM used, jsonb_array_elements(used.f->'{path}') j"
+
+
+def _report(counts: str, totals: str, names: str, days: str, window: str = _PRUNED_WINDOW,
+            summaries: bool = True) -> str:
     """The report over the window's step counts (``counts``: CTEs; ``totals``, ``names``,
     ``days``: where the whole window's, each step name's and each day's rows are), with the
-    failures by code and category and the distinct tasks read apart."""
+    failures by code and category and the distinct tasks read apart; with ``summaries``, the
+    figures of the partitions read and those of the summaries used, added up."""
+    def used(path: str, fields: str) -> str:
+        return _used(path, fields) if summaries else ""
+
+    def used_total(key: str) -> str:
+        return (f" + (SELECT COALESCE(sum((f->>'{key}')::bigint), 0) FROM used)"
+                if summaries else "")
+
     return f"""
-WITH {counts},
+WITH {_SUMMARIES + "," if summaries else ""}
+{counts},
 failed AS (
-  SELECT error_code, error_name, error_category, sum(n) AS failures, count(*) AS tasks
-  FROM (SELECT error_code, error_name, error_category, count(*) AS n
-        {window} AND error_code IS NOT NULL
-        GROUP BY error_code, error_name, error_category, user_id, task_id) f
+  SELECT error_code, error_name, error_category, sum(failures) AS failures, sum(tasks) AS tasks
+  FROM (SELECT error_code::text AS error_code, error_name, error_category,
+               sum(n) AS failures, count(*) AS tasks
+        FROM (SELECT error_code, error_name, error_category, count(*) AS n
+              {window} AND error_code IS NOT NULL
+              GROUP BY error_code, error_name, error_category, user_id, task_id) f
+        GROUP BY error_code, error_name, error_category{used("by_code",
+            "j->>'error_code', j->>'error_name', j->>'error_category', "
+            "(j->>'failures')::bigint, (j->>'tasks')::bigint")}) f
   GROUP BY error_code, error_name, error_category
 )
 SELECT
   (SELECT jsonb_build_object(
-            'steps', COALESCE(sum(c.steps), 0),
+            'steps', COALESCE(sum(c.steps), 0){used_total("steps")},
             'tasks', (SELECT count(*) FROM (SELECT DISTINCT user_id, task_id
-                                            {window}) d),
-            'failures', COALESCE(sum(c.failures), 0))
+                                            {window}) d){used_total("tasks")},
+            'failures', COALESCE(sum(c.failures), 0){used_total("failures")})
    FROM {totals}) AS totals,
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.failures DESC, x.error_code), '[]') FROM failed x)
     AS by_code,
@@ -69,10 +118,17 @@ SELECT
    FROM (SELECT error_category AS category, sum(failures) AS failures
          FROM failed GROUP BY error_category) x) AS by_category,
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.steps DESC, x.step_name), '[]')
-   FROM (SELECT step_name, steps, failures FROM {names}
-         ORDER BY steps DESC, step_name LIMIT %(top)s) x) AS busiest_steps,
+   FROM (SELECT step_name, sum(steps) AS steps, sum(failures) AS failures
+         FROM (SELECT step_name, steps, failures FROM {names}{used("by_name",
+            "j->>'step_name', (j->>'steps')::bigint, (j->>'failures')::bigint")}) n
+         GROUP BY step_name ORDER BY steps DESC, step_name LIMIT %(top)s) x) AS busiest_steps,
   (SELECT COALESCE(jsonb_agg(x ORDER BY x.day), '[]')
-   FROM (SELECT day, steps, completed, failures FROM {days}) x) AS per_day
+   FROM (SELECT day, sum(steps) AS steps, sum(completed) AS completed,
+                sum(failures) AS failures
+         FROM (SELECT day, steps, completed, failures FROM {days}{used("per_day",
+            "j->>'day', (j->>'steps')::bigint, (j->>'completed')::bigint, "
+            "(j->>'failures')::bigint")}) d
+         GROUP BY day) x) AS per_day
 """
 
 
@@ -114,6 +170,7 @@ by_day AS (
     names="by_name",
     days="by_day",
     window=_WINDOW,
+    summaries=False,
 )
 
 

@@ -4,7 +4,10 @@
 told to reload), and ``aiecs_create_partitions`` answers -1 for a bucket whose partition
 retention has detached and is about to drop, instead of failing on the name.
 
-A report's window reads only the partitions its steps can be in: ``step_details`` shows
+Reports add up summaries of closed periods: ``aiecs_period_summaries`` holds each summarized
+partition's figures, made by ``aiecs_summarize_period`` (which first puts on the partition a
+trigger, ``aiecs_period_written``, that counts its writes, so a summary is used only while
+nothing was written since). A report's window reads only the partitions its steps can be in: ``step_details`` shows
 ``bucket``, ``aiecs_window_start(since)`` gives the oldest bucket of a task active since, and a
 step written by hand touches its task (``aiecs_task_history_changed``), as a save does.
 
@@ -206,6 +209,88 @@ LEFT JOIN error_codes e ON e.code = h.error_code
 """
 
 
+SUMMARIES = """CREATE TABLE aiecs_period_summaries (
+	partition TEXT NOT NULL,
+	writes BIGINT DEFAULT 0 NOT NULL,
+	writes_seen BIGINT DEFAULT -1 NOT NULL,
+	first_created TIMESTAMP WITH TIME ZONE,
+	last_created TIMESTAMP WITH TIME ZONE,
+	figures JSONB,
+	made_at TIMESTAMP WITH TIME ZONE,
+	CONSTRAINT pk_aiecs_period_summaries PRIMARY KEY (partition)
+)"""
+
+WRITTEN = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_period_written() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  UPDATE @S@.aiecs_period_summaries SET writes = writes + 1 WHERE partition = TG_TABLE_NAME;
+  RETURN NULL;
+END
+$$
+"""
+
+SUMMARIZE = """
+CREATE OR REPLACE FUNCTION @S@.aiecs_summarize_period(p_partition text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+  v_first timestamptz;
+  v_last timestamptz;
+  v_figures jsonb;
+  v_seen bigint;
+BEGIN
+  IF NOT EXISTS (SELECT FROM @S@.aiecs_partition_bounds() b
+                 WHERE b.parent = 'task_history' AND b.partition = p_partition) THEN
+    RAISE EXCEPTION 'no partition % of task_history', p_partition USING ERRCODE = '22023';
+  END IF;
+  DELETE FROM @S@.aiecs_period_summaries s
+  WHERE NOT EXISTS (SELECT FROM @S@.aiecs_partition_bounds() b
+                    WHERE b.parent = 'task_history' AND b.partition = s.partition);
+  IF NOT EXISTS (SELECT FROM @S@.aiecs_period_summaries WHERE partition = p_partition) THEN
+    INSERT INTO @S@.aiecs_period_summaries (partition) VALUES (p_partition);
+    EXECUTE format('CREATE OR REPLACE TRIGGER tr_period_written '
+                   'AFTER INSERT OR UPDATE OR DELETE ON @S@.%I '
+                   'FOR EACH ROW EXECUTE FUNCTION @S@.aiecs_period_written()', p_partition);
+    RETURN false;
+  END IF;
+  EXECUTE format($f$
+WITH h AS MATERIALIZED (
+  SELECT h.user_id, h.task_id, h.step_name, h.status, h.error_code::text AS error_code,
+         e.name AS error_name, e.category AS error_category, h.created_at,
+         ((h.created_at AT TIME ZONE 'UTC')::date)::text AS day
+  FROM @S@.%I h LEFT JOIN @S@.error_codes e ON e.code = h.error_code
+)
+SELECT (SELECT min(created_at) FROM h), (SELECT max(created_at) FROM h), jsonb_build_object(
+  'steps', (SELECT count(*) FROM h),
+  'tasks', (SELECT count(*) FROM (SELECT DISTINCT user_id, task_id FROM h) d),
+  'failures', (SELECT count(*) FROM h WHERE error_code IS NOT NULL),
+  'by_code', (SELECT COALESCE(jsonb_agg(x), '[]') FROM (
+    SELECT error_code, error_name, error_category, sum(n) AS failures, count(*) AS tasks
+    FROM (SELECT error_code, error_name, error_category, count(*) AS n FROM h
+          WHERE error_code IS NOT NULL
+          GROUP BY error_code, error_name, error_category, user_id, task_id) f
+    GROUP BY error_code, error_name, error_category) x),
+  'by_name', (SELECT COALESCE(jsonb_agg(x), '[]') FROM (
+    SELECT step_name, count(*) AS steps, count(*) FILTER (WHERE error_code IS NOT NULL)
+      AS failures
+    FROM h GROUP BY step_name) x),
+  'per_day', (SELECT COALESCE(jsonb_agg(x), '[]') FROM (
+    SELECT day, count(*) AS steps, count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE error_code IS NOT NULL) AS failures
+    FROM h GROUP BY day) x)),
+  (SELECT s.writes FROM @S@.aiecs_period_summaries s WHERE s.partition = %L)
+$f$, p_partition, p_partition)
+    INTO v_first, v_last, v_figures, v_seen;
+  UPDATE @S@.aiecs_period_summaries s
+  SET first_created = v_first, last_created = v_last, figures = v_figures,
+      writes_seen = v_seen, made_at = now()
+  WHERE s.partition = p_partition;
+  RETURN true;
+END
+$$
+"""
+
+
 def _in_current_schema(ddl: str) -> str:
     return (
         "DO $aiecs$ BEGIN EXECUTE replace($ddl$" + ddl
@@ -219,9 +304,15 @@ def upgrade() -> None:
     op.execute(_in_current_schema(WINDOW_START))
     op.execute(_in_current_schema(NEW_STEP_EVENTS))
     op.execute(NEW_STEP_DETAILS)
+    op.execute(SUMMARIES)
+    op.execute(_in_current_schema(WRITTEN))
+    op.execute(_in_current_schema(SUMMARIZE))
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION aiecs_summarize_period(text)")
+    op.execute("DROP FUNCTION aiecs_period_written() CASCADE")  # and the partitions' triggers
+    op.execute("DROP TABLE aiecs_period_summaries")
     op.execute(_in_current_schema(OLD_CREATE))
     op.execute("DROP FUNCTION aiecs_window_start(timestamptz)")
     op.execute(_in_current_schema(OLD_STEP_EVENTS))

@@ -346,3 +346,63 @@ def test_reads_touch_only_the_partitions_they_need(short, db_url):
         db.save_task_history("u", "latest", 0, step("plan"))
         assert db.report(since=since)["totals"]["steps"] == 1
         assert partitions_read(conn, reporting.report(since)) == {partition_of(conn, "latest")}
+
+
+def failed(name: str, code: str = "E003") -> TaskStepResult:
+    return TaskStepResult(step=name, result=None, completed=False, message="",
+                          status=TaskStatus.FAILED.value, error_code=code,
+                          error_message=f"{name} failed")
+
+
+def test_a_report_adds_up_summaries_of_closed_periods_exactly(short, db_url):
+    from psycopg.rows import namedtuple_row
+
+    from aiecs_persistence.statements import report as reporting
+    from aiecs_persistence.statements.rows import report_data
+
+    def scanned(**window: Any) -> dict[str, Any]:
+        """The report as a scan of every partition computes it (the form with no summaries)."""
+        statement = reporting.report(**window, form=reporting.REPORT_CLUSTER)
+        with conn.cursor(row_factory=namedtuple_row) as cur:
+            return report_data(cur.execute(statement.sql, statement.params).fetchall())
+
+    conn = short("2 seconds", ahead=1)
+    with SyncDatabaseManager(url=db_url) as db:
+        for i in range(6):  # the first period: steps, failures of two codes, two step names
+            db.save_task_history("u", f"a{i}", 0, step("plan", TaskStatus.RUNNING))
+            db.save_task_history("u", f"a{i}", 1, failed("call", "E003" if i % 2 else "E005")
+                                 if i % 3 else step("call"))
+        first = partition_of(conn, "a0")
+        wait_for_next_period(conn)
+        for i in range(4):  # the second
+            db.save_task_history("v", f"b{i}", 0, failed("plan", "E003"))
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)  # both ended, their tasks quiet for a period since
+        (since,) = conn.execute("SELECT now()").fetchone()
+        db.save_task_history("u", "c", 0, step("plan"))  # the open period
+        current = partition_of(conn, "c")
+
+        before = db.report()
+        assert before == scanned() and before["totals"]["steps"] == 17
+        db.cleanup_old_tasks(1)  # deletes nothing (a day), summarizes the closed periods
+        made = conn.execute("SELECT partition FROM aiecs_period_summaries "
+                            "WHERE writes_seen = writes AND figures IS NOT NULL").fetchall()
+        assert {first, partition_of(conn, "b0")} <= {r[0] for r in made}
+
+        # The whole history: the closed periods from their summaries, the open one read.
+        assert db.report() == scanned() == before
+        assert db.report(top=1) == scanned(top=1)
+        assert partitions_read(conn, reporting.report()) == {current}
+        # A window that cuts no summarized period in two is answered the same way; one that
+        # holds none of their steps skips them.
+        assert db.report(since=since) == scanned(since=since)
+        assert partitions_read(conn, reporting.report(since)) == {current}
+
+        # A step written to a task of a summarized period: its partition is read again, and
+        # the figures stay exact, until the next summary.
+        db.save_task_history("u", "a0", 2, failed("retry", "E005"))
+        assert db.report() == scanned() != before
+        assert first in partitions_read(conn, reporting.report())
+        assert conn.execute("SELECT count(*) FROM aiecs_period_summaries "
+                            "WHERE partition = %s AND writes_seen = writes",
+                            [first]).fetchone() == (0,)

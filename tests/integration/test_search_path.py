@@ -52,7 +52,7 @@ def test_functions_pin_their_search_path(psql):
                            "WHERE proname LIKE 'aiecs%' "
                            "AND pronamespace = current_schema()::regnamespace ORDER BY 1"
                            ).fetchall()
-    assert len(configs) == 13  # 8, aiecs_keys_immutable, and the four of the partitions
+    assert len(configs) == 15  # 8, aiecs_keys_immutable, and six of partitions and summaries
     for name, config in configs:
         # (Those reading partition bounds also pin how timestamps are written.)
         assert config[0] == "search_path=pg_catalog, pg_temp", name
