@@ -269,9 +269,8 @@ $$
 #: activity of its task: a save touches the task unless it did within the last second
 #: (``statements/saves.py``, ``_FRESH``), and a step written by hand touches it through the
 #: event trigger. So no step created since ``p_since`` lies in an older partition, and a
-#: report of the last day skips last month's partitions whatever its tasks' ages. STABLE, so
-#: that PostgreSQL prunes with it as the statement starts; runs as the owner, so that the
-#: reader role (views only) gets the bound without reading ``tasks``.
+#: report of the last day skips last month's partitions whatever its tasks' ages. Runs as the
+#: owner, so that the reader role (views only) gets the bound without reading ``tasks``.
 WINDOW_START_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.{names.WINDOW_START_FUNCTION}(p_since timestamptz)
 RETURNS timestamptz LANGUAGE sql STABLE SECURITY DEFINER {PINNED_SEARCH_PATH} AS $$

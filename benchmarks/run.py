@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import upstream
 from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 from rich.table import Table
@@ -632,6 +634,49 @@ class Bench:
             "one call of aiecs_save_steps, run whole on the worker that owns the user; "
             "10 steps per task"))
 
+    def grown(self, admin: str) -> None:
+        """The same measures at two sizes of history (1M and 10M steps, times the scale, in daily
+        partitions): what must not grow with it, and ours against upstream's table."""
+        sizes = (self.n(1_000_000, 30_000), self.n(10_000_000, 300_000))
+        measured: list[Scaled] = []
+        for steps in sizes:
+            name = f"aiecs_scale_{steps}"
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{name}"')
+            url = self.url.set(database=name)
+            try:
+                migrate.upgrade(url)
+                measured.append(scale_history(url, steps))
+            finally:
+                with psycopg.connect(admin, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        small, big = measured
+        for m in measured:
+            per_ours, per_theirs = m.ours_bytes / m.steps, m.upstream_bytes / m.steps
+            self.report(Result(
+                f"scale: bytes per step at {m.steps:,} steps", f"{per_ours:.0f} B",
+                f"{per_theirs:.0f} B upstream's table", per_ours / per_theirs, "≤ 1.1×",
+                per_ours / per_theirs <= 1.1,
+                "steps, tasks and their indexes; the event log holds none of this history "
+                "(it was written past the log's retention)"))
+            self.report(latency_result(
+                f"scale: load_task_history, {m.steps:,} steps", m.load_ours, m.load_upstream,
+                1.0, "baseline: upstream's load query on its table, same rows"))
+        for label, at_big, at_small in (
+                ("whole-history report()", big.report_all, small.report_all),
+                ("report() of the last day", big.report_day, small.report_day)):
+            ratio = statistics.median(at_big) / statistics.median(at_small)
+            self.report(Result(
+                f"scale: {label}, {big.steps:,} against {small.steps:,} steps",
+                fmt_ms(at_big), fmt_ms(at_small), ratio, "≤ 2×", ratio <= 2.0,
+                "closed periods from their summaries; ratio = time at the larger size over "
+                "the smaller"))
+        ratio = statistics.median(big.load_ours) / statistics.median(small.load_ours)
+        self.report(Result(
+            f"scale: load_task_history, {big.steps:,} against {small.steps:,} steps",
+            fmt_ms(big.load_ours), fmt_ms(small.load_ours), ratio, "≤ 1.15×", ratio <= 1.15))
+
     def retention(self, tasks: int) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             before = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
@@ -662,6 +707,108 @@ class Bench:
             f"{deleted_tasks:,} tasks in {len(batches)} batches of ≤ 1,000; "
             f"longest batch (its locks' lifetime) {longest * 1000:.0f} ms",
         ))
+
+
+# -- history that grows: the same measures at two sizes ----------------------------------------
+
+#: The history of the scale case: this many daily periods, ten steps a task.
+SCALE_DAYS = 30
+SCALE_STEPS_PER_TASK = 10
+UPSTREAM_LOAD = ("SELECT step, result, timestamp, status FROM aiecs_upstream.task_history "
+                 "WHERE user_id = %s AND task_id = %s ORDER BY step")
+
+
+@dataclass
+class Scaled:
+    """What the scale case measured at one size."""
+
+    steps: int
+    ours_bytes: int
+    upstream_bytes: int
+    report_all: list[float]
+    report_day: list[float]
+    load_ours: list[float]
+    load_upstream: list[float]
+
+
+def scale_history(url: Any, steps: int) -> Scaled:
+    """A database of ``steps`` steps over ``SCALE_DAYS`` daily periods (COPY, each task in the
+    partition of its day, events off as after their retention), and upstream's table holding
+    the same rows; its closed periods summarized as ``aiecs-db maintain`` does."""
+    from aiecs_persistence.statements import summaries
+
+    conninfo = libpq_conninfo(url)
+    tasks_a_day = max(1, steps // SCALE_STEPS_PER_TASK // SCALE_DAYS)
+    rng = random.Random(11)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT set_config('aiecs.bulk_events', 'on', false)")
+        conn.execute(f"SET search_path = {upstream.SCHEMA}")
+        for ddl in upstream.DDL:
+            conn.execute(ddl)
+        conn.execute("RESET search_path")
+        for day in range(SCALE_DAYS, -1, -1):
+            conn.execute("SELECT aiecs_create_partitions(now() - make_interval(days => %s))",
+                         [day])
+        for day in range(SCALE_DAYS, 0, -1):
+            bucket = one(conn.execute(
+                "SELECT date_bin('1 day', now() - make_interval(days => %s), "
+                "'2000-01-01 00:00:00+00')", [day]).fetchone())
+            at = bucket + dt.timedelta(hours=1)
+            users = [f"user-{u}" for u in range(50)]
+            keys = [(users[t % 50], f"d{day}-t{t}") for t in range(tasks_a_day)]
+            with conn.cursor().copy(
+                    "COPY tasks (user_id, task_id, status, created_at, updated_at, started_at, "
+                    "bucket) FROM STDIN") as copy:
+                for user, task in keys:
+                    copy.write_row((user, task, "running", at, at, at, bucket))
+            rows = [(user, task, s, step_result(rng, s)) for user, task in keys
+                    for s in range(SCALE_STEPS_PER_TASK)]
+            with conn.cursor().copy(
+                    "COPY task_history (user_id, task_id, step, step_name, result, completed, "
+                    "message, status, error_code, error_message, created_at, updated_at, "
+                    "bucket) FROM STDIN") as copy:
+                for user, task, s, r in rows:
+                    copy.write_row((*raw_row(user, task, s, r), at, at, bucket))
+            with conn.cursor().copy(
+                    "COPY aiecs_upstream.task_history (user_id, task_id, step, result, "
+                    "timestamp, status) FROM STDIN") as copy:
+                for user, task, s, r in rows:
+                    copy.write_row((user, task, s, json.dumps(r.dict()), at.replace(tzinfo=None),
+                                    r.status))
+        conn.execute("VACUUM ANALYZE")
+        for (partition,) in conn.execute(summaries.DUE).fetchall():
+            while not one(conn.execute(summaries.SUMMARIZE, {"partition": partition}
+                                       ).fetchone()):
+                pass
+        ours = one(conn.execute(
+            "SELECT sum(pg_total_relation_size(partition::regclass)) "
+            "+ pg_total_relation_size('tasks') FROM aiecs_partition_bounds() "
+            "WHERE parent = 'task_history'").fetchone())
+        theirs = one(conn.execute(
+            "SELECT pg_total_relation_size('aiecs_upstream.task_history')").fetchone())
+        stored = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
+        picks = [rng.choice(keys) for _ in range(200)]
+        result = Scaled(stored, int(ours), int(theirs), [], [], [], [])
+        with SyncDatabaseManager(url=url, auto_migrate=False) as db:
+            for _ in range(3):
+                t0 = time.perf_counter()
+                db.report()
+                t1 = time.perf_counter()
+                db.report(since=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+                t2 = time.perf_counter()
+                result.report_all.append(t1 - t0)
+                result.report_day.append(t2 - t1)
+            for i, (user, task) in enumerate(picks):
+                t0 = time.perf_counter()
+                a = db.load_task_history(user, task)
+                t1 = time.perf_counter()
+                b = conn.execute(UPSTREAM_LOAD, (user, task)).fetchall()
+                t2 = time.perf_counter()
+                assert len(a) == len(b) == SCALE_STEPS_PER_TASK, (len(a), len(b))
+                if i >= 20:
+                    result.load_ours.append(t1 - t0)
+                    result.load_upstream.append(t2 - t1)
+    return result
 
 
 def peak_rss_kb() -> int:
@@ -710,7 +857,7 @@ def server_info(conninfo: str) -> str:
 
 
 CASES = ("import", "upstream", "single", "blocking", "concurrent", "watchers", "bulk", "memory",
-         "read", "listing", "report", "retention", "citus")
+         "read", "listing", "report", "retention", "scale", "citus")
 
 
 async def run_all(bench: Bench, only: set[str], citus_url: Any = None) -> None:
@@ -752,6 +899,8 @@ async def run_all(bench: Bench, only: set[str], citus_url: Any = None) -> None:
             await conn.close()
     if "retention" in only:
         bench.retention(tasks)
+    if "scale" in only:
+        bench.grown(bench.conninfo)
 
 
 def dump_tasks(*_: object) -> None:

@@ -21,7 +21,7 @@ import asyncpg
 
 SCHEMA = "aiecs_upstream"
 
-_DDL = (
+DDL = (
     f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
     """CREATE TABLE IF NOT EXISTS task_history (
         id SERIAL PRIMARY KEY,
@@ -65,9 +65,9 @@ class UpstreamManager:
         kwargs = connect_kwargs(self.url)
         setup = await asyncpg.connect(**{**kwargs, "server_settings": {}})
         try:
-            await setup.execute(_DDL[0])
+            await setup.execute(DDL[0])
             await setup.execute(f"SET search_path = {SCHEMA}")
-            for statement in _DDL[1:]:
+            for statement in DDL[1:]:
                 await setup.execute(statement)
         finally:
             await setup.close()

@@ -36,23 +36,24 @@ _WINDOW: Final = """FROM step_details
     AND created_at < COALESCE(%(until)s::timestamptz, 'infinity')"""
 
 #: The window on a plain server, where the history is partitioned by the time its task began:
-#: only the partitions from the oldest task active since ``since`` on (``ddl``,
-#: ``WINDOW_START_FUNCTION``), pruned as the statement starts, and from the first one the
-#: summaries do not answer for (``_SUMMARIES``), pruned as it runs.
+#: only the partitions from ``scan_from`` on (``_SUMMARIES``), pruned as the statement runs.
 _PRUNED_WINDOW: Final = (_WINDOW + f"""
-    AND {names.BUCKET} >= {names.WINDOW_START_FUNCTION}(%(since)s::timestamptz)
     AND {names.BUCKET} >= (SELECT scan_from FROM plan)""")
 
 #: Which partitions of the history the report reads, and which it takes from their summaries
-#: (``ddl.SUMMARIZE_FUNCTION``): a partition no step of the window can be in (before the
-#: window's start, or a summary whose steps were all created outside the window) is skipped;
-#: one whose summary is current (no write since it was made) and whose steps all lie inside
-#: the window is used whole; the rest are read, from the oldest of them on (``scan_from``).
-#: Each task lives in one partition, so the figures of distinct partitions add up, distinct
-#: tasks included.
-_SUMMARIES: Final = f"""kinds AS (
+#: (``ddl.SUMMARIZE_FUNCTION``). None before the oldest bucket of a task active since
+#: ``since`` (``ddl.WINDOW_START_FUNCTION``, called once: as a condition on each partition,
+#: the planner would call it for its estimates, once a partition and a read) can hold a step
+#: of the window. Of the others, one whose summary is current (no write since it was made) is
+#: used whole when all its steps lie in the window, skipped when none does; the rest are read,
+#: from the oldest of them on (``scan_from``). Each task lives in one partition, so the
+#: figures of distinct partitions add up, distinct tasks included.
+_SUMMARIES: Final = f"""start AS MATERIALIZED (
+  SELECT {names.WINDOW_START_FUNCTION}(%(since)s::timestamptz) AS at
+),
+kinds AS (
   SELECT b.lower, s.figures,
-         CASE WHEN b.upper <= {names.WINDOW_START_FUNCTION}(%(since)s::timestamptz) THEN 'skip'
+         CASE WHEN b.upper <= (SELECT at FROM start) THEN 'skip'
               WHEN s.figures IS NULL THEN 'scan'
               WHEN s.first_created IS NULL
                 OR s.last_created < COALESCE(%(since)s::timestamptz, '-infinity')
