@@ -20,7 +20,10 @@ CASES = ("import:", "upstream: sequential saves, each save a new task",
          "single:", "blocking:", "concurrent:", "watchers: 64 coroutines saving, 100 idle",
          "watchers: 64 coroutines saving, 10 watchers", "bulk:", "memory:", "read:",
          "listing: first page", "listing: deep page (after", "listing: deep page against",
-         "report: whole table", "report: a window", "retention:")
+         "report: whole table", "report: a window", "retention:",
+         "scale: bytes per step at", "scale: load_task_history,", "scale: bytes per step at",
+         "scale: load_task_history,", "scale: whole-history report()",
+         "scale: report() of the last day", "scale: load_task_history,")
 
 
 def test_every_case_reports_a_figure_and_a_mark(pg, tmp_path):
