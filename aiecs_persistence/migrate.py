@@ -9,6 +9,7 @@ Concurrent upgrades are serialised by a PostgreSQL advisory lock taken in ``env.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -93,8 +94,10 @@ def alembic_config(
     return cfg
 
 
+@functools.cache
 def head() -> str:
-    """The head revision of the shipped migrations."""
+    """The head revision of the shipped migrations (read once: they do not change while the
+    process runs)."""
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
         raise DatabaseError(f"the migrations have {len(heads)} heads; expected exactly one")
@@ -363,6 +366,7 @@ def inspect_connection(connection: Connection) -> SchemaStatus:
 
 def inspect(url: str | URL) -> SchemaStatus:
     """The schema's revision and enum drift, without changing anything."""
+    head()  # the scripts are read before connecting: the connection is open for its queries
     try:
         with connection(url) as conn:
             return inspect_connection(conn)
