@@ -735,8 +735,8 @@ class DatabaseManager(ManagerBase):
         pool = await self._ready()
         conn = await pool.getconn()
         try:
-            top = await self._events_top(conn, partition)
-            try:
+            try:  # the writer role may neither read a partition directly nor detach it
+                top = await self._events_top(conn, partition)
                 await conn.execute(partitions.EXPIRE_EVENTS, {**params, "top": top})
                 await conn.execute(partitions.detach(parent, partition))
             except Exception as exc:

@@ -673,8 +673,8 @@ class SyncDatabaseManager(ManagerBase):
         pool = self._ready()
         conn = pool.getconn()
         try:
-            top = self._events_top(conn, partition)
-            try:
+            try:  # the writer role may neither read a partition directly nor detach it
+                top = self._events_top(conn, partition)
                 conn.execute(partitions.EXPIRE_EVENTS, {**params, "top": top})
                 conn.execute(partitions.detach(parent, partition))
             except Exception as exc:
