@@ -291,12 +291,20 @@ $$
 # partition until the next summary. Whatever the order of a write and the second transaction,
 # either the write is in the figures or the count moved past them.
 
-#: Counts a write to a summarized partition (its trigger).
+#: Counts the transactions that write to a summarized partition (its row trigger): the first
+#: write of a transaction counts it, and a transaction-local setting named after the partition
+#: skips the rest (updating the one summary row for every row written would make a
+#: transaction's writes cost the square of their number). A summary is used only while the
+#: count is the one its snapshot saw, so one count per transaction is enough: the count and
+#: the writes commit, or roll back, together.
 WRITTEN_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.aiecs_period_written() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER {PINNED_SEARCH_PATH} AS $$
 BEGIN
-  UPDATE @S@.{names.SUMMARIES_TABLE} SET writes = writes + 1 WHERE partition = TG_TABLE_NAME;
+  IF current_setting('aiecs.written_' || TG_TABLE_NAME, true) IS DISTINCT FROM 'on' THEN
+    UPDATE @S@.{names.SUMMARIES_TABLE} SET writes = writes + 1 WHERE partition = TG_TABLE_NAME;
+    PERFORM set_config('aiecs.written_' || TG_TABLE_NAME, 'on', true);
+  END IF;
   RETURN NULL;
 END
 $$
@@ -450,17 +458,24 @@ END
 $$
 """
 
-#: On Citus a worker cannot plan a join with the transition table ("unrecognized RTE kind"):
-#: there the events go task by task, each a single-shard statement (revision 0006).
+#: Deleted tasks' events, one bucket at a time: the bucket a known value, each delete reads
+#: the one partition of that bucket, or none when retention has detached it (joined on the
+#: bucket, the delete probed every partition for every task). On Citus a worker cannot plan a
+#: join with the transition table ("unrecognized RTE kind"): there the events go task by task,
+#: each a single-shard statement (revision 0006).
 TASKS_GONE_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.aiecs_tasks_deleted() RETURNS trigger LANGUAGE plpgsql
 {PINNED_SEARCH_PATH} AS $$
 DECLARE
   k record;
+  b timestamptz;
 BEGIN
   IF current_setting('citus.version', true) IS NULL THEN
-    DELETE FROM @S@.{names.EVENTS_TABLE} e USING gone g
-    WHERE e.user_id = g.user_id AND e.task_id = g.task_id AND e.bucket = g.bucket;
+    FOR b IN SELECT DISTINCT g.bucket FROM gone g LOOP
+      DELETE FROM @S@.{names.EVENTS_TABLE} e USING gone g
+      WHERE e.bucket = b AND g.bucket = b
+        AND e.user_id = g.user_id AND e.task_id = g.task_id;
+    END LOOP;
   ELSE
     FOR k IN SELECT DISTINCT g.user_id, g.task_id, g.bucket FROM gone g LOOP
       DELETE FROM @S@.{names.EVENTS_TABLE} e

@@ -676,12 +676,14 @@ class DatabaseManager(ManagerBase):
                     await conn.execute(partitions.unlink(partition))
             deleted = 0
             while True:
-                cur = await conn.execute(partitions.DELETE_TASKS, {
-                    **params, "batch_size": self.settings.cleanup_batch_size})
-                row = await cur.fetchone()
+                async with conn.transaction():
+                    await conn.execute(partitions.PLAN_EACH_TIME)
+                    cur = await conn.execute(partitions.DELETE_TASKS, {
+                        **params, "batch_size": self.settings.cleanup_batch_size})
+                    row = await cur.fetchone()
                 gone = int(row.deleted) if row else 0
                 deleted += gone
-                if gone < self.settings.cleanup_batch_size:
+                if not gone:
                     break
             freed = 0
             for _, partition in detached:

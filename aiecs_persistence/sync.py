@@ -614,12 +614,14 @@ class SyncDatabaseManager(ManagerBase):
                     conn.execute(partitions.unlink(partition))
             deleted = 0
             while True:
-                cur = conn.execute(partitions.DELETE_TASKS, {
-                    **params, "batch_size": self.settings.cleanup_batch_size})
-                row = cur.fetchone()
+                with conn.transaction():
+                    conn.execute(partitions.PLAN_EACH_TIME)
+                    cur = conn.execute(partitions.DELETE_TASKS, {
+                        **params, "batch_size": self.settings.cleanup_batch_size})
+                    row = cur.fetchone()
                 gone = int(row.deleted) if row else 0
                 deleted += gone
-                if gone < self.settings.cleanup_batch_size:
+                if not gone:
                     break
             freed = 0
             for _, partition in detached:

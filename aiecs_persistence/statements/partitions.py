@@ -97,20 +97,28 @@ EXPIRE_EVENTS: Final = (f"UPDATE {names.PARTITIONING_TABLE} SET "
                         "events_dropped_before = greatest(events_dropped_before, %(upper)s)")
 
 
-#: A retired period's tasks, a batch at a time (their steps and events are gone already).
+#: A retired period's tasks, a batch at a time (their steps and events are gone already):
+#: found by the range of their bucket, deleted by row address. A row updated meanwhile is
+#: skipped (its address changed) and found again by the next batch.
 DELETE_TASKS: Final = f"""
 WITH gone AS (
-  DELETE FROM tasks t USING (
-    SELECT user_id, task_id FROM tasks
+  DELETE FROM tasks
+  WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM tasks
     WHERE {names.BUCKET} >= coalesce(%(lower)s::timestamptz, '-infinity')
       AND {names.BUCKET} < %(upper)s
-    LIMIT %(batch_size)s
-  ) d
-  WHERE t.user_id = d.user_id AND t.task_id = d.task_id
+    LIMIT %(batch_size)s))
   RETURNING 1
 )
 SELECT count(*) AS deleted FROM gone
 """
+
+#: For the transaction of a ``DELETE_TASKS`` batch. Each deleted task fires the foreign key's
+#: cascade into ``task_history``, a statement PostgreSQL prepares once per session: as a
+#: generic plan it locks and starts every partition for every task; planned for each task, it
+#: prunes to the one partition of the task's bucket, or to none once that partition is
+#: detached (measured: 12 µs a task against 25, with 35 partitions).
+PLAN_EACH_TIME: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 #: Bytes of a detached partition and its indexes (what dropping it frees).
 SIZE: Final = "SELECT pg_total_relation_size(%(table)s::regclass) AS bytes"

@@ -406,3 +406,23 @@ def test_a_report_adds_up_summaries_of_closed_periods_exactly(short, db_url):
         assert conn.execute("SELECT count(*) FROM aiecs_period_summaries "
                             "WHERE partition = %s AND writes_seen = writes",
                             [first]).fetchone() == (0,)
+
+        # The count moves once a transaction, however many rows it writes to the partition
+        # (not once a row: the one summary row updated for each would cost the square of
+        # their number), and not at all for a transaction rolled back.
+        def writes() -> int:
+            return int(conn.execute("SELECT writes FROM aiecs_period_summaries "
+                                    "WHERE partition = %s", [first]).fetchone()[0])
+
+        counted = writes()
+        with conn.transaction():
+            updated = conn.execute("UPDATE task_history SET message = 'again' "
+                                   "WHERE user_id = 'u' AND task_id LIKE 'a%'").rowcount
+            conn.execute("DELETE FROM task_history WHERE user_id = 'u' AND task_id = 'a5' "
+                         "AND step = 1")
+        assert updated == 13 and writes() == counted + 1
+        with conn.transaction():
+            conn.execute("UPDATE task_history SET message = 'lost' WHERE task_id = 'a1'")
+            raise psycopg.Rollback()
+        assert writes() == counted + 1
+        assert db.report() == scanned()
