@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as dt
+import itertools
 import json
 import os
 import platform
 import random
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -43,7 +47,14 @@ from rich.console import Console
 from rich.table import Table
 from upstream import UpstreamManager
 
-from aiecs_persistence import DatabaseManager, SyncDatabaseManager, TaskStepResult, migrate
+from aiecs_persistence import (
+    DatabaseManager,
+    SyncDatabaseManager,
+    TaskStepResult,
+    embedded,
+    migrate,
+    roles,
+)
 from aiecs_persistence.config import libpq_conninfo, normalize_url, resolve_url
 from aiecs_persistence.records import encode_cursor
 
@@ -163,6 +174,10 @@ def median_ms(samples: list[float]) -> float:
 
 def fmt_ms(samples: list[float]) -> str:
     return f"{median_ms(samples):.3f} ms"
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms" if seconds < 10 else f"{seconds:,.1f} s"
 
 
 def latency_result(case: str, ours: list[float], base: list[float], limit: float,
@@ -634,9 +649,9 @@ class Bench:
             "one call of aiecs_save_steps, run whole on the worker that owns the user; "
             "10 steps per task"))
 
-    def grown(self, admin: str) -> None:
+    async def grown(self, admin: str) -> None:
         """The same measures at two sizes of history (1M and 10M steps, times the scale, in daily
-        partitions): what must not grow with it, and ours against upstream's table."""
+        partitions): what must not grow with it, and ours against upstream's table and class."""
         sizes = (self.n(1_000_000, 3_000), self.n(10_000_000, 30_000))
         measured: list[Scaled] = []
         for steps in sizes:
@@ -647,7 +662,7 @@ class Bench:
             url = self.url.set(database=name)
             try:
                 migrate.upgrade(url)
-                measured.append(scale_history(url, steps))
+                measured.append(await scale_history(url, steps))
             finally:
                 with psycopg.connect(admin, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -660,9 +675,11 @@ class Bench:
                 per_ours / per_theirs <= 1.1,
                 "steps, tasks and their indexes; the event log holds none of this history "
                 "(it was written past the log's retention)"))
-            self.report(latency_result(
-                f"scale: load_task_history, {m.steps:,} steps", m.load_ours, m.load_upstream,
-                1.0, "baseline: upstream's load query on its table, same rows"))
+            for kind, limit in (("load", 1.0), ("list", 1.0), ("save", 1.05)):
+                mine, base = m.latencies[kind]
+                self.report(latency_result(
+                    f"scale: {SCALE_CALLS[kind]}, {m.steps:,} steps", mine, base, limit,
+                    "baseline: upstream's class on its table holding the same rows"))
         for label, at_big, at_small in (
                 ("whole-history report()", big.report_all, small.report_all),
                 ("report() of the last day", big.report_day, small.report_day)):
@@ -672,10 +689,58 @@ class Bench:
                 fmt_ms(at_big), fmt_ms(at_small), ratio, "≤ 2×", ratio <= 2.0,
                 "closed periods from their summaries; ratio = time at the larger size over "
                 "the smaller"))
-        ratio = statistics.median(big.load_ours) / statistics.median(small.load_ours)
+        for kind in SCALE_CALLS:
+            at_big, at_small = big.latencies[kind][0], small.latencies[kind][0]
+            ratio = statistics.median(at_big) / statistics.median(at_small)
+            self.report(Result(
+                f"scale: {SCALE_CALLS[kind]}, {big.steps:,} against {small.steps:,} steps",
+                fmt_ms(at_big), fmt_ms(at_small), ratio, "≤ 1.15×", ratio <= 1.15))
+
+    def aged(self) -> None:
+        """Retention of history really written weeks ago: 10% of 10M steps (times the scale), on
+        a throwaway embedded cluster (libfaketime shifts its clock and the writer's)."""
+        steps = self.n(10_000_000, 30_000)
+        lib = libfaketime()
+        cases = (f"scale: retention of a day's partition ({steps // 10:,} steps written "
+                 f"{AGED_DAYS} days ago)",
+                 "scale: expiring 10% of history against row by row",
+                 "scale: expiring 10% of history against upstream's DELETE",
+                 "scale: table files after expiring 10% of history")
+        if lib is None:
+            for case in cases:
+                self.report(Result(case, "not run", "—", None, "libfaketime", None,
+                                   "needs libfaketime (Debian: apt-get install faketime)"))
+            return
+        base = Path(tempfile.mkdtemp(prefix="aiecs-aged-", dir="/tmp"))
+        try:
+            m = expire_aged(base, lib, steps)
+        finally:
+            embedded.stop(base)
+            shutil.rmtree(base, ignore_errors=True)
+        mib = 1024 * 1024
+        self.report(Result(cases[0], fmt_s(m.longest_s), "—", None, "≤ 100 ms",
+                           m.longest_s <= 0.1,
+                           f"the longest period of the {m.dropped // 2} cleanup_old_tasks(30) "
+                           f"dropped ({m.dropped} partitions, steps and events): its tasks' "
+                           "rows deleted from tasks, its partitions detached and dropped"))
+        self.report(Result(cases[1], fmt_s(m.ours_s), fmt_s(m.rows_s), m.ours_s / m.rows_s,
+                           "≤ 0.02× (50× faster)", m.ours_s / m.rows_s <= 0.02,
+                           f"{m.old:,} of {m.steps:,} steps; baseline: cleanup_old_tasks(30) "
+                           "on a copy of the database as a role that may not detach "
+                           "partitions (row by row, in batches)"))
+        self.report(Result(cases[2], fmt_s(m.ours_s), fmt_s(m.delete_s),
+                           m.ours_s / m.delete_s, "≤ 1.0×", m.ours_s <= m.delete_s,
+                           "baseline: one DELETE of the rows older than 30 days on upstream's "
+                           "table holding the same rows"))
+        (ours_before, ours_after), (theirs_before, theirs_after) = m.ours_bytes, m.upstream_bytes
+        freed = (ours_before - ours_after) / ours_before / (m.old / m.steps)
         self.report(Result(
-            f"scale: load_task_history, {big.steps:,} against {small.steps:,} steps",
-            fmt_ms(big.load_ours), fmt_ms(small.load_ours), ratio, "≤ 1.15×", ratio <= 1.15))
+            cases[3], f"{ours_before / mib:,.0f} → {ours_after / mib:,.0f} MiB",
+            f"{theirs_before / mib:,.0f} → {theirs_after / mib:,.0f} MiB", freed,
+            "ours freed ≥ 0.8× the expired share", freed >= 0.8,
+            "ours: steps, events and tasks with indexes, at once; upstream's: its table and "
+            "indexes after the DELETE and a VACUUM; ratio: the share of our files freed over "
+            "the share of steps expired"))
 
     def retention(self, tasks: int) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -714,8 +779,9 @@ class Bench:
 #: The history of the scale case: this many daily periods, ten steps a task.
 SCALE_DAYS = 30
 SCALE_STEPS_PER_TASK = 10
-UPSTREAM_LOAD = ("SELECT step, result, timestamp, status FROM aiecs_upstream.task_history "
-                 "WHERE user_id = %s AND task_id = %s ORDER BY step")
+#: The calls the scale case times at each size, ours against upstream's class.
+SCALE_CALLS = {"load": "load_task_history", "list": "get_user_tasks",
+               "save": "save_task_history (a new task)"}
 
 
 @dataclass
@@ -727,11 +793,11 @@ class Scaled:
     upstream_bytes: int
     report_all: list[float]
     report_day: list[float]
-    load_ours: list[float]
-    load_upstream: list[float]
+    #: Ours and upstream's class, calls alternating: a task's load, a user's task list, a save.
+    latencies: dict[str, tuple[list[float], list[float]]]
 
 
-def scale_history(url: Any, steps: int) -> Scaled:
+async def scale_history(url: Any, steps: int) -> Scaled:
     """A database of ``steps`` steps over ``SCALE_DAYS`` daily periods (COPY, each task in the
     partition of its day, events off as after their retention), and upstream's table holding
     the same rows; its closed periods summarized as ``aiecs-db maintain`` does."""
@@ -740,12 +806,10 @@ def scale_history(url: Any, steps: int) -> Scaled:
     conninfo = libpq_conninfo(url)
     tasks_a_day = max(1, steps // SCALE_STEPS_PER_TASK // SCALE_DAYS)
     rng = random.Random(11)
+    every_key: list[tuple[str, str]] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT set_config('aiecs.bulk_events', 'on', false)")
-        conn.execute(f"SET search_path = {upstream.SCHEMA}")
-        for ddl in upstream.DDL:
-            conn.execute(ddl)
-        conn.execute("RESET search_path")
+        create_upstream_table(conn)
         for day in range(SCALE_DAYS, -1, -1):
             conn.execute("SELECT aiecs_create_partitions(now() - make_interval(days => %s))",
                          [day])
@@ -756,6 +820,7 @@ def scale_history(url: Any, steps: int) -> Scaled:
             at = bucket + dt.timedelta(hours=1)
             users = [f"user-{u}" for u in range(50)]
             keys = [(users[t % 50], f"d{day}-t{t}") for t in range(tasks_a_day)]
+            every_key += keys
             with conn.cursor().copy(
                     "COPY tasks (user_id, task_id, status, created_at, updated_at, started_at, "
                     "bucket) FROM STDIN") as copy:
@@ -787,8 +852,7 @@ def scale_history(url: Any, steps: int) -> Scaled:
         theirs = one(conn.execute(
             "SELECT pg_total_relation_size('aiecs_upstream.task_history')").fetchone())
         stored = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
-        picks = [rng.choice(keys) for _ in range(200)]
-        result = Scaled(stored, int(ours), int(theirs), [], [], [], [])
+        result = Scaled(stored, int(ours), int(theirs), [], [], {})
         with SyncDatabaseManager(url=url, auto_migrate=False) as db:
             for _ in range(3):
                 t0 = time.perf_counter()
@@ -798,17 +862,171 @@ def scale_history(url: Any, steps: int) -> Scaled:
                 t2 = time.perf_counter()
                 result.report_all.append(t1 - t0)
                 result.report_day.append(t2 - t1)
-            for i, (user, task) in enumerate(picks):
-                t0 = time.perf_counter()
-                a = db.load_task_history(user, task)
-                t1 = time.perf_counter()
-                b = conn.execute(UPSTREAM_LOAD, (user, task)).fetchall()
-                t2 = time.perf_counter()
-                assert len(a) == len(b) == SCALE_STEPS_PER_TASK, (len(a), len(b))
-                if i >= 20:
-                    result.load_ours.append(t1 - t0)
-                    result.load_upstream.append(t2 - t1)
+    result.latencies = await scale_latencies(url, every_key)
     return result
+
+
+def create_upstream_table(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(f"SET search_path = {upstream.SCHEMA}")
+    for ddl in upstream.DDL:
+        conn.execute(ddl)
+    conn.execute("RESET search_path")
+
+
+async def scale_latencies(url: Any, keys: list[tuple[str, str]]
+                          ) -> dict[str, tuple[list[float], list[float]]]:
+    """Ours against upstream's class on the same rows (both pools of 8), one call of each in
+    turn, the first 20 of each kind a warm-up: a task's load, a user's list of 100 tasks, the
+    save of a new task."""
+    rng = random.Random(5)
+    calls = 200
+    saved = [step_result(rng, 0) for _ in range(calls + 20)]
+    picks = [rng.choice(keys) for _ in range(calls + 20)]
+    tasks_of = collections.Counter(user for user, _ in keys)
+    timed: dict[str, tuple[list[float], list[float]]] = {}
+    async with DatabaseManager(url=url, auto_migrate=False, pool_size=8,
+                               max_overflow=0) as ours, UpstreamManager(url, 8, 8) as theirs:
+        managers: tuple[Any, Any] = (ours, theirs)
+        for kind in SCALE_CALLS:
+            mine: list[float] = []
+            base: list[float] = []
+            for i, (user, task) in enumerate(picks):
+                for manager in managers if i % 2 == 0 else managers[::-1]:
+                    t0 = time.perf_counter()
+                    if kind == "load":
+                        got = await manager.load_task_history(user, task)
+                        assert len(got) == SCALE_STEPS_PER_TASK, len(got)
+                    elif kind == "list":
+                        listed = await manager.get_user_tasks(user, 100)
+                        assert len(listed) == min(100, tasks_of[user]), len(listed)
+                    else:
+                        await manager.save_task_history(user, f"new-{i}", 0, saved[i])
+                    if i >= 20:
+                        (mine if manager is ours else base).append(time.perf_counter() - t0)
+            timed[kind] = (mine, base)
+    return timed
+
+
+# -- history written weeks ago, expired --------------------------------------------------------
+
+#: How long ago the aged case's old history was written (its server's and writer's clocks).
+AGED_DAYS = 40
+AGED_DATABASE = "aiecs_aged"
+
+
+def libfaketime() -> Path | None:
+    """libfaketime's preload library (Debian's package ``faketime``), if installed."""
+    for pattern in ("/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
+                    "/usr/local/lib/faketime/libfaketime.so.1"):
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return found[0]
+    return None
+
+
+def write_history(url: Any, prefix: str, steps: int) -> None:
+    """``steps`` steps of new tasks (ten steps a task, 50 users) written by the library's bulk
+    path, and the same rows into upstream's table by COPY with the writer's clock, as upstream's
+    class stamps its rows."""
+    rng = random.Random(hash(prefix) & 0xFFFF)
+    rows = [(f"user-{t % 50}", f"{prefix}-{t}", s, step_result(rng, s))
+            for t in range(steps // SCALE_STEPS_PER_TASK) for s in range(SCALE_STEPS_PER_TASK)]
+    with SyncDatabaseManager(url=url, auto_migrate=False) as db:
+        db.save_task_history_many(rows)
+    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+        create_upstream_table(conn)
+        now = dt.datetime.now()
+        with conn.cursor().copy(
+                "COPY aiecs_upstream.task_history (user_id, task_id, step, result, timestamp, "
+                "status) FROM STDIN") as copy:
+            for user, task, step, r in rows:
+                copy.write_row((user, task, step, json.dumps(r.dict()), now, r.status))
+
+
+def aged_child(base: Path, steps: int) -> None:
+    """Run under libfaketime: a new embedded cluster in ``base`` started at this process's
+    (shifted) clock, a database migrated, ``steps`` steps written, the cluster stopped."""
+    server = normalize_url(embedded.start(base))
+    with psycopg.connect(libpq_conninfo(server), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{AGED_DATABASE}"')
+    url = server.set(database=AGED_DATABASE)
+    migrate.upgrade(url)
+    write_history(url, "old", steps)
+    embedded.stop(base)
+
+
+def table_bytes(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """The files of our history (steps, events, tasks, with indexes) and of upstream's table."""
+    ours = one(conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(partition::regclass)), 0) "
+        "+ pg_total_relation_size('tasks') FROM aiecs_partition_bounds()").fetchone())
+    theirs = one(conn.execute(
+        "SELECT pg_total_relation_size('aiecs_upstream.task_history')").fetchone())
+    return int(ours), int(theirs)
+
+
+@dataclass
+class Aged:
+    """What the aged case measured: history of ``steps`` steps, ``old`` of them written
+    ``AGED_DAYS`` days ago, expired by ``cleanup_old_tasks(30)`` three ways."""
+
+    steps: int
+    old: int
+    dropped: int
+    longest_s: float
+    ours_s: float
+    rows_s: float
+    delete_s: float
+    ours_bytes: tuple[int, int]
+    upstream_bytes: tuple[int, int]
+
+
+def expire_aged(base: Path, lib: Path, steps: int) -> Aged:
+    """The history's old tenth written by a process whose clock, and its server's, ran
+    ``AGED_DAYS`` days behind (libfaketime), the rest at the real time after a restart; then
+    retention: ours, ours row by row (a copy of the database, cleaned by a role that may not
+    detach partitions), and upstream's table by a plain ``DELETE``."""
+    old = steps // 10
+    shifted = {**os.environ, "LD_PRELOAD": str(lib), "FAKETIME": f"-{AGED_DAYS}d"}
+    subprocess.run([sys.executable, __file__, "--aged-child", str(base), str(old)],
+                   env=shifted, check=True, timeout=3600)
+    server = normalize_url(embedded.start(base))
+    url = server.set(database=AGED_DATABASE)
+    write_history(url, "new", steps - old)
+    admin = libpq_conninfo(server)
+    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        ours_before, theirs_before = table_bytes(conn)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE rows_copy TEMPLATE "{AGED_DATABASE}"')
+    marks: list[float] = []  # on_batch: after each period dropped, then each batch
+    with SyncDatabaseManager(url=url, auto_migrate=False) as db:
+        t0 = time.perf_counter()
+        gone = db.cleanup_old_tasks(30, on_batch=lambda _: marks.append(time.perf_counter()))
+        ours_s = time.perf_counter() - t0
+        dropped = db.last_cleanup.partitions_dropped
+    periods = [t0, *marks[:dropped // 2]]
+    longest = max(b - a for a, b in itertools.pairwise(periods))
+    assert gone == old // SCALE_STEPS_PER_TASK, (gone, old)
+    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+        t0 = time.perf_counter()
+        conn.execute("DELETE FROM aiecs_upstream.task_history "
+                     "WHERE timestamp < now() - interval '30 days'")
+        delete_s = time.perf_counter() - t0
+        conn.execute("VACUUM")
+        ours_after, theirs_after = table_bytes(conn)
+    copy = server.set(database="rows_copy")
+    with psycopg.connect(libpq_conninfo(copy), autocommit=True) as conn:
+        roles.grant(conn, roles.Roles())
+        conn.execute("CREATE ROLE aiecs_bench_rows LOGIN IN ROLE aiecs_writer")
+    with SyncDatabaseManager(url=copy.set(username="aiecs_bench_rows"),
+                             auto_migrate=False) as db:
+        t0 = time.perf_counter()
+        assert db.cleanup_old_tasks(30) == gone
+        rows_s = time.perf_counter() - t0
+        assert db.last_cleanup.partitions_dropped == 0
+    return Aged(steps, old, dropped, longest, ours_s, rows_s, delete_s, (ours_before, ours_after),
+                (theirs_before, theirs_after))
 
 
 def peak_rss_kb() -> int:
@@ -900,7 +1118,8 @@ async def run_all(bench: Bench, only: set[str], citus_url: Any = None) -> None:
     if "retention" in only:
         bench.retention(tasks)
     if "scale" in only:
-        bench.grown(bench.conninfo)
+        await bench.grown(bench.conninfo)
+        bench.aged()
 
 
 def dump_tasks(*_: object) -> None:
@@ -936,9 +1155,13 @@ def main() -> int:
                         help="run these cases only (memory also runs for read, retention)")
     parser.add_argument("--citus-url", help="a Citus coordinator, for the citus case")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--aged-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child)
+        return 0
+    if args.aged_child:
+        aged_child(Path(args.aged_child[0]), int(args.aged_child[1]))
         return 0
 
     server = normalize_url(resolve_url(url=args.url))

@@ -7,8 +7,9 @@ of a connection on release); its one table ``task_history`` (serial id, text key
 result, a naive ``timestamp``, text status) with single-column indexes on user_id, task_id,
 status and timestamp; a save is ``pool.acquire()`` around one plain ``INSERT`` of
 ``json.dumps(step_result.dict())`` and ``datetime.now()``; a load is one ``SELECT`` ordered by
-step, then ``json.loads`` per row. It lives in its own schema (``aiecs_upstream``) of the
-benchmark's database, so its table does not meet ours.
+step, then ``json.loads`` per row; a user's task list groups the user's rows by task. It
+lives in its own schema (``aiecs_upstream``) of the benchmark's database, so its table does not
+meet ours.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ _INSERT = ("INSERT INTO task_history (user_id, task_id, step, result, timestamp,
            "VALUES ($1, $2, $3, $4, $5, $6)")
 _LOAD = ("SELECT step, result, timestamp, status FROM task_history "
          "WHERE user_id = $1 AND task_id = $2 ORDER BY step ASC")
+# Our notes do not give its listing's SQL: this is the plain query its one table allows (a
+# user's rows grouped by task, the status of the highest step, newest first).
+_USER_TASKS = ("SELECT task_id, max(timestamp) AS last_updated, "
+               "(array_agg(status ORDER BY step DESC))[1] AS status FROM task_history "
+               "WHERE user_id = $1 GROUP BY task_id ORDER BY last_updated DESC LIMIT $2")
 
 
 def connect_kwargs(url: Any) -> dict[str, Any]:
@@ -97,3 +103,9 @@ class UpstreamManager:
             rows = await conn.fetch(_LOAD, user_id, task_id)
         return [{"step": r["step"], "result": json.loads(r["result"]),
                  "timestamp": r["timestamp"].isoformat(), "status": r["status"]} for r in rows]
+
+    async def get_user_tasks(self, user_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_USER_TASKS, user_id, limit)
+        return [{"task_id": r["task_id"], "last_updated": r["last_updated"].isoformat(),
+                 "status": r["status"]} for r in rows]
