@@ -281,6 +281,21 @@ RETURNS timestamptz LANGUAGE sql STABLE SECURITY DEFINER {PINNED_SEARCH_PATH} AS
 $$
 """
 
+#: A task's bucket, for a read of its steps: a stable function's result is known when the
+#: statement starts, so PostgreSQL prunes the other partitions before it opens them (a bucket
+#: read by a subquery is known only while the statement runs: every partition is opened, then
+#: skipped). PL/pgSQL keeps the lookup's plan for the session, where an SQL function would be
+#: planned at each call.
+TASK_BUCKET_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.{names.TASK_BUCKET_FUNCTION}(p_user_id text, p_task_id text)
+RETURNS timestamptz LANGUAGE plpgsql STABLE PARALLEL SAFE {PINNED_SEARCH_PATH} AS $$
+BEGIN
+  RETURN (SELECT t.{names.BUCKET} FROM @S@.tasks t
+          WHERE t.user_id = p_user_id AND t.task_id = p_task_id);
+END
+$$
+"""
+
 # -- summaries of closed periods ---------------------------------------------------------------
 # A report over a long period adds up the figures of each closed period instead of reading its
 # partition (``statements/report.py``). A summary is made in two transactions: the first puts
@@ -671,6 +686,7 @@ DDL_STATEMENTS: Final = (
     in_current_schema(PARTITIONS_FUNCTION),
     in_current_schema(WIDTH_FUNCTION),
     in_current_schema(WINDOW_START_FUNCTION),
+    in_current_schema(TASK_BUCKET_FUNCTION),
     in_current_schema(WRITTEN_FUNCTION),
     in_current_schema(SUMMARIZE_FUNCTION),
     in_current_schema(KEYS_IMMUTABLE_FUNCTION),
@@ -702,6 +718,7 @@ DROP_STATEMENTS: Final = (
     f"DROP FUNCTION IF EXISTS {names.HORIZON_FUNCTION}(text)",
     "DROP FUNCTION IF EXISTS aiecs_set_partition_width(interval)",
     f"DROP FUNCTION IF EXISTS {names.WINDOW_START_FUNCTION}(timestamptz)",
+    f"DROP FUNCTION IF EXISTS {names.TASK_BUCKET_FUNCTION}(text, text)",
     f"DROP FUNCTION IF EXISTS {names.SUMMARIZE_FUNCTION}(text)",
     "DROP FUNCTION IF EXISTS aiecs_period_written() CASCADE",
     f"DROP FUNCTION IF EXISTS {names.PARTITIONS_FUNCTION}(timestamptz)",

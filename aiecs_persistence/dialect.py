@@ -13,6 +13,8 @@ never reach a client of the coordinator. So there:
 * retention goes by activity alone, with a margin (``statements.cleanup.BY_ACTIVITY``), row
   by row: Citus cannot detach a partition concurrently;
 * the report aggregates per figure, since ``GROUPING SETS`` is refused;
+* a task's load reads its bucket by a subquery: a function reading ``tasks`` cannot run in a
+  worker's statement;
 * a watcher's catch-up runs under the horizon of the user's node, and watchers poll.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .statements import Statement, bulk, cleanup, report, saves, watching
+from .statements import Statement, bulk, cleanup, reads, report, saves, watching
 
 __all__ = ["CITUS", "PLAIN", "Dialect", "dialect_for"]
 
@@ -42,6 +44,8 @@ class Dialect:
     retention: ClassVar[cleanup.Retention] = cleanup.BY_HORIZON
     #: The report's statement.
     report_form: ClassVar[str] = report.REPORT
+    #: A task's load.
+    load_form: ClassVar[str] = reads.LOAD_HISTORY
     #: The bulk path's task upsert.
     bulk_tasks: ClassVar[str] = bulk.BULK_TASKS
     #: Retention drops whole partitions (detached concurrently) before going row by row.
@@ -74,6 +78,7 @@ class Citus(Dialect):
     notifications = False
     retention = cleanup.BY_ACTIVITY
     report_form = report.REPORT_CLUSTER
+    load_form = reads.LOAD_HISTORY_CLUSTER
     bulk_tasks = bulk.BULK_TASKS_CLUSTER
     drops_partitions = False
 

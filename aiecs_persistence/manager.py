@@ -788,7 +788,9 @@ class DatabaseManager(ManagerBase):
 
     async def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""
-        return history_rows(await self._run(reads.load_history(user_id, task_id)))
+        await self._ready()  # connected: the shape of the statement is known
+        return history_rows(await self._run(
+            reads.load_history(user_id, task_id, form=self._dialect.load_form)))
 
     async def check_task_status(self, user_id: str, task_id: str) -> TaskStatus:
         """The task's status; PENDING for an unknown task (as upstream; see get_task)."""

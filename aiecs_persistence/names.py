@@ -42,6 +42,8 @@ PARTITIONING_TABLE: Final = "aiecs_partitioning"
 PARTITIONS_FUNCTION: Final = "aiecs_create_partitions"
 #: The oldest partition a window of steps since a time can reach (``ddl.WINDOW_START_FUNCTION``).
 WINDOW_START_FUNCTION: Final = "aiecs_window_start"
+#: The bucket of a task (``ddl.TASK_BUCKET_FUNCTION``): a task's load prunes by it.
+TASK_BUCKET_FUNCTION: Final = "aiecs_task_bucket"
 #: The figures of each closed period, that reports add up instead of reading its partition
 #: (``ddl.SUMMARIZE_FUNCTION``), and the function that makes them.
 SUMMARIES_TABLE: Final = "aiecs_period_summaries"

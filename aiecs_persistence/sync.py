@@ -726,7 +726,9 @@ class SyncDatabaseManager(ManagerBase):
 
     def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""
-        return history_rows(self._run(reads.load_history(user_id, task_id)))
+        self._ready()  # connected: the shape of the statement is known
+        return history_rows(self._run(
+            reads.load_history(user_id, task_id, form=self._dialect.load_form)))
 
     def check_task_status(self, user_id: str, task_id: str) -> TaskStatus:
         """The task's status; PENDING for an unknown task (as upstream; see get_task)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -654,17 +655,23 @@ class Bench:
         partitions): what must not grow with it, and ours against upstream's table and class."""
         sizes = (self.n(1_000_000, 3_000), self.n(10_000_000, 30_000))
         measured: list[Scaled] = []
-        for steps in sizes:
-            name = f"aiecs_scale_{steps}"
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                conn.execute(f'CREATE DATABASE "{name}"')
-            url = self.url.set(database=name)
-            try:
-                migrate.upgrade(url)
-                measured.append(await scale_history(url, steps))
-            finally:
+        built: list[tuple[Any, list[tuple[str, str]]]] = []
+        names = [f"aiecs_scale_{steps}" for steps in sizes]
+        try:
+            for steps, name in zip(sizes, names, strict=True):
                 with psycopg.connect(admin, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    conn.execute(f'CREATE DATABASE "{name}"')
+                url = self.url.set(database=name)
+                migrate.upgrade(url)
+                scaled, keys = scale_history(url, steps)
+                measured.append(scaled)
+                built.append((url, keys))
+            for scaled, latencies in zip(measured, await scale_latencies(built), strict=True):
+                scaled.latencies = latencies
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                for name in names:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         small, big = measured
         for m in measured:
@@ -797,7 +804,7 @@ class Scaled:
     latencies: dict[str, tuple[list[float], list[float]]]
 
 
-async def scale_history(url: Any, steps: int) -> Scaled:
+def scale_history(url: Any, steps: int) -> tuple[Scaled, list[tuple[str, str]]]:
     """A database of ``steps`` steps over ``SCALE_DAYS`` daily periods (COPY, each task in the
     partition of its day, events off as after their retention), and upstream's table holding
     the same rows; its closed periods summarized as ``aiecs-db maintain`` does."""
@@ -862,8 +869,7 @@ async def scale_history(url: Any, steps: int) -> Scaled:
                 t2 = time.perf_counter()
                 result.report_all.append(t1 - t0)
                 result.report_day.append(t2 - t1)
-    result.latencies = await scale_latencies(url, every_key)
-    return result
+    return result, every_key
 
 
 def create_upstream_table(conn: psycopg.Connection[Any]) -> None:
@@ -873,37 +879,40 @@ def create_upstream_table(conn: psycopg.Connection[Any]) -> None:
     conn.execute("RESET search_path")
 
 
-async def scale_latencies(url: Any, keys: list[tuple[str, str]]
-                          ) -> dict[str, tuple[list[float], list[float]]]:
-    """Ours against upstream's class on the same rows (both pools of 8), one call of each in
-    turn, the first 20 of each kind a warm-up: a task's load, a user's list of 100 tasks, the
-    save of a new task."""
+async def scale_latencies(sizes: list[tuple[Any, list[tuple[str, str]]]]
+                          ) -> list[dict[str, tuple[list[float], list[float]]]]:
+    """Ours against upstream's class on the same rows (all pools of 8), at every size at once:
+    each round calls ours and upstream's at each size, in a rotating order, so a slow spell of
+    the machine hits every size and both classes alike. The first 20 rounds of each kind are a
+    warm-up. Kinds: a task's load, a user's list of 100 tasks, the save of a new task."""
     rng = random.Random(5)
     calls = 200
     saved = [step_result(rng, 0) for _ in range(calls + 20)]
-    picks = [rng.choice(keys) for _ in range(calls + 20)]
-    tasks_of = collections.Counter(user for user, _ in keys)
-    timed: dict[str, tuple[list[float], list[float]]] = {}
-    async with DatabaseManager(url=url, auto_migrate=False, pool_size=8,
-                               max_overflow=0) as ours, UpstreamManager(url, 8, 8) as theirs:
-        managers: tuple[Any, Any] = (ours, theirs)
+    timed: list[dict[str, tuple[list[float], list[float]]]] = [
+        {kind: ([], []) for kind in SCALE_CALLS} for _ in sizes]
+    async with contextlib.AsyncExitStack() as stack:
+        turns: list[tuple[int, bool, Any]] = []  # (size, ours?, manager)
+        for n, (url, _) in enumerate(sizes):
+            turns.append((n, True, await stack.enter_async_context(DatabaseManager(
+                url=url, auto_migrate=False, pool_size=8, max_overflow=0))))
+            turns.append((n, False, await stack.enter_async_context(UpstreamManager(url, 8, 8))))
+        picks = [[rng.choice(keys) for _ in range(calls + 20)] for _, keys in sizes]
+        tasks_of = [collections.Counter(user for user, _ in keys) for _, keys in sizes]
         for kind in SCALE_CALLS:
-            mine: list[float] = []
-            base: list[float] = []
-            for i, (user, task) in enumerate(picks):
-                for manager in managers if i % 2 == 0 else managers[::-1]:
+            for i in range(calls + 20):
+                for n, ours, manager in turns[i % len(turns):] + turns[:i % len(turns)]:
+                    user, task = picks[n][i]
                     t0 = time.perf_counter()
                     if kind == "load":
                         got = await manager.load_task_history(user, task)
                         assert len(got) == SCALE_STEPS_PER_TASK, len(got)
                     elif kind == "list":
                         listed = await manager.get_user_tasks(user, 100)
-                        assert len(listed) == min(100, tasks_of[user]), len(listed)
+                        assert len(listed) == min(100, tasks_of[n][user]), len(listed)
                     else:
                         await manager.save_task_history(user, f"new-{i}", 0, saved[i])
                     if i >= 20:
-                        (mine if manager is ours else base).append(time.perf_counter() - t0)
-            timed[kind] = (mine, base)
+                        timed[n][kind][0 if ours else 1].append(time.perf_counter() - t0)
     return timed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .. import names
 from ..domain import ErrorCode, TaskStatus
 from ..records import decode_cursor
 from .checks import (
@@ -18,21 +19,32 @@ from .checks import (
 from .columns import RESULT_COLUMNS, STEP_COLUMNS, TASK_COLUMNS, listed
 from .statement import Statement
 
-#: A task's steps, from its partition alone (its bucket, read first from ``tasks``).
+#: A task's steps, from its partition alone: its bucket, from ``aiecs_task_bucket``, is known
+#: when the statement starts, and the other partitions are pruned before they are opened.
 LOAD_HISTORY: Final = f"""
 SELECT step, {listed(RESULT_COLUMNS)}, updated_at
 FROM task_history
 WHERE user_id = %(user_id)s AND task_id = %(task_id)s
-  AND bucket = (SELECT t.bucket FROM tasks t
-                WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s)
+  AND {names.BUCKET} = {names.TASK_BUCKET_FUNCTION}(%(user_id)s, %(task_id)s)
+ORDER BY step
+"""
+
+#: The same on Citus, where a function that reads a distributed table cannot run inside the
+#: statement a worker runs: the bucket from a subquery of the same shard.
+LOAD_HISTORY_CLUSTER: Final = f"""
+SELECT step, {listed(RESULT_COLUMNS)}, updated_at
+FROM task_history
+WHERE user_id = %(user_id)s AND task_id = %(task_id)s
+  AND {names.BUCKET} = (SELECT t.{names.BUCKET} FROM tasks t
+                        WHERE t.user_id = %(user_id)s AND t.task_id = %(task_id)s)
 ORDER BY step
 """
 
 
-def load_history(user_id: Any, task_id: Any) -> Statement:
+def load_history(user_id: Any, task_id: Any, form: str = LOAD_HISTORY) -> Statement:
     return Statement(
         "load_task_history",
-        LOAD_HISTORY,
+        form,
         {"user_id": check_id(user_id, "user_id"), "task_id": check_id(task_id, "task_id")},
     )
 
@@ -131,12 +143,15 @@ def list_steps(
     cursor: Any = None,
 ) -> Statement:
     """A user's steps, newest first, keyset-paginated on (updated_at, task_id, step)."""
-    more = []
+    more: list[tuple[str, str, Any]] = []
     if task_id is not None:
         more.append(("h.task_id = %(task_id)s", "task_id", check_id(task_id, "task_id")))
     if step_name is not None:
         more.append(("h.step_name = %(step_name)s", "step_name",
                      check_filter_text(step_name, "step_name")))
+    if since is not None:  # a step written since lies in a partition from this one on
+        more.append((f"h.{names.BUCKET} >= {names.WINDOW_START_FUNCTION}(%(since)s)", "since",
+                     check_time(since, "since")))
     return _listing(
         "list_steps",
         f"{listed(STEP_COLUMNS, 'h.')}, h.created_at, h.updated_at FROM task_history h", "h",

@@ -326,9 +326,17 @@ def test_reads_touch_only_the_partitions_they_need(short, db_url):
         db.save_task_history("u", "new", 0, step("plan"))
         current = partition_of(conn, "new")
 
-        # A task's load reads its own partition only.
-        assert partitions_read(conn, reads.load_history("u", "idle")) == {second}
-        assert partitions_read(conn, reads.load_history("u", "new")) == {current}
+        # A task's load reads its own partition only, the others pruned before they are
+        # opened (none in the plan, not even as never executed); on Citus's form too.
+        for form in (reads.LOAD_HISTORY, reads.LOAD_HISTORY_CLUSTER):
+            assert partitions_read(conn, reads.load_history("u", "idle", form)) == {second}
+            assert partitions_read(conn, reads.load_history("u", "new", form)) == {current}
+        load = reads.load_history("u", "idle")
+        plan = " ".join(r[0] for r in conn.execute(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + load.sql, load.params).fetchall())
+        assert "never executed" not in plan and "Subplans Removed" in plan
+        assert len(db.load_task_history("u", "idle")) == 1
+        assert db.load_task_history("u", "nobody") == []
 
         # A report since the tasks of the earlier periods came back reads from the first on, and
         # counts exactly what a scan of every partition counts.
@@ -346,6 +354,10 @@ def test_reads_touch_only_the_partitions_they_need(short, db_url):
         db.save_task_history("u", "latest", 0, step("plan"))
         assert db.report(since=since)["totals"]["steps"] == 1
         assert partitions_read(conn, reporting.report(since)) == {partition_of(conn, "latest")}
+        # And so does a listing of the steps written since.
+        assert [s.task_id for s in db.list_steps("u", since=since).items] == ["latest"]
+        assert partitions_read(conn, reads.list_steps("u", since=since)) == {
+            partition_of(conn, "latest")}
 
 
 def failed(name: str, code: str = "E003") -> TaskStepResult:

@@ -52,7 +52,8 @@ def test_functions_pin_their_search_path(psql):
                            "WHERE proname LIKE 'aiecs%' "
                            "AND pronamespace = current_schema()::regnamespace ORDER BY 1"
                            ).fetchall()
-    assert len(configs) == 15  # 8, aiecs_keys_immutable, and six of partitions and summaries
+    # 8, aiecs_keys_immutable, six of partitions and summaries, and aiecs_task_bucket
+    assert len(configs) == 16
     for name, config in configs:
         # (Those reading partition bounds also pin how timestamps are written.)
         assert config[0] == "search_path=pg_catalog, pg_temp", name
