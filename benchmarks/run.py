@@ -807,9 +807,7 @@ class Scaled:
 def scale_history(url: Any, steps: int) -> tuple[Scaled, list[tuple[str, str]]]:
     """A database of ``steps`` steps over ``SCALE_DAYS`` daily periods (COPY, each task in the
     partition of its day, events off as after their retention), and upstream's table holding
-    the same rows; its closed periods summarized as ``aiecs-db maintain`` does."""
-    from aiecs_persistence.statements import summaries
-
+    the same rows; its closed periods summarized as ``cleanup_old_tasks`` does."""
     conninfo = libpq_conninfo(url)
     tasks_a_day = max(1, steps // SCALE_STEPS_PER_TASK // SCALE_DAYS)
     rng = random.Random(11)
@@ -848,19 +846,12 @@ def scale_history(url: Any, steps: int) -> tuple[Scaled, list[tuple[str, str]]]:
                     copy.write_row((user, task, s, json.dumps(r.dict()), at.replace(tzinfo=None),
                                     r.status))
         conn.execute("VACUUM ANALYZE")
-        for (partition,) in conn.execute(summaries.DUE).fetchall():
-            while not one(conn.execute(summaries.SUMMARIZE, {"partition": partition}
-                                       ).fetchone()):
-                pass
-        ours = one(conn.execute(
-            "SELECT sum(pg_total_relation_size(partition::regclass)) "
-            "+ pg_total_relation_size('tasks') FROM aiecs_partition_bounds() "
-            "WHERE parent = 'task_history'").fetchone())
-        theirs = one(conn.execute(
-            "SELECT pg_total_relation_size('aiecs_upstream.task_history')").fetchone())
-        stored = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
-        result = Scaled(stored, int(ours), int(theirs), [], [], {})
         with SyncDatabaseManager(url=url, auto_migrate=False) as db:
+            # Older than the history: deletes nothing, summarizes the closed periods.
+            assert db.cleanup_old_tasks(2 * SCALE_DAYS) == 0
+            ours, theirs = table_bytes(conn, ("task_history",))
+            stored = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
+            result = Scaled(stored, ours, theirs, [], [], {})
             for _ in range(3):
                 t0 = time.perf_counter()
                 db.report()
@@ -937,7 +928,7 @@ def write_history(url: Any, prefix: str, steps: int) -> None:
     """``steps`` steps of new tasks (ten steps a task, 50 users) written by the library's bulk
     path, and the same rows into upstream's table by COPY with the writer's clock, as upstream's
     class stamps its rows."""
-    rng = random.Random(hash(prefix) & 0xFFFF)
+    rng = random.Random(prefix)
     rows = [(f"user-{t % 50}", f"{prefix}-{t}", s, step_result(rng, s))
             for t in range(steps // SCALE_STEPS_PER_TASK) for s in range(SCALE_STEPS_PER_TASK)]
     with SyncDatabaseManager(url=url, auto_migrate=False) as db:
@@ -964,11 +955,14 @@ def aged_child(base: Path, steps: int) -> None:
     embedded.stop(base)
 
 
-def table_bytes(conn: psycopg.Connection[Any]) -> tuple[int, int]:
-    """The files of our history (steps, events, tasks, with indexes) and of upstream's table."""
+def table_bytes(conn: psycopg.Connection[Any],
+                parents: tuple[str, ...] = ("task_history", "task_events")) -> tuple[int, int]:
+    """The files of our history (the partitions of ``parents`` and tasks, with indexes) and of
+    upstream's table."""
     ours = one(conn.execute(
         "SELECT coalesce(sum(pg_total_relation_size(partition::regclass)), 0) "
-        "+ pg_total_relation_size('tasks') FROM aiecs_partition_bounds()").fetchone())
+        "+ pg_total_relation_size('tasks') FROM aiecs_partition_bounds() "
+        "WHERE parent = ANY(%s)", [list(parents)]).fetchone())
     theirs = one(conn.execute(
         "SELECT pg_total_relation_size('aiecs_upstream.task_history')").fetchone())
     return int(ours), int(theirs)

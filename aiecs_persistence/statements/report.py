@@ -73,11 +73,6 @@ used AS (
 )"""
 
 
-def _used(path: str, fields: str) -> str:
-    """The summaries' rows at ``path`` (an array of their figures) as ``fields``."""
-    return f" UNION ALL SELECT {fields} FROM used, jsonb_array_elements(used.f->'{path}') j"
-
-
 def _report(counts: str, totals: str, names: str, days: str, window: str = _PRUNED_WINDOW,
             summaries: bool = True) -> str:
     """The report over the window's step counts (``counts``: CTEs; ``totals``, ``names``,
@@ -85,7 +80,9 @@ def _report(counts: str, totals: str, names: str, days: str, window: str = _PRUN
     failures by code and category and the distinct tasks read apart; with ``summaries``, the
     figures of the partitions read and those of the summaries used, added up."""
     def used(path: str, fields: str) -> str:
-        return _used(path, fields) if summaries else ""
+        """The summaries' rows at ``path`` (an array of their figures) as ``fields``."""
+        return (f" UNION ALL SELECT {fields} FROM used, jsonb_array_elements(used.f->'{path}') j"
+                if summaries else "")
 
     def used_total(key: str) -> str:
         return (f" + (SELECT COALESCE(sum((f->>'{key}')::bigint), 0) FROM used)"
