@@ -817,4 +817,7 @@ def embedded_stop() -> None:
 
 
 def main() -> None:
-    app()
+    from .telemetry import command_span
+
+    with command_span(sys.argv[1:]):
+        app()

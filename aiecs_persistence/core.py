@@ -35,6 +35,7 @@ from .sqlstates import (
 from .statements import Statement
 from .statements.bulk import BULK_CHUNK
 from .statements.saves import SAVE_STEP_ONLY, save_step
+from .telemetry import OPERATIONS, telemetry_for
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -90,6 +91,12 @@ class Settings:
     group_commit: bool = True
     group_commit_writers: int = WRITERS
     group_commit_max_batch: int = MAX_BATCH
+    #: OpenTelemetry (telemetry.py): user and task ids as span attributes (off: they can be
+    #: personal data).
+    trace_ids: bool = False
+    #: OpenTelemetry's tracer and meter providers; None: the global ones.
+    tracer_provider: Any = None
+    meter_provider: Any = None
 
     def connect_args(self, url_options: str | None = None,
                      search_path: str | None = None) -> dict[str, Any]:
@@ -173,6 +180,9 @@ class SettingsKwargs(TypedDict, total=False):
     group_commit: bool
     group_commit_writers: int
     group_commit_max_batch: int
+    trace_ids: bool
+    tracer_provider: Any
+    meter_provider: Any
 
 
 @dataclass
@@ -256,6 +266,9 @@ class ManagerBase:
         self._url_arg = url
         self._url: URL | None = None
         self.metrics = Metrics()
+        #: Spans and metrics (telemetry.py): OpenTelemetry's when it is installed.
+        self._telemetry = telemetry_for(self.settings.trace_ids, self.settings.tracer_provider,
+                                        self.settings.meter_provider)
         #: What the last ``cleanup_old_tasks`` did (the command line reports it).
         self.last_cleanup = CleanupSummary()
 
@@ -266,6 +279,7 @@ class ManagerBase:
         """The resolved database URL (resolving may start the embedded server)."""
         if self._url is None:
             self._url = resolve_url(self._db_config, self._url_arg)
+            self._telemetry.locate(self._url)
         return self._url
 
     def __repr__(self) -> str:
@@ -440,12 +454,13 @@ class ManagerBase:
             attempt < self.settings.max_attempts
         ):
             delay = self.settings.backoff(attempt)
+            failure = translate(exc)
             log.log(
                 logging.WARNING if attempt == 1 else logging.DEBUG,
                 "%s: transient failure (attempt %d of %d), retrying in %.3fs: %s",
-                statement.name, attempt, self.settings.max_attempts, delay,
-                translate(exc).message,
+                statement.name, attempt, self.settings.max_attempts, delay, failure.message,
             )
+            self._telemetry.retry(statement.name, attempt, failure)
             return delay
         self.observe(statement, started, False)
         if kind is None:
@@ -472,9 +487,11 @@ class ManagerBase:
         return arm(conn.pgconn.socket, seconds, statement.name)
 
     def observe(self, statement: Statement, started: float, ok: bool) -> None:
-        """Record one call (since ``started``, a ``perf_counter`` time) in the metrics."""
+        """Record one statement (since ``started``, a ``perf_counter`` time) in the metrics,
+        unless a public call of its name is measured already (``telemetry.operation``)."""
         elapsed = time.perf_counter() - started
-        self.metrics.record(statement.name, elapsed, ok)
+        if statement.name not in OPERATIONS:
+            self.metrics.record(statement.name, elapsed, ok)
         if ok and log.isEnabledFor(logging.DEBUG):
             log.debug("%s ok in %.2f ms", statement.name, elapsed * 1000,
                       extra={"operation": statement.name})

@@ -69,13 +69,16 @@ class QueuedBase:
     once written, its outcome. How its caller waits is the I/O style's (``queued.py``, and its
     generated twin ``queued_sync.py``)."""
 
-    __slots__ = ("error", "fast", "full", "key")
+    __slots__ = ("caller", "error", "fast", "full", "key")
 
     def __init__(self, key: Key, full: Statement, fast: Statement | None) -> None:
         self.key = key
         self.full = full
         self.fast = fast
         self.error: BaseException | None = None
+        #: The caller's span (an OpenTelemetry ``SpanContext``), which its batch's span links
+        #: to (telemetry.py); None without telemetry.
+        self.caller: Any = None
 
     def outcome(self) -> None:
         """Raise the save's error, if it failed."""

@@ -53,6 +53,7 @@ from .statements.rows import (
 )
 from .statements.statement import SET_LOCAL, Statement, set_local
 from .statements.watching import Watch
+from .telemetry import operation
 from .watch import HEARTBEAT
 
 if TYPE_CHECKING:  # psycopg loads on connect, not on import (docs/performance.md)
@@ -94,10 +95,12 @@ class SyncDatabaseManager(ManagerBase):
         """Whether the pool is open (``connect`` was called and ``disconnect`` was not)."""
         return self._pool is not None
 
+    @operation()
     def connect(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Create the pool and make sure the schema is at head (upstream's signature)."""
         self.init_connection_pool(min_size, max_size)
 
+    @operation()
     def init_connection_pool(
         self, min_size: int | None = None, max_size: int | None = None
     ) -> None:
@@ -109,6 +112,7 @@ class SyncDatabaseManager(ManagerBase):
             self.prepare_schema()  # resolves self.url too
             self._pool_sizes = (min_size, max_size)
             self._pool = self._open_pool()
+            self._telemetry.watch_pool(self)
         self._partitions_due()
 
     def _partitions_due(self) -> None:
@@ -153,11 +157,13 @@ class SyncDatabaseManager(ManagerBase):
             threading.Thread(target=stale.close, name="aiecs-old-pool", daemon=True).start()
         return current
 
+    @operation()
     def init_database_schema(self) -> bool:
         """Upstream's name: migrate to head (errors are raised, never swallowed)."""
         self.prepare_schema()
         return True
 
+    @operation()
     def disconnect(self) -> None:
         """Close the pool and its connections (a later call connects again)."""
         self._drainers.shutdown(wait=True)  # queued saves are written before it closes
@@ -249,6 +255,7 @@ class SyncDatabaseManager(ManagerBase):
                 at = missing_partition(exc)
                 if at is not None and statement.idempotent and (
                         attempt < self.settings.max_attempts):
+                    self._telemetry.retry(statement.name, attempt, "missing_partition")
                     # A save in a period with no partition yet (idle for longer than the
                     # partitions made ahead): create it, then save again. (-1: retention is
                     # dropping that period; once its task is deleted, the save creates it anew.)
@@ -315,6 +322,7 @@ class SyncDatabaseManager(ManagerBase):
 
     # -- writes ------------------------------------------------------------------------------
 
+    @operation(ids=2)
     def save_task_history(
         self, user_id: str, task_id: str, step: int, step_result: Any
     ) -> bool:
@@ -333,6 +341,10 @@ class SyncDatabaseManager(ManagerBase):
             finally:
                 self._drain(group.finish([save.key]))
             return True
+        telemetry = self._telemetry
+        if telemetry.enabled:
+            save.caller = telemetry.current()
+        queued = time.perf_counter()
         if arrival is Arrival.LEAD:  # a free writer takes it with whatever queues meanwhile
             self._drain(None)
         try:
@@ -340,6 +352,8 @@ class SyncDatabaseManager(ManagerBase):
         except BaseException:
             group.withdraw(save)
             raise
+        if telemetry.enabled:
+            telemetry.waited(time.perf_counter() - queued)
         save.outcome()
         return True
 
@@ -398,7 +412,8 @@ class SyncDatabaseManager(ManagerBase):
         (permissions, a closed manager) is every caller's."""
         if len(batch) > 1:
             try:
-                self._run(self._saves([save.full for save in batch]), writer=True)
+                with self._telemetry.batch(len(batch), [save.caller for save in batch]):
+                    self._run(self._saves([save.full for save in batch]), writer=True)
             except (ValidationError, RetryExhaustedError, QueryTimeoutError):
                 pass  # below, one at a time
             except Exception as exc:
@@ -418,6 +433,7 @@ class SyncDatabaseManager(ManagerBase):
             else:
                 save.resolve()
 
+    @operation()
     def save_task_history_many(self, records: Iterable[Any]) -> int:
         """Save many (user_id, task_id, step, step_result) records in one transaction: all of
         them or none. The input is streamed in chunks of ``bulk_chunk_size`` records, each
@@ -495,11 +511,13 @@ class SyncDatabaseManager(ManagerBase):
             if own_events:
                 cur.execute(bulk.BULK_NOTIFY, tasks.params)
 
+    @operation(ids=2)
     def start_task(self, user_id: str, task_id: str) -> TaskRecord:
         """Mark a task running (creating it if needed)."""
         found = self._run(tasks.start_task(user_id, task_id))
         return task_record(found[0])
 
+    @operation(ids=2)
     def finish_task(
         self, user_id: str, task_id: str, status: TaskStatus | str,
         error_code: Any = None, error_message: str | None = None,
@@ -508,10 +526,12 @@ class SyncDatabaseManager(ManagerBase):
         statement = tasks.finish_task(user_id, task_id, status, error_code, error_message)
         return tasks.finished_task(self._run(statement), statement)
 
+    @operation(ids=2)
     def mark_task_as_cancelled(self, user_id: str, task_id: str) -> bool:
         """Cancel the task (E004). False when it had already ended otherwise."""
         return tasks.cancelled(self._run(tasks.cancel_task(user_id, task_id)))
 
+    @operation()
     def cleanup_old_tasks(
         self, days_old: float = 30, *, dry_run: bool = False,
         on_batch: Callable[[int], object] | None = None,
@@ -556,6 +576,7 @@ class SyncDatabaseManager(ManagerBase):
                 on_batch(deleted)
             if locked < self.settings.cleanup_batch_size:
                 self.last_cleanup = dropped._replace(tasks=total)
+                self._telemetry.retention(total, dropped.partitions_dropped, dropped.bytes_freed)
                 if self._dialect.drops_partitions:
                     self._summarize_periods()
                 return total
@@ -715,6 +736,7 @@ class SyncDatabaseManager(ManagerBase):
 
     # -- reads -------------------------------------------------------------------------------
 
+    @operation()
     def report(
         self, since: dt.datetime | None = None, until: dt.datetime | None = None, top: int = 10
     ) -> dict[str, Any]:
@@ -724,26 +746,31 @@ class SyncDatabaseManager(ManagerBase):
         return report_data(self._run(reporting.report(
             since, until, top, form=self._dialect.report_form)))
 
+    @operation(ids=2)
     def load_task_history(self, user_id: str, task_id: str) -> list[dict[str, Any]]:
         """``[{"step", "result": step_result.dict(), "timestamp", "status"}]`` by step."""
         self._ready()  # connected: the shape of the statement is known
         return history_rows(self._run(
             reads.load_history(user_id, task_id, form=self._dialect.load_form)))
 
+    @operation(ids=2)
     def check_task_status(self, user_id: str, task_id: str) -> TaskStatus:
         """The task's status; PENDING for an unknown task (as upstream; see get_task)."""
         record = self.get_task(user_id, task_id)
         return record.status if record else TaskStatus.PENDING
 
+    @operation(ids=2)
     def get_task(self, user_id: str, task_id: str) -> TaskRecord | None:
         """The task's record (status, error, timestamps), or None when it is unknown."""
         found = self._run(reads.get_task(user_id, task_id))
         return task_record(found[0]) if found else None
 
+    @operation(ids=1)
     def get_user_tasks(self, user_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """``[{"task_id", "last_updated", "status"}]``, newest first (upstream's shape)."""
         return user_task_rows(self._run(reads.user_tasks(user_id, limit)))
 
+    @operation(ids=1)
     def list_tasks(
         self, user_id: str, *, limit: int = 100,
         status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
@@ -759,6 +786,7 @@ class SyncDatabaseManager(ManagerBase):
             since=since, until=until, cursor=cursor)
         return Page(*task_page(self._run(statement), limit))
 
+    @operation(ids=1)
     def list_steps(
         self, user_id: str, *, limit: int = 100, task_id: str | None = None,
         status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
@@ -805,18 +833,24 @@ class SyncDatabaseManager(ManagerBase):
     ) -> Iterator[dict[str, Any]]:
         """The watch loop: catch up, yield, wait for a wake-up (or ``interval``), again."""
         self._ready()  # connected: the shape of the catch-up is known
+        telemetry = self._telemetry
+        name = "watch_user_tasks" if watch.task_id is None else "watch_task_history"
         waiter = self._subscribe(watch)
         try:
             while True:
                 if waiter is not None:
                     waiter.clear()
-                horizon = self._dialect.horizon(watch)  # on Citus, the user's node's
-                if horizon is None:
-                    rows = self._run(watch.statement())
-                else:
-                    node = self._run(horizon)
-                    rows = self._run(watch.statement(int(node[0].horizon)))
-                yield from take(rows)
+                with telemetry.catch_up(name):
+                    horizon = self._dialect.horizon(watch)  # on Citus, the user's node's
+                    if horizon is None:
+                        rows = self._run(watch.statement())
+                    else:
+                        node = self._run(horizon)
+                        rows = self._run(watch.statement(int(node[0].horizon)))
+                for entry in take(rows):
+                    if telemetry.enabled:
+                        telemetry.lag(name, dt.datetime.fromisoformat(entry["timestamp"]))
+                    yield entry
                 if until_finished and watch.finished:
                     return
                 self._idle(waiter, interval)

@@ -115,8 +115,10 @@ def test_cleanup_runs_in_bounded_batches(kind, db_url, psql):
                  "SELECT 'u', 't' || i, now() - interval '60 days' FROM generate_series(1, 250) i")
     manager = make_manager(kind, url=db_url, cleanup_batch_size=100)
     try:
-        assert manager.cleanup_old_tasks(30) == 250
-        assert manager.get_performance_report()["cleanup_old_tasks"]["count"] == 3
+        batches: list[int] = []
+        assert manager.cleanup_old_tasks(30, on_batch=batches.append) == 250
+        assert batches == [100, 100, 50]
+        assert manager.get_performance_report()["cleanup_old_tasks"]["count"] == 1  # one call
     finally:
         close(manager)
 
