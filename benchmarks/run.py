@@ -109,6 +109,10 @@ SELECT
          FROM h GROUP BY 1) x)
 """
 ROUNDS = 5
+#: The telemetry case's managers (one has no opentelemetry) and its four results.
+TELEMETRY_WHO = {"api": "API without SDK", "sdk": "SDK, in-memory exporter"}
+TELEMETRY_CASES = ("sequential saves, API without SDK", "sequential saves, SDK",
+                   "64 coroutines, API without SDK", "64 coroutines, SDK")
 PAIRED_NOTE = (f"{ROUNDS} rounds, ours and the baseline back to back in alternating order; "
                "figures are medians, the ratio the median of the per-round ratios")
 STEP_NAMES = ("search.web", "fetch.page", "llm.plan", "llm.generate", "parse.pdf",
@@ -186,6 +190,36 @@ def latency_result(case: str, ours: list[float], base: list[float], limit: float
     ratio = statistics.median(ours) / statistics.median(base)
     return Result(case, fmt_ms(ours), fmt_ms(base), ratio, f"median ≤ {limit}×",
                   ratio <= limit, note)
+
+
+def sdk_floor(tracer_provider: Any, meter_provider: Any) -> float:
+    """Seconds the OpenTelemetry SDK itself takes, here, for what each call costs at least: a
+    CLIENT span with the conventions' six attributes made current and ended, and one record
+    of a histogram with the same attributes (median of 20 runs of 500)."""
+    from opentelemetry import context, trace
+
+    tracer = tracer_provider.get_tracer("aiecs_bench_floor")
+    histogram = meter_provider.get_meter("aiecs_bench_floor").create_histogram("floor", "s")
+    attributes = {"db.system.name": "postgresql", "db.namespace": "bench",
+                  "server.address": "127.0.0.1", "server.port": 5432,
+                  "db.operation.name": "save_task_history", "db.collection.name": "task_history"}
+    runs = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        for _ in range(500):
+            span = tracer.start_span("floor", kind=trace.SpanKind.CLIENT, attributes=attributes)
+            token = context.attach(trace.set_span_in_context(span))
+            histogram.record(0.001, attributes)
+            context.detach(token)
+            span.end()
+        runs.append((time.perf_counter() - t0) / 500)
+    return statistics.median(runs)
+
+
+def floor_note(floor: float, save: float) -> str:
+    return (f"the SDK's own floor here (one span with these attributes and one histogram "
+            f"record, no database): {floor * 1e6:.0f} µs a call, {floor / save:.0%} of a "
+            f"save's {save * 1e6:.0f} µs")
 
 
 # -- the cases ------------------------------------------------------------------------------
@@ -297,6 +331,105 @@ class Bench:
             t0 = time.perf_counter()
             await asyncio.gather(*(worker(w) for w in range(len(data))))
             return 1 / (time.perf_counter() - t0)
+
+    # -- OpenTelemetry (aiecs_persistence/telemetry.py) -----------------------------------
+
+    async def telemetry(self) -> None:
+        """Saves through three managers in one process, in turn: one without OpenTelemetry
+        (the no-op telemetry a manager has when ``opentelemetry`` cannot be imported), one
+        with the API and no SDK (the global providers: the API's no-op), one with the SDK (a
+        batch span processor into an in-memory exporter, an in-memory metric reader)."""
+        try:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+                InMemorySpanExporter,
+            )
+        except ImportError:
+            for what in TELEMETRY_CASES:
+                self.report(Result(f"telemetry: {what}", "not run", "—", None, "—", None,
+                                   "needs opentelemetry-sdk (the test or bench extra)"))
+            return
+        from aiecs_persistence.telemetry import Telemetry
+
+        tracer_provider = TracerProvider()
+        # It keeps the last 2,048 spans (an exporter that kept them all would grow the heap
+        # that every garbage collection walks; a real one sends them and lets them go).
+        tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter(2048)))
+        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        settings: dict[str, Any] = {"url": self.url, "auto_migrate": False, "pool_size": 8,
+                                    "max_overflow": 0}
+        managers = {"none": DatabaseManager(**settings), "api": DatabaseManager(**settings),
+                    "sdk": DatabaseManager(**settings, tracer_provider=tracer_provider,
+                                           meter_provider=meter_provider)}
+        managers["none"]._telemetry = Telemetry()
+        floor = sdk_floor(tracer_provider, meter_provider)
+        try:
+            for db in managers.values():
+                await db.connect()
+            await self._telemetry_sequential(managers, floor)
+            await self._telemetry_concurrent(managers, floor)
+        finally:
+            for db in managers.values():
+                await db.disconnect()
+            tracer_provider.shutdown()
+            meter_provider.shutdown()
+
+    async def _telemetry_sequential(self, managers: dict[str, DatabaseManager],
+                                    floor: float) -> None:
+        count = self.n(3000, 60)
+        data = list(records("x", count // 10 + 1, 10, seed=40))[:count]
+        latencies: dict[str, list[float]] = {who: [] for who in managers}
+        names = list(managers)
+        for i, (_, task, step, r) in enumerate(data):
+            for who in names[i % 3:] + names[:i % 3]:  # each first in turn
+                t0 = time.perf_counter()
+                await managers[who].save_task_history(f"otel-seq-{who}", task, step, r)
+                if i >= 20:
+                    latencies[who].append(time.perf_counter() - t0)
+        base = statistics.median(latencies["none"])
+        for who, limit in (("api", 1.02), ("sdk", 1.10)):
+            note = "baseline: the same manager without opentelemetry; managers in turn"
+            if who == "sdk":
+                note += f"; {floor_note(floor, base)}"
+            self.report(latency_result(
+                f"telemetry: sequential saves, {TELEMETRY_WHO[who]} (×{count})",
+                latencies[who], latencies["none"], limit, note))
+
+    async def _telemetry_concurrent(self, managers: dict[str, DatabaseManager],
+                                    floor: float) -> None:
+        workers = 64
+        per = max(2, self.n(12_800, 64 * 2) // workers)
+        rates: dict[str, list[float]] = {who: [] for who in managers}
+        names = list(managers)
+        for rnd in range(ROUNDS):
+            data = [list(records("x", 1, per, seed=300 + w)) for w in range(workers)]
+            for who in names[rnd % 3:] + names[:rnd % 3]:
+                db = managers[who]
+
+                async def worker(w: int, db: DatabaseManager = db,
+                                 user: str = f"otel-{rnd}-{who}",
+                                 data: list[list[Record]] = data) -> None:
+                    for _, _, step, r in data[w]:
+                        await db.save_task_history(user, f"task-{w}", step, r)
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(worker(w) for w in range(workers)))
+                rates[who].append(per * workers / (time.perf_counter() - t0))
+        for who, limit in (("api", 1.02), ("sdk", 1.05)):
+            # The cost: the rate without opentelemetry over the rate with it, round by round.
+            costs = [n / o for n, o in zip(rates["none"], rates[who], strict=True)]
+            cost = statistics.median(costs)
+            note = f"ratio: the rate without over the rate with; {PAIRED_NOTE}"
+            if who == "sdk":
+                note += f"; {floor_note(floor, 1 / statistics.median(rates['none']))}"
+            self.report(Result(
+                f"telemetry: {workers} coroutines, {per * workers} saves, {TELEMETRY_WHO[who]}",
+                f"{statistics.median(rates[who]):,.0f} saves/s",
+                f"{statistics.median(rates['none']):,.0f} saves/s", cost, f"cost ≤ {limit}×",
+                cost <= limit, note))
 
     # -- against the class our users replace (benchmarks/upstream.py) ---------------------
 
@@ -1077,8 +1210,8 @@ def server_info(conninfo: str) -> str:
             f"{os.cpu_count()} CPUs")
 
 
-CASES = ("import", "upstream", "single", "blocking", "concurrent", "watchers", "bulk", "memory",
-         "read", "listing", "report", "retention", "scale", "citus")
+CASES = ("import", "upstream", "single", "blocking", "concurrent", "telemetry", "watchers",
+         "bulk", "memory", "read", "listing", "report", "retention", "scale", "citus")
 
 
 async def run_all(bench: Bench, only: set[str], citus_url: Any = None) -> None:
@@ -1104,6 +1237,8 @@ async def run_all(bench: Bench, only: set[str], citus_url: Any = None) -> None:
                 bench.blocking()
             if "concurrent" in only:
                 await bench.concurrent(conn)
+            if "telemetry" in only:
+                await bench.telemetry()
             if "watchers" in only:
                 await bench.watchers()
             if "bulk" in only:

@@ -313,3 +313,51 @@ def test_demo_json_and_quiet(pg, seeded):
                                 "--url", seeded])
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
     assert "deleted 2 task(s)" in quiet.stdout
+
+
+def json_values(text: str) -> list[object]:
+    """Every JSON value printed one after the other (the command's output, then the console
+    exporter's spans)."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at == len(text):
+            return values
+        value, at = decoder.raw_decode(text, at)
+        values.append(value)
+
+
+def test_the_command_line_is_a_trace_when_the_environment_asks(seeded, db_url):
+    url = url_of(db_url.set(password="s3cret-Pa55"))  # trusted: the password is never checked
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_SERVICE_NAME": "aiecs-db-test"}
+    done = subprocess.run([sys.executable, "-m", "aiecs_persistence", "tasks", "alice", "--url",
+                           url, "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    output, *spans = json_values(done.stdout)
+    assert [row["task_id"] for row in output] == ["t2", "t1"]  # type: ignore[index]
+    by_name = {span["name"]: span for span in spans}  # type: ignore[index]
+    root, listing = by_name["aiecs-db tasks"], by_name["list_tasks"]
+    assert root["parent_id"] is None and root["status"]["status_code"] == "UNSET"
+    assert listing["parent_id"] == root["context"]["span_id"]
+    assert listing["attributes"]["db.operation.name"] == "list_tasks"
+    assert root["resource"]["attributes"]["service.name"] == "aiecs-db-test"
+    assert "s3cret-Pa55" not in done.stdout + done.stderr
+
+    failed = subprocess.run([sys.executable, "-m", "aiecs_persistence", "tasks", "alice",
+                             "--url", "postgresql://bob:hunter2@127.0.0.1:1/db"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert failed.returncode == 3
+    by_name = {s["name"]: s for s in json_values(failed.stdout)}  # type: ignore[index]
+    assert by_name["aiecs-db tasks"]["status"]["status_code"] == "ERROR"
+    connecting = by_name["connect"]  # the manager's call that failed, with its code
+    assert connecting["status"]["status_code"] == "ERROR"
+    assert connecting["attributes"]["error.type"].startswith("E00")
+    assert "hunter2" not in failed.stdout + failed.stderr
+
+    quiet = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+    plain = subprocess.run([sys.executable, "-m", "aiecs_persistence", "tasks", "alice", "--url",
+                            url, "--json"], capture_output=True, text=True, timeout=120,
+                           env=quiet)
+    assert len(json_values(plain.stdout)) == 1  # nothing asked for: no spans
