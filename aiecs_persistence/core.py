@@ -471,8 +471,9 @@ class ManagerBase:
                 f"{statement.name}: gave up after {attempt} attempt(s): {err.message}",
                 attempts=attempt, sqlstate=err.sqlstate,
             )
-        # The caller receives the error: it is theirs to log, not ours (DEBUG only).
-        log.debug("%s failed: %s", statement.name, err.message)
+        # The caller receives the error: it is theirs to log, not ours (DEBUG only, and by
+        # its code: the message names the task, and ids can be personal data).
+        log.debug("%s failed: %s %s", statement.name, err.error_code.value, type(err).__name__)
         raise err from None
 
     def _deadline(

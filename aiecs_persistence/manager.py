@@ -475,7 +475,7 @@ class DatabaseManager(ManagerBase):
             else:
                 save.resolve()
 
-    @operation()
+    @operation(ids=-1)
     async def save_task_history_many(self, records: Iterable[Any] | AsyncIterable[Any]) -> int:
         """Save many (user_id, task_id, step, step_result) records in one transaction: all of
         them or none. The input is streamed in chunks of ``bulk_chunk_size`` records, each

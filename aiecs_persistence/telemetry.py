@@ -83,7 +83,8 @@ def error_type(exc: BaseException) -> str:
 def operation(ids: int = 0) -> Callable[[F], F]:
     """Decorate a public method of a manager (async or blocking): one measured call, and one
     span when OpenTelemetry is there. ``ids``: how many of its first arguments are ids
-    (1: ``user_id``; 2: ``user_id, task_id``), attributes only under ``trace_ids``."""
+    (1: ``user_id``; 2: ``user_id, task_id``; -1: its records hold them), attributes only
+    under ``trace_ids``, withheld from a failure's exception event otherwise."""
 
     def wrap(fn: F) -> F:
         name = fn.__name__
@@ -349,13 +350,17 @@ class _Otel(Telemetry):
         span = self._tracer.start_span(name, kind=self._kind, attributes=self._for(name))
         if not span.is_recording():
             return None
-        if self._trace_ids and ids:
-            for i, key in enumerate(("user_id", "task_id")[:ids]):
-                value = args[i] if i < len(args) else kwargs.get(key)
-                if isinstance(value, str):
-                    span.set_attribute(f"aiecs.{key}", value)
+        named: dict[str, str] = {"records": ""} if ids < 0 else {}
+        for i, key in enumerate(("user_id", "task_id")[:max(ids, 0)]):
+            value = args[i] if i < len(args) else kwargs.get(key)
+            if isinstance(value, str) and value:
+                named[key] = value
+        if self._trace_ids:
+            for key, value in named.items():
+                span.set_attribute(f"aiecs.{key}", value)
+            named = {}
         token = self._context.attach(self._trace.set_span_in_context(span))
-        return span, token, "server.port" in self._where
+        return span, token, "server.port" in self._where, named
 
     def end(self, name: str, scope: Any, started: float, exc: BaseException | None) -> float:
         seconds = time.perf_counter() - started
@@ -365,14 +370,14 @@ class _Otel(Telemetry):
             kind = error_type(exc)
             self._metrics.duration.record(seconds, {**self._for(name), "error.type": kind})
         if scope is not None:
-            span, token, located = scope
+            span, token, located, named = scope
             self._context.detach(token)
             if not located:  # the URL was resolved during the call
                 span.set_attributes(self._for(name))
             if exc is not None:
                 span.set_status(self._error)
                 span.set_attribute("error.type", kind)
-                span.record_exception(exc)
+                span.record_exception(exc, attributes=_withheld(exc, named) if named else None)
             span.end()
         return seconds
 
@@ -418,6 +423,26 @@ class _Otel(Telemetry):
         if partitions:
             self._metrics.dropped.add(partitions, where)
             self._metrics.freed.add(freed, where)
+
+
+def _withheld(exc: BaseException, named: Mapping[str, str]) -> dict[str, str]:
+    """The exception event's message and stack trace with the call's ids replaced by their
+    names (``<user_id>``): our messages name the task a failure is about, and ids can be
+    personal data (``trace_ids=True`` keeps them)."""
+    import re
+    import traceback
+
+    if "records" in named:  # the ids are the records': withhold the message whole
+        what = f"{type(exc).__name__} ({error_type(exc)}): message withheld (it names tasks)"
+        return {"exception.message": what, "exception.stacktrace": what}
+
+    def withhold(text: str) -> str:
+        for key, value in named.items():
+            text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", f"<{key}>", text)
+        return text
+
+    return {"exception.message": withhold(str(exc)),
+            "exception.stacktrace": withhold("".join(traceback.format_exception(exc)))}
 
 
 def _root() -> Context:

@@ -120,19 +120,27 @@ def test_a_save_inside_a_callers_span_is_its_child_with_the_conventions(kind, db
         assert secret not in emitted
 
 
-def test_a_failing_save_is_an_error_span_with_its_code(kind, db_url, otel):
+def test_a_failing_save_is_an_error_span_with_its_code(kind, db_url, otel, caplog):
     manager = make_manager(kind, url=db_url, **otel.settings())
     try:
-        manager.save_task_history("u", "t", 0, done("op"))
-        with pytest.raises(InvalidTransitionError):
-            manager.save_task_history("u", "t", 0, TaskStepResult("op", 1, status="running"))
+        manager.save_task_history("user-7", "task-9", 0, done("op"))
+        with caplog.at_level(logging.DEBUG, logger="aiecs_persistence"), \
+                pytest.raises(InvalidTransitionError, match="user-7/task-9"):
+            manager.save_task_history("user-7", "task-9", 0,
+                                      TaskStepResult("op", 1, status="running"))
     finally:
         close(manager)
     failed = [s for s in otel.finished("save_task_history")
               if s.status.status_code is StatusCode.ERROR]
     assert len(failed) == 1
     assert failed[0].attributes is not None and failed[0].attributes["error.type"] == "E001"
-    assert [e.name for e in failed[0].events] == ["exception"]
+    (event,) = failed[0].events
+    assert event.name == "exception" and event.attributes is not None
+    # The error names the task for its caller; the trace and the log withhold the ids.
+    assert "task <user_id>/<task_id>" in str(event.attributes["exception.message"])
+    emitted = everything_emitted(otel) + " ".join(r.getMessage() for r in caplog.records)
+    assert "user-7" not in emitted and "task-9" not in emitted
+    assert any("E001" in r.getMessage() for r in caplog.records)
     counts = {p.attributes.get("error.type"): p.count
               for p in otel.points("db.client.operation.duration")
               if p.attributes["db.operation.name"] == "save_task_history"}
@@ -299,3 +307,20 @@ def test_without_opentelemetry_nothing_of_it_is_imported(db_url):
     assert json.loads(done_.stdout) == {"loaded": [], "saves": 1}
     with psycopg.connect(conninfo(db_url)) as conn:
         assert conn.execute("SELECT count(*) FROM task_history").fetchone() == (1,)
+
+
+def test_a_failing_bulk_withholds_its_message(kind, db_url, otel):
+    manager = make_manager(kind, url=db_url, **otel.settings())
+    try:
+        manager.save_task_history("user-7", "task-9", 0, done("op"))
+        with pytest.raises(InvalidTransitionError, match="user-7/task-9"):
+            manager.save_task_history_many([
+                ("user-7", "task-8", 0, done("op")),
+                ("user-7", "task-9", 0, TaskStepResult("op", 1, status="running"))])
+    finally:
+        close(manager)
+    (failed,) = otel.finished("save_task_history_many")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.events[0].attributes is not None
+    assert "withheld" in str(failed.events[0].attributes["exception.message"])
+    assert "user-7" not in everything_emitted(otel)
