@@ -327,11 +327,12 @@ class _Otel(Telemetry):
         where: dict[str, Any] = {"db.system.name": "postgresql"}
         if url.database:
             where["db.namespace"] = url.database
-        if url.host:
-            where["server.address"] = url.host
+        address = server_address(url)
+        if address:
+            where["server.address"] = address
         where["server.port"] = url.port or 5432
         self._where, self._attributes = where, {}
-        self.pool_name = f"{url.host or 'localhost'}:{where['server.port']}/{url.database or ''}"
+        self.pool_name = f"{address or 'localhost'}:{where['server.port']}/{url.database or ''}"
 
     def watch_pool(self, manager: Any) -> None:
         self._metrics.managers.add(manager)
@@ -423,6 +424,16 @@ class _Otel(Telemetry):
         if partitions:
             self._metrics.dropped.add(partitions, where)
             self._metrics.freed.add(freed, where)
+
+
+def server_address(url: URL) -> str | None:
+    """``server.address``: the URL's host, or the Unix socket's directory it names in its
+    query (``?host=/run/postgresql``), as the conventions say for sockets."""
+    if url.host:
+        return url.host
+    given = url.query.get("host")
+    first = given[0] if isinstance(given, tuple) and given else given
+    return first if isinstance(first, str) and first else None
 
 
 def _withheld(exc: BaseException, named: Mapping[str, str]) -> dict[str, str]:

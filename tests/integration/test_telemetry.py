@@ -28,6 +28,7 @@ from aiecs_persistence import (
     SyncDatabaseManager,
     TaskStepResult,
 )
+from aiecs_persistence.telemetry import server_address
 
 from ..conftest import conninfo
 from ..managers import close, make_manager
@@ -112,7 +113,8 @@ def test_a_save_inside_a_callers_span_is_its_child_with_the_conventions(kind, db
     assert dict(save.attributes or {}) == {
         "db.system.name": "postgresql", "db.namespace": db_url.database,
         "db.operation.name": "save_task_history", "db.collection.name": "task_history",
-        "server.address": db_url.host, "server.port": db_url.port or 5432}
+        "server.address": server_address(db_url), "server.port": db_url.port or 5432}
+    assert save.attributes["server.address"]  # a host, or the Unix socket's directory
     (load,) = otel.finished("load_task_history")
     assert load.parent is None  # no span was current: a root
     emitted = everything_emitted(otel)
