@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 if True:  # ASYNC
     import asyncio
+    import contextvars
     from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 else:
     import threading
@@ -423,7 +424,10 @@ class DatabaseManager(ManagerBase):
         if batch == []:
             return
         if True:  # ASYNC
-            task = asyncio.ensure_future(self._write_batches(batch))
+            # In a context of its own: the batches are no part of the call that started the
+            # writer (its span may end first; the batch's span is a root linked to each caller).
+            task = asyncio.get_running_loop().create_task(self._write_batches(batch),
+                                                          context=contextvars.Context())
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
         else:

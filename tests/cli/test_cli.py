@@ -237,12 +237,19 @@ def test_ctrl_c_is_one_line_and_exit_130():
     command = subprocess.Popen([sys.executable, "-m", "aiecs_persistence", "report", "--url",
                                 url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=interruptible)
+    accepted = None
     try:
-        time.sleep(2.0)  # started, and waiting to connect
+        # Started and waiting for the server's answer once its connection arrives (under load,
+        # importing alone can take seconds: a fixed sleep would interrupt the imports).
+        listener.settimeout(60)
+        accepted, _ = listener.accept()
+        time.sleep(0.3)
         command.send_signal(signal.SIGINT)
         _, err = command.communicate(timeout=30)
     finally:
         command.kill()
+        if accepted is not None:
+            accepted.close()
         listener.close()
     assert command.returncode == 130, err
     assert err.strip() == "interrupted"
