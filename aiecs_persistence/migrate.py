@@ -152,8 +152,11 @@ def _alembic(operation: str) -> Iterator[None]:
     a database failure its ``PersistenceError``."""
     from alembic.util import CommandError
 
+    from .telemetry import step_span
+
     try:
-        yield
+        with step_span(f"migrate: {operation}"):
+            yield
     except CommandError as exc:
         raise ValidationError(f"revision: {exc}", field="revision") from None
     except sa.exc.SQLAlchemyError as exc:

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
     from sqlalchemy.engine import URL
 
-__all__ = ["OPERATIONS", "Telemetry", "command_span", "error_type", "operation", "telemetry_for"]
+__all__ = ["OPERATIONS", "Telemetry", "command_span", "error_type", "operation", "revision_spans",
+           "step_span", "telemetry_for"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -461,6 +462,47 @@ def _root() -> Context:
     from opentelemetry.context import Context
 
     return Context()
+
+
+# -- migrations and the command line ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def step_span(name: str) -> Iterator[None]:
+    """An INTERNAL span of the global tracer around a step that is no manager call (a
+    migration command, the upgrade of a manager that connects); nothing without
+    OpenTelemetry."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        yield
+        return
+    with trace.get_tracer(SCOPE).start_as_current_span(name):
+        yield
+
+
+def revision_spans() -> Callable[..., None]:
+    """Alembic's ``on_version_apply`` hook: each revision applied (or reverted) becomes a span,
+    from the end of the one before (or from this call) to its own end, named
+    ``migrate <revision>``; nothing without OpenTelemetry."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return lambda **_: None
+    tracer = trace.get_tracer(SCOPE)
+    last = time.time_ns()
+
+    def applied(*, step: Any, **_: Any) -> None:
+        nonlocal last
+        now = time.time_ns()
+        revision = step.up_revision_id if step.is_upgrade else step.down_revision_ids
+        span = tracer.start_span(f"migrate {revision}", start_time=last, attributes={
+            "aiecs.migration.revision": str(revision),
+            "aiecs.migration.direction": "upgrade" if step.is_upgrade else "downgrade"})
+        span.end(end_time=now)
+        last = now
+
+    return applied
 
 
 # -- the command line ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from aiecs_persistence.errors import QueryTimeoutError, ValidationError
 from aiecs_persistence.migrate import ADVISORY_LOCK_KEY, VERSION_TABLE, include_object
 from aiecs_persistence.migrate import connection as connection_to
 from aiecs_persistence.schema import metadata
+from aiecs_persistence.telemetry import revision_spans
 
 config = context.config
 # `alembic` from a checkout reads alembic.ini: apply its logging sections (the programmatic API,
@@ -60,6 +61,8 @@ COMMON = {
     "compare_type": True,
     "compare_server_default": True,
     "include_object": include_object,
+    # Each revision applied is a span, when OpenTelemetry is there (docs/observability.md).
+    "on_version_apply": revision_spans(),
 }
 
 

@@ -368,3 +368,20 @@ def test_the_command_line_is_a_trace_when_the_environment_asks(seeded, db_url):
                             url, "--json"], capture_output=True, text=True, timeout=120,
                            env=quiet)
     assert len(json_values(plain.stdout)) == 1  # nothing asked for: no spans
+
+
+def test_an_upgrade_is_a_trace_of_its_revisions(empty_db_url):
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none"}
+    done = subprocess.run([sys.executable, "-m", "aiecs_persistence", "upgrade", "--url",
+                           url_of(empty_db_url), "--json"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    output, *spans = json_values(done.stdout)
+    assert output["revision"] == migrate.head()  # type: ignore[index]
+    by_name = {span["name"]: span for span in spans}  # type: ignore[index]
+    command, upgrade = by_name["aiecs-db upgrade"], by_name["migrate: upgrade to head"]
+    assert upgrade["parent_id"] == command["context"]["span_id"]
+    revisions = [s for s in spans if s["name"].startswith("migrate 0")]  # type: ignore[index]
+    assert [s["attributes"]["aiecs.migration.revision"] for s in revisions] == [
+        r for r, _, _ in reversed(migrate.revisions())]
+    assert all(s["parent_id"] == upgrade["context"]["span_id"] for s in revisions)
