@@ -34,14 +34,14 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from .errors import PersistenceError
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.metrics import CallbackOptions, Meter, Observation
+    from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
     from opentelemetry.trace import SpanContext
     from sqlalchemy.engine import URL
 
@@ -95,18 +95,13 @@ def operation(ids: int = 0) -> Callable[[F], F]:
             async def call_async(self: Any, *args: Any, **kwargs: Any) -> Any:
                 if _inside.get():
                     return await fn(self, *args, **kwargs)
-                token = _inside.set(True)
-                tel: Telemetry = self._telemetry
-                scope = tel.start(name, ids, args, kwargs)
-                started = time.perf_counter()
+                begun = _begin(self, name, ids, args, kwargs)
                 try:
                     result = await fn(self, *args, **kwargs)
                 except BaseException as exc:
-                    self.metrics.record(name, tel.end(name, scope, started, exc), False)
+                    _finish(self, name, begun, exc)
                     raise
-                finally:
-                    _inside.reset(token)
-                self.metrics.record(name, tel.end(name, scope, started, None), True)
+                _finish(self, name, begun, None)
                 return result
 
             return cast(F, call_async)
@@ -115,23 +110,34 @@ def operation(ids: int = 0) -> Callable[[F], F]:
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             if _inside.get():
                 return fn(self, *args, **kwargs)
-            token = _inside.set(True)
-            tel: Telemetry = self._telemetry
-            scope = tel.start(name, ids, args, kwargs)
-            started = time.perf_counter()
+            begun = _begin(self, name, ids, args, kwargs)
             try:
                 result = fn(self, *args, **kwargs)
             except BaseException as exc:
-                self.metrics.record(name, tel.end(name, scope, started, exc), False)
+                _finish(self, name, begun, exc)
                 raise
-            finally:
-                _inside.reset(token)
-            self.metrics.record(name, tel.end(name, scope, started, None), True)
+            _finish(self, name, begun, None)
             return result
 
         return cast(F, call)
 
     return wrap
+
+
+def _begin(manager: Any, name: str, ids: int, args: Sequence[Any], kwargs: Mapping[str, Any]
+           ) -> tuple[Token[bool], Telemetry, Any, float]:
+    """A public call starts: inside it from now on, its span, its start time."""
+    token = _inside.set(True)
+    telemetry: Telemetry = manager._telemetry
+    return token, telemetry, telemetry.start(name, ids, args, kwargs), time.perf_counter()
+
+
+def _finish(manager: Any, name: str, begun: tuple[Token[bool], Telemetry, Any, float],
+            exc: BaseException | None) -> None:
+    """A public call ends (``exc``: how it failed): its span, its one measurement."""
+    token, telemetry, scope, started = begun
+    _inside.reset(token)
+    manager.metrics.record(name, telemetry.end(name, scope, started, exc), exc is None)
 
 
 class Telemetry:
@@ -204,40 +210,51 @@ def telemetry_for(trace_ids: bool, tracer_provider: Any = None, meter_provider: 
     return _Otel(trace_ids, tracer_provider, meter_provider)
 
 
+#: The histograms: attribute of ``_Instruments``, name, unit, description, bucket boundaries.
+HISTOGRAMS: Final = (
+    ("duration", "db.client.operation.duration", "s",
+     "Duration of the calls of aiecs-persistence's managers.", DURATION_BUCKETS),
+    ("batch_size", "aiecs.group_commit.batch.size", "{save}",
+     "Saves written by one statement of group commit.", BATCH_BUCKETS),
+    ("wait", "aiecs.group_commit.wait.duration", "s",
+     "How long a queued save waited for its batch to be written.", DURATION_BUCKETS),
+    ("lag", "aiecs.watch.lag", "s",
+     "From a change's commit to a watcher's yield of it.", DURATION_BUCKETS),
+)
+#: The counters: attribute, name, unit, description.
+COUNTERS: Final = (
+    ("deleted", "aiecs.retention.deleted", "{task}",
+     "Tasks deleted by retention (cleanup_old_tasks)."),
+    ("dropped", "aiecs.retention.partitions.dropped", "{partition}",
+     "Partitions dropped whole by retention."),
+    ("freed", "aiecs.retention.freed", "By", "Bytes of the partitions retention dropped."),
+)
+
+
 class _Instruments:
     """The instruments of one meter provider, made once (a provider refuses a second
     instrument of one name), with the pools its observable instruments read."""
+
+    duration: Histogram
+    batch_size: Histogram
+    wait: Histogram
+    lag: Histogram
+    deleted: Counter
+    dropped: Counter
+    freed: Counter
 
     def __init__(self, meter: Meter) -> None:
         from opentelemetry.metrics import Observation
 
         self._observation = Observation
         self.managers: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.duration = meter.create_histogram(
-            "db.client.operation.duration", unit="s",
-            description="Duration of the calls of aiecs-persistence's managers.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.batch_size = meter.create_histogram(
-            "aiecs.group_commit.batch.size", unit="{save}",
-            description="Saves written by one statement of group commit.",
-            explicit_bucket_boundaries_advisory=BATCH_BUCKETS)
-        self.wait = meter.create_histogram(
-            "aiecs.group_commit.wait.duration", unit="s",
-            description="How long a queued save waited for its batch to be written.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.lag = meter.create_histogram(
-            "aiecs.watch.lag", unit="s",
-            description="From a change's commit to a watcher's yield of it.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.deleted = meter.create_counter(
-            "aiecs.retention.deleted", unit="{task}",
-            description="Tasks deleted by retention (cleanup_old_tasks).")
-        self.dropped = meter.create_counter(
-            "aiecs.retention.partitions.dropped", unit="{partition}",
-            description="Partitions dropped whole by retention.")
-        self.freed = meter.create_counter(
-            "aiecs.retention.freed", unit="By",
-            description="Bytes of the partitions retention dropped.")
+        for attribute, name, unit, description, buckets in HISTOGRAMS:
+            setattr(self, attribute, meter.create_histogram(
+                name, unit=unit, description=description,
+                explicit_bucket_boundaries_advisory=buckets))
+        for attribute, name, unit, description in COUNTERS:
+            setattr(self, attribute, meter.create_counter(name, unit=unit,
+                                                          description=description))
         meter.create_observable_up_down_counter(
             "db.client.connection.count", [self._connections], unit="{connection}",
             description="Connections of the managers' pools, by state.")
