@@ -284,20 +284,19 @@ class _Instruments:
 
 
 #: Instruments by meter provider (kept for the process's life, as providers are).
-_INSTRUMENTS: dict[int, tuple[Any, _Instruments]] = {}
+_INSTRUMENTS: dict[Any, _Instruments] = {}
 
 
 def _instruments(provider: Any) -> _Instruments:
     from opentelemetry import metrics
 
     provider = provider if provider is not None else metrics.get_meter_provider()
-    found = _INSTRUMENTS.get(id(provider))
-    if found is None or found[0] is not provider:
+    found = _INSTRUMENTS.get(provider)
+    if found is None:
         from . import __version__
 
-        found = (provider, _Instruments(provider.get_meter(SCOPE, __version__)))
-        _INSTRUMENTS[id(provider)] = found
-    return found[1]
+        found = _INSTRUMENTS[provider] = _Instruments(provider.get_meter(SCOPE, __version__))
+    return found
 
 
 class _TraceIds(logging.Filter):
