@@ -28,7 +28,7 @@ DISTRIBUTED: Final = ("tasks", "task_history", "task_events", "aiecs_watched")
 REFERENCE: Final = ("error_codes",)
 #: The coordinator's own (the migration bookkeeping, the import's rejects).
 LOCAL: Final = ("aiecs_alembic_version", "legacy_task_history_rejects", "aiecs_partitioning",
-                 "aiecs_period_summaries")
+                 "aiecs_period_summaries", "aiecs_scopes")
 #: Functions run where their user lives: signature → the argument that names the user.
 FUNCTIONS: Final = {
     "aiecs_save_steps(text, text[], integer[], text[], jsonb[], boolean[], text[], "

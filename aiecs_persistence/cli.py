@@ -325,27 +325,31 @@ def check(url: UrlOption = None, as_json: JsonOption = False) -> None:
     exist and, on a Citus coordinator, every table is distributed as it should be."""
     target = resolve_url(url=url)
     status = migrate.inspect(target)
-    missing = _missing_partitions(target) if status.ok else 0
+    missing, security = _partitions_and_security(target) if status.ok else (0, [])
     human = status.describe() + (
         f"; {missing} partition(s) of the current and coming periods are missing "
-        "(run `aiecs-db maintain`)" if missing else "")
-    _emit({"ok": status.ok and not missing, "current": status.current, "head": status.head,
-           "enum_problems": list(status.enum_problems), "citus": status.on_citus,
+        "(run `aiecs-db maintain`)" if missing else "") + "".join(f"; {p}" for p in security)
+    _emit({"ok": status.ok and not missing and not security, "current": status.current,
+           "head": status.head, "enum_problems": list(status.enum_problems),
+           "citus": status.on_citus,
            "distribution_problems": list(status.distribution_problems),
            "schema": status.schema, "shadowing": list(status.shadowing),
-           "missing_partitions": missing},
+           "missing_partitions": missing, "row_security_problems": security},
           as_json, human)
-    if not status.ok or missing:
+    if not status.ok or missing or security:
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-def _missing_partitions(target: Any) -> int:
-    """Partitions of the current period and those to be kept ready ahead that do not exist."""
+def _partitions_and_security(target: Any) -> tuple[int, list[str]]:
+    """How many partitions of the current period and those to be kept ready ahead do not
+    exist, and the drift of row-level security (``scopes.problems``)."""
+    from . import scopes
     from .statements import partitions as statements
 
     with connect(target) as conn:
         row = conn.execute(statements.MISSING).fetchone()
-    return int(row[0]) if row else 0
+        security = scopes.problems(conn)
+    return (int(row[0]) if row else 0), security
 
 
 @app.command()
@@ -666,6 +670,61 @@ def grant(
           f"{len(statements)} statements run on {safe_url(target)}: owner {owner}, "
           f"writer {writer}, reader {reader}. Give them to login roles, e.g. "
           f"GRANT {writer} TO my_service;")
+
+
+@app.command()
+def scope(
+    role: Annotated[str, typer.Argument(help="An existing role (a login, or a group of them).")],
+    users: Annotated[list[str] | None, typer.Option(
+        "--users", help="A LIKE pattern of the user ids it may see (repeatable): 'acme-%'.")]
+    = None,
+    write: Annotated[bool, typer.Option("--write", help="Let it write those users' rows too.")]
+    = False,
+    drop: Annotated[bool, typer.Option("--drop", help="Remove the role's scope.")] = False,
+    print_only: Annotated[bool, typer.Option("--print", help="Print the SQL, run nothing.")]
+    = False,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Confine a role to the rows of some users, enforced by PostgreSQL's row-level security
+    (idempotent; re-run after each upgrade). See docs/operations.md, Tenants."""
+
+    from . import scopes
+
+    if drop and (users or write):
+        raise typer.BadParameter("--drop takes no --users or --write")
+    target = resolve_url(url=url)
+    with connect(target) as conn:
+        statements = (scopes.drop_statements(conn, role) if drop
+                      else scopes.scope_statements(conn, role, users or [], writes=write))
+        if not print_only:
+            scopes.run(conn, statements)
+    if print_only:
+        sys.stdout.write("".join(f"{s};\n" for s in statements))
+        return
+    what = ("no scope" if drop else
+            f"{'reads and writes' if write else 'reads'} the users like "
+            + ", ".join(users or []))
+    _emit({"role": role, "dropped": drop, "users": [] if drop else list(users or []),
+           "writes": write and not drop, "statements": len(statements)}, as_json,
+          f"{role}: {what} ({len(statements)} statements run on {safe_url(target)})")
+
+
+@app.command("scopes")
+def list_scopes(url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """List the scoped roles and the users each may see."""
+
+    from . import scopes
+
+    with connect(resolve_url(url=url)) as conn:
+        found = scopes.list_scopes(conn)
+    if as_json:
+        sys.stdout.write(json.dumps([s.as_dict() for s in found]) + "\n")
+        return
+    table = Table("role", "users", "writes")
+    for s in found:
+        table.add_row(s.role, ", ".join(s.patterns), "yes" if s.writes else "no")
+    out.print(table)
 
 
 @app.command("import-legacy")

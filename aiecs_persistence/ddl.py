@@ -270,10 +270,10 @@ $$
 #: (``statements/saves.py``, ``_FRESH``), and a step written by hand touches it through the
 #: event trigger. So no step created since ``p_since`` lies in an older partition, and a
 #: report of the last day skips last month's partitions whatever its tasks' ages. Runs as the
-#: owner, so that the reader role (views only) gets the bound without reading ``tasks``.
+#: caller, under its row-level security: a scoped role learns nothing of others' tasks.
 WINDOW_START_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.{names.WINDOW_START_FUNCTION}(p_since timestamptz)
-RETURNS timestamptz LANGUAGE sql STABLE SECURITY DEFINER {PINNED_SEARCH_PATH} AS $$
+RETURNS timestamptz LANGUAGE sql STABLE {PINNED_SEARCH_PATH} AS $$
   SELECT CASE WHEN p_since IS NULL THEN '-infinity'::timestamptz
               ELSE coalesce((SELECT min(t.{names.BUCKET}) FROM @S@.tasks t
                              WHERE t.updated_at >= p_since - interval '1 second'),
@@ -421,10 +421,10 @@ $$
 # their transaction, so the insert triggers skip them by their WHEN clause, evaluated without
 # entering PL/pgSQL (the trigger cost 15 to 35 µs a row, revision 0005). Row-level AFTER
 # triggers log everything else (psql writers, status changes of existing tasks). Each
-# trigger also notifies ``names.CHANNEL`` when some manager watches the task (or its user) in
-# ``names.WATCHED_TABLE``, and only then: a notifying commit takes a cluster-wide lock in
-# PostgreSQL. Events go with their task (a statement-level AFTER DELETE trigger; a foreign key
-# would cost a check on every event).
+# trigger also notifies each listener that watches the task (or its user) in
+# ``names.WATCHED_TABLE``, on its own channel (``names.channel``), and only then: a notifying
+# commit takes a cluster-wide lock in PostgreSQL. Events go with their task (a statement-level
+# AFTER DELETE trigger; a foreign key would cost a check on every event).
 
 EVENTS_NOT_OWN: Final = (
     f"WHEN (current_setting('{names.OWN_EVENTS_SETTING}', true) IS DISTINCT FROM 'on')"
@@ -446,10 +446,9 @@ BEGIN
   UPDATE @S@.tasks SET updated_at = greatest(NEW.created_at, NEW.updated_at)
   WHERE user_id = NEW.user_id AND task_id = NEW.task_id
     AND updated_at < greatest(NEW.created_at, NEW.updated_at);
-  IF EXISTS (SELECT FROM @S@.{names.WATCHED_TABLE} w
-             WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now()) THEN
-    PERFORM pg_notify('{names.CHANNEL}', NEW.user_id || {names.SEPARATOR_SQL} || NEW.task_id);
-  END IF;
+  PERFORM {names.notify("NEW.user_id", "NEW.task_id")}
+  FROM @S@.{names.WATCHED_TABLE} w
+  WHERE w.user_id = NEW.user_id AND w.task_id = NEW.task_id AND w.until > now();
   RETURN NULL;
 END
 $$
@@ -463,11 +462,9 @@ BEGIN
                                bucket)
   VALUES (NEW.user_id, NEW.task_id, NEW.status, NEW.error_code, NEW.error_message,
           NEW.updated_at, NEW.bucket);
-  IF EXISTS (SELECT FROM @S@.{names.WATCHED_TABLE} w
-             WHERE w.user_id = NEW.user_id AND w.task_id IN (NEW.task_id, '')
-               AND w.until > now()) THEN
-    PERFORM pg_notify('{names.CHANNEL}', NEW.user_id || {names.SEPARATOR_SQL} || NEW.task_id);
-  END IF;
+  PERFORM {names.notify("NEW.user_id", "NEW.task_id")}
+  FROM @S@.{names.WATCHED_TABLE} w
+  WHERE w.user_id = NEW.user_id AND w.task_id IN (NEW.task_id, '') AND w.until > now();
   RETURN NULL;
 END
 $$
@@ -627,7 +624,7 @@ FOR EACH ROW EXECUTE FUNCTION aiecs_task_history_before_update()
 """
 
 STEP_DETAILS_VIEW: Final = """
-CREATE VIEW step_details AS
+CREATE VIEW step_details WITH (security_invoker = true) AS
 SELECT h.user_id, h.task_id, h.step, h.step_name, h.status, h.completed, h.message,
        h.error_code, e.name AS error_name, e.category AS error_category,
        e.description AS error_description, h.error_message, h.result,
@@ -637,7 +634,7 @@ LEFT JOIN error_codes e ON e.code = h.error_code
 """
 
 TASK_SUMMARY_VIEW: Final = """
-CREATE VIEW task_summary AS
+CREATE VIEW task_summary WITH (security_invoker = true) AS
 SELECT t.user_id, t.task_id, t.status, t.error_code, t.error_message,
        count(h.step) AS steps,
        count(h.step) FILTER (WHERE h.status = 'completed') AS completed_steps,
@@ -655,7 +652,7 @@ GROUP BY t.user_id, t.task_id
 """
 
 FAILURES_BY_DAY_VIEW: Final = """
-CREATE VIEW failures_by_day AS
+CREATE VIEW failures_by_day WITH (security_invoker = true) AS
 SELECT (h.created_at AT TIME ZONE 'UTC')::date AS day,
        h.error_code, e.name AS error_name, e.category AS error_category,
        count(*) AS failures,
@@ -667,6 +664,35 @@ GROUP BY 1, h.error_code, e.name, e.category
 """
 
 VIEW_NAMES: Final = ("step_details", "task_summary", "failures_by_day")
+
+# -- row-level security: tenants (scopes.py) ---------------------------------------------------
+# Every table holding users' rows has row-level security, forced on its owner too, and one
+# permissive policy that lets every role see and write every row: unscoped roles behave as
+# without it, for the cost of a ``true`` qual. ``aiecs-db scope`` adds, for the group role
+# ``names.SCOPED_ROLE`` only, restrictive policies that confine its members to the users of
+# their scope: roles outside that group never evaluate them.
+
+#: The ``LIKE`` patterns of the current role's scope (reads; with ``p_writes``, writes): none for
+#: a role without one. A scoped role reads only its own row of ``names.SCOPES_TABLE``. The
+#: policies call it as an uncorrelated subquery, evaluated once per statement.
+SCOPE_PATTERNS_FUNCTION: Final = f"""
+CREATE OR REPLACE FUNCTION @S@.{names.SCOPE_PATTERNS_FUNCTION}(p_writes boolean)
+RETURNS text[] LANGUAGE sql STABLE {PINNED_SEARCH_PATH} AS $$
+  SELECT coalesce(array_agg(p.pattern), '{{}}')
+  FROM @S@.{names.SCOPES_TABLE} s CROSS JOIN LATERAL unnest(s.patterns) AS p(pattern)
+  WHERE s.role = current_user AND (s.writes OR NOT p_writes)
+$$
+"""
+
+ROW_SECURITY: Final = tuple(
+    statement
+    for table in names.ROW_SECURITY_TABLES
+    for statement in (
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+        f"CREATE POLICY {names.OPEN_POLICY} ON {table} USING (true) WITH CHECK (true)",
+    )
+)
 
 #: Everything that is not a table, in creation order (``metadata.create_all`` runs these too).
 DDL_STATEMENTS: Final = (
@@ -694,6 +720,8 @@ DDL_STATEMENTS: Final = (
     STEP_DETAILS_VIEW,
     TASK_SUMMARY_VIEW,
     FAILURES_BY_DAY_VIEW,
+    in_current_schema(SCOPE_PATTERNS_FUNCTION),
+    *ROW_SECURITY,
 )
 
 #: The partitioning settings' one row, then the partitions due.
@@ -730,4 +758,5 @@ DROP_STATEMENTS: Final = (
     "DROP FUNCTION IF EXISTS aiecs_task_history_before_update() CASCADE",
     "DROP FUNCTION IF EXISTS aiecs_status_transition_allowed(task_status, task_status)",
     "DROP FUNCTION IF EXISTS aiecs_keys_immutable() CASCADE",
+    f"DROP FUNCTION IF EXISTS {names.SCOPE_PATTERNS_FUNCTION}(boolean)",
 )

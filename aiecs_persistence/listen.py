@@ -16,7 +16,7 @@ if True:  # ASYNC
 else:
     import threading
 
-from .names import CHANNEL
+from .names import channel
 from .statements.watching import RENEW_WATCHES
 from .watch import HEARTBEAT, ListenerBase
 
@@ -85,7 +85,7 @@ class AsyncListener(ListenerBase):
 
                 async with await AsyncConnection.connect(
                         self._conninfo, autocommit=True, **self._kwargs) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {channel(self.listener_id)}")
                     await conn.execute(RENEW_WATCHES, self._renewal)
                     self._listening = True
                     delay = 0.1

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .names import CHANNEL
+from .names import channel
 from .statements.watching import RENEW_WATCHES
 from .watch import HEARTBEAT, ListenerBase
 
@@ -63,7 +63,7 @@ class Listener(ListenerBase):
 
                 with Connection.connect(
                         self._conninfo, autocommit=True, **self._kwargs) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {channel(self.listener_id)}")
                     conn.execute(RENEW_WATCHES, self._renewal)
                     self._listening = True
                     delay = 0.1

@@ -47,6 +47,7 @@ from .records import CleanupSummary, Page, StepRecord, TaskRecord
 from .sqlstates import (
     classify,
     connection_lost,
+    is_copy_refused,
     is_unique_violation,
     missing_partition,
     translate,
@@ -452,15 +453,17 @@ class DatabaseManager(ManagerBase):
             batch = self._group.finish([save.key for save in batch])
 
     async def _write_batch(self, batch: list[AsyncQueued]) -> None:
-        """One statement for the batch. If a rule rejected one of its saves, or a lock or
-        the retries ran out (one blocked key, a kill storm that a big statement cannot
-        outrun), each save alone, so each caller gets its own outcome; any other failure
-        (permissions, a closed manager) is every caller's."""
+        """One statement for the batch. If a rule rejected one of its saves (a constraint, a
+        move, a scoped role's row-level security), or a lock or the retries ran out (one
+        blocked key, a kill storm that a big statement cannot outrun), each save alone, so
+        each caller gets its own outcome; any other failure (a closed manager) is every
+        caller's."""
         if len(batch) > 1:
             try:
                 with self._telemetry.batch(len(batch), [save.caller for save in batch]):
                     await self._run(self._saves([save.full for save in batch]), writer=True)
-            except (ValidationError, RetryExhaustedError, QueryTimeoutError):
+            except (ValidationError, PermissionDeniedError, RetryExhaustedError,
+                    QueryTimeoutError):
                 pass  # below, one at a time
             except Exception as exc:
                 for save in batch:
@@ -559,7 +562,8 @@ class DatabaseManager(ManagerBase):
                     for row in rows:
                         await copy.write_row(row)
             except psycopg.Error as exc:  # some steps exist already: merge this chunk
-                if not is_unique_violation(exc):
+                # ... as it is under row-level security, which PostgreSQL refuses a COPY
+                if not (is_unique_violation(exc) or is_copy_refused(exc)):
                     raise
                 await cur.execute(bulk.BULK_STAGING)
                 await cur.execute(bulk.BULK_STAGING_CLEAR)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Final
 
-#: The channel the saves and the event triggers notify, and the listeners LISTEN on.
+#: The prefix of the listeners' channels: each listener has one of its own, ``CHANNEL`` + '_' +
+#: its id in ``WATCHED_TABLE`` (``channel``), and hears only of the tasks it registered there.
+#: So no listener learns of other users' tasks (a scoped role's registrations are its users').
 CHANNEL: Final = "aiecs_events"
 #: Between user_id and task_id in a notification's payload (the ASCII unit separator).
 SEPARATOR: Final = "\x1f"
@@ -62,11 +64,31 @@ def set_own_events() -> str:
     return f"set_config('{OWN_EVENTS_SETTING}', 'on', true)"
 
 
-def notify(user: str, task: str) -> str:
-    """The SQL call that wakes the watchers of the task ``user``/``task`` (SQL expressions)."""
-    return f"pg_notify('{CHANNEL}', {user} || {SEPARATOR_SQL} || {task})"
+def channel(listener: str) -> str:
+    """The channel of the listener registered as ``listener`` in ``WATCHED_TABLE``."""
+    return f"{CHANNEL}_{listener}"
+
+
+def notify(user: str, task: str, listener: str = "w.listener") -> str:
+    """The SQL call that wakes a listener (``listener``: the SQL expression of its id, by
+    default that of a row ``w`` of ``WATCHED_TABLE``) for the task ``user``/``task``."""
+    return f"pg_notify('{CHANNEL}_' || {listener}, {user} || {SEPARATOR_SQL} || {task})"
 
 
 def payload(user_id: str, task_id: str) -> str:
     """A notification's payload, and the key watchers wait on (``task_id`` '' for a user)."""
     return f"{user_id}{SEPARATOR}{task_id}"
+
+#: Which roles see and write which users' rows (``scopes.py``), and the group role every scoped
+#: role is made a member of: the restrictive policies name it, so roles outside it pay nothing.
+SCOPES_TABLE: Final = "aiecs_scopes"
+SCOPED_ROLE: Final = "aiecs_scoped"
+#: The ``LIKE`` patterns of the current role's scope (``ddl.SCOPE_PATTERNS_FUNCTION``).
+SCOPE_PATTERNS_FUNCTION: Final = "aiecs_scope_patterns"
+#: The tables under row-level security: those holding users' rows, the summaries (figures of
+#: every user's steps) and the scopes themselves.
+ROW_SECURITY_TABLES: Final = ("tasks", "task_history", EVENTS_TABLE, WATCHED_TABLE,
+                              SUMMARIES_TABLE, SCOPES_TABLE)
+#: The policy every role gets on those tables (every row); ``scopes.py`` adds the restrictive
+#: ones of the scoped roles.
+OPEN_POLICY: Final = "aiecs_rows"

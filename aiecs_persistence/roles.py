@@ -9,8 +9,9 @@
 * lets the **writer** read and write ``tasks`` and ``task_history`` (``DELETE`` too, for
   ``cleanup_old_tasks``), read the error catalog, the views and the schema version, and create
   temporary tables (the bulk path stages its rows in one) — and nothing else;
-* lets the **reader** ``SELECT`` from the reporting views (and the schema version, which every
-  connection checks), so it can run ``aiecs-db report``.
+* lets the **reader** ``SELECT`` from the reporting views and the tables they read (the views
+  run as their caller, under its row-level security), and the schema version, which every
+  connection checks, so it can run ``aiecs-db report``.
 
 The statements are idempotent: run ``aiecs-db grant`` again after each upgrade so new objects
 get the same privileges. Running them needs a superuser (or a role with ``CREATEROLE`` that is
@@ -29,7 +30,7 @@ from psycopg import errors
 from .ddl import VIEW_NAMES
 from .errors import ValidationError
 from .migrate import VERSION_TABLE
-from .names import PARTITIONED_TABLES, PARTITIONING_TABLE, SUMMARIES_TABLE
+from .names import PARTITIONED_TABLES, PARTITIONING_TABLE, SCOPES_TABLE, SUMMARIES_TABLE
 from .schema import metadata
 
 __all__ = ["Roles", "grant_statements"]
@@ -37,8 +38,11 @@ __all__ = ["Roles", "grant_statements"]
 _ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Tables the runtime writes (task_events through the triggers; aiecs_watched: watchers).
 WRITTEN_TABLES: Final = ("tasks", "task_history", "task_events", "aiecs_watched")
-#: Tables the runtime only reads.
-READ_TABLES: Final = ("error_codes", VERSION_TABLE, PARTITIONING_TABLE, SUMMARIES_TABLE)
+#: Tables the runtime only reads (the scopes: a cleanup's summaries are not a scoped role's).
+READ_TABLES: Final = ("error_codes", VERSION_TABLE, PARTITIONING_TABLE, SUMMARIES_TABLE,
+                      SCOPES_TABLE)
+#: The tables the reporting views read, which the reader role reads through them.
+VIEWED_TABLES: Final = ("tasks", "task_history", "error_codes")
 LEGACY_TABLES: Final = ("legacy_task_history", "legacy_task_history_rejects")
 ENUM_TYPES: Final = ("task_status", "error_code")
 
@@ -153,8 +157,9 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
     out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {written} TO {writer}")
     out.append(f"GRANT SELECT ON {read} TO {writer}")
     if views:
+        viewed = [*views, *VIEWED_TABLES]
         out.append(
-            f"GRANT SELECT ON {', '.join(f'{sch}.{_q(v)}' for v in views)} TO {reader}"
+            f"GRANT SELECT ON {', '.join(f'{sch}.{_q(v)}' for v in viewed)} TO {reader}"
         )
     if VERSION_TABLE in relations:  # the schema check every connection makes reads it
         out.append(f"GRANT SELECT ON {sch}.{_q(VERSION_TABLE)} TO {reader}")

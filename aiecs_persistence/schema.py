@@ -36,7 +36,7 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.dialects.postgresql import ENUM, INTERVAL, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, ENUM, INTERVAL, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from . import names
@@ -325,6 +325,22 @@ class PeriodSummary(Base):
     last_created: Mapped[dt.datetime | None] = mapped_column(_TZ)
     figures: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     made_at: Mapped[dt.datetime | None] = mapped_column(_TZ)
+
+
+class Scope(Base):
+    """A scoped role (``scopes.py``): it sees the rows whose ``user_id`` is ``LIKE`` one of
+    its ``patterns``, and writes them when ``writes``. Kept in the schema, so that a scope
+    replicates and survives a dump and restore with the rows it guards."""
+
+    __tablename__ = names.SCOPES_TABLE
+    __table_args__ = (
+        CheckConstraint("cardinality(patterns) > 0", name="patterns"),
+    )
+
+    role: Mapped[str] = mapped_column(Text, primary_key=True)
+    patterns: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    writes: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[dt.datetime] = mapped_column(_TZ, server_default=_NOW)
 
 
 #: Rows that set aside upstream history could not be adopted (see migration 0002).

@@ -246,6 +246,14 @@ def is_unique_violation(exc: BaseException) -> bool:
         state == "XX000" and _primary_message(driver).startswith("duplicate key value"))
 
 
+def is_copy_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a COPY into a table under row-level security
+    (every role but a superuser, or one with BYPASSRLS, once it is forced on the owner)."""
+    driver = _driver_error(exc)
+    return (_sqlstate(driver) == "0A000"
+            and _primary_message(driver).startswith("COPY FROM not supported"))
+
+
 def translate(exc: BaseException, *, operation: str = "database operation") -> PersistenceError:
     """The :class:`PersistenceError` for a driver or SQLAlchemy exception (ours pass as they
     are). It keeps the SQLSTATE and the constraint name; its message names the constraint (or

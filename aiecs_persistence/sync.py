@@ -35,6 +35,7 @@ from .records import CleanupSummary, Page, StepRecord, TaskRecord
 from .sqlstates import (
     classify,
     connection_lost,
+    is_copy_refused,
     is_unique_violation,
     missing_partition,
     translate,
@@ -406,15 +407,17 @@ class SyncDatabaseManager(ManagerBase):
             batch = self._group.finish([save.key for save in batch])
 
     def _write_batch(self, batch: list[Queued]) -> None:
-        """One statement for the batch. If a rule rejected one of its saves, or a lock or
-        the retries ran out (one blocked key, a kill storm that a big statement cannot
-        outrun), each save alone, so each caller gets its own outcome; any other failure
-        (permissions, a closed manager) is every caller's."""
+        """One statement for the batch. If a rule rejected one of its saves (a constraint, a
+        move, a scoped role's row-level security), or a lock or the retries ran out (one
+        blocked key, a kill storm that a big statement cannot outrun), each save alone, so
+        each caller gets its own outcome; any other failure (a closed manager) is every
+        caller's."""
         if len(batch) > 1:
             try:
                 with self._telemetry.batch(len(batch), [save.caller for save in batch]):
                     self._run(self._saves([save.full for save in batch]), writer=True)
-            except (ValidationError, RetryExhaustedError, QueryTimeoutError):
+            except (ValidationError, PermissionDeniedError, RetryExhaustedError,
+                    QueryTimeoutError):
                 pass  # below, one at a time
             except Exception as exc:
                 for save in batch:
@@ -493,7 +496,8 @@ class SyncDatabaseManager(ManagerBase):
                     for row in rows:
                         copy.write_row(row)
             except psycopg.Error as exc:  # some steps exist already: merge this chunk
-                if not is_unique_violation(exc):
+                # ... as it is under row-level security, which PostgreSQL refuses a COPY
+                if not (is_unique_violation(exc) or is_copy_refused(exc)):
                     raise
                 cur.execute(bulk.BULK_STAGING)
                 cur.execute(bulk.BULK_STAGING_CLEAR)

@@ -19,9 +19,11 @@ this one did not is above the horizon and not in ``seen``) and nothing is repeat
 of the same step come out in commit order: the second waited for the first's commit before
 writing, so its ``seq`` is higher.
 
-NOTIFY is only the wake-up. The saves and the triggers notify ``names.CHANNEL`` with the task's
-keys, and only for tasks (or users) some manager registered in ``aiecs_watched``, so writes
-nobody watches never notify (a notifying commit takes a cluster-wide lock in PostgreSQL). Each
+NOTIFY is only the wake-up. The saves and the triggers notify with the task's keys, and only
+the listeners that registered the task (or its user) in ``aiecs_watched``, each on a channel of
+its own (``names.channel``): writes nobody watches never notify (a notifying commit takes a
+cluster-wide lock in PostgreSQL), and a listener hears of no other task (a scoped role's of no
+other user's). Each
 manager holds one LISTEN connection however many watchers it serves (``listen.AsyncListener``,
 and its generated twin ``listen_sync.Listener``); a lost notification, a reconnect or a
 restarted server only delays the next catch-up. Where notifications cannot reach the client

@@ -54,7 +54,9 @@ from aiecs_persistence import (
     TaskStepResult,
     embedded,
     migrate,
+    names,
     roles,
+    scopes,
 )
 from aiecs_persistence.config import libpq_conninfo, normalize_url, resolve_url
 from aiecs_persistence.records import encode_cursor
@@ -111,6 +113,11 @@ SELECT
 ROUNDS = 5
 #: The telemetry case's managers (one has no opentelemetry) and its four results.
 TELEMETRY_WHO = {"api": "API without SDK", "sdk": "SDK, in-memory exporter"}
+#: The row security case's managers: the same writer role with it and without it; a scoped one.
+SECURITY_WHO = {"on": "unscoped writer, row-level security forced",
+                "scoped": "scoped writer (its policies evaluated)"}
+#: Their targets: an unscoped writer pays nothing measurable; a scoped one, its filter.
+SECURITY_LIMITS = (("on", 1.03), ("scoped", 1.10))
 TELEMETRY_CASES = ("sequential saves, API without SDK", "sequential saves, SDK",
                    "64 coroutines, API without SDK", "64 coroutines, SDK")
 PAIRED_NOTE = (f"{ROUNDS} rounds, ours and the baseline back to back in alternating order; "
@@ -430,6 +437,101 @@ class Bench:
                 f"{statistics.median(rates[who]):,.0f} saves/s",
                 f"{statistics.median(rates['none']):,.0f} saves/s", cost, f"cost ≤ {limit}×",
                 cost <= limit, note))
+
+    # -- row-level security (aiecs_persistence/scopes.py) ----------------------------------
+
+    async def row_security(self) -> None:
+        """Saves by an unscoped writer role (not a superuser: row-level security applies to
+        it) into our schema, where it is forced with the open policy, and into a copy of the
+        schema without it (the baseline), managers in turn; and by a scoped writer (its
+        restrictive policies evaluated), for the record."""
+        off_schema, writer, scoped = "bench_rls_off", "aiecs_bench_writer", "aiecs_bench_scoped"
+        admin = psycopg.connect(self.conninfo, autocommit=True)
+        try:
+            admin.execute(f"DROP SCHEMA IF EXISTS {off_schema} CASCADE")
+            admin.execute(f"CREATE SCHEMA {off_schema}")
+            off_url = self.url.update_query_dict({"options": f"-c search_path={off_schema}"})
+            migrate.upgrade(off_url)
+            for table in names.ROW_SECURITY_TABLES:
+                admin.execute(f"ALTER TABLE {off_schema}.{table} DISABLE ROW LEVEL SECURITY")
+            for role in (writer, scoped):
+                if not admin.execute("SELECT FROM pg_roles WHERE rolname = %s",
+                                     [role]).fetchone():
+                    admin.execute(f"CREATE ROLE {role} LOGIN")
+            database = admin.execute("SELECT current_database()").fetchone()[0]
+            admin.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO {writer}')
+            for schema in ("public", off_schema):
+                admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {writer}")
+                admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
+                              f"{schema} TO {writer}")
+            scopes.run(admin, scopes.scope_statements(admin, scoped, ["rls-%"], writes=True))
+            urls = {"off": off_url.set(username=writer, password=None),
+                    "on": self.url.set(username=writer, password=None),
+                    "scoped": self.url.set(username=scoped, password=None)}
+            settings: dict[str, Any] = {"auto_migrate": False, "pool_size": 8,
+                                        "max_overflow": 0}
+            managers = {who: DatabaseManager(url=url, **settings) for who, url in urls.items()}
+            try:
+                for db in managers.values():
+                    await db.connect()
+                await self._security_sequential(managers)
+                await self._security_concurrent(managers)
+            finally:
+                for db in managers.values():
+                    await db.disconnect()
+        finally:
+            admin.execute(f"DROP SCHEMA IF EXISTS {off_schema} CASCADE")
+            for role in (writer, scoped):
+                admin.execute(f"DROP OWNED BY {role}")
+                admin.execute(f"DROP ROLE {role}")
+            admin.close()
+
+    async def _security_sequential(self, managers: dict[str, DatabaseManager]) -> None:
+        count = self.n(3000, 60)
+        data = list(records("x", count // 10 + 1, 10, seed=50))[:count]
+        latencies: dict[str, list[float]] = {who: [] for who in managers}
+        names_ = list(managers)
+        for i, (_, task, step, r) in enumerate(data):
+            for who in names_[i % 3:] + names_[:i % 3]:  # each first in turn
+                t0 = time.perf_counter()
+                await managers[who].save_task_history(f"rls-seq-{who}", task, step, r)
+                if i >= 20:
+                    latencies[who].append(time.perf_counter() - t0)
+        for who, limit in SECURITY_LIMITS:
+            self.report(latency_result(
+                f"row security: sequential saves, {SECURITY_WHO[who]} (×{count})",
+                latencies[who], latencies["off"], limit,
+                "baseline: the same writer role, a schema without row-level security; "
+                "managers in turn"))
+
+    async def _security_concurrent(self, managers: dict[str, DatabaseManager]) -> None:
+        workers = 64
+        per = max(2, self.n(12_800, 64 * 2) // workers)
+        rates: dict[str, list[float]] = {who: [] for who in managers}
+        names_ = list(managers)
+        for rnd in range(ROUNDS):
+            data = [list(records("x", 1, per, seed=500 + w)) for w in range(workers)]
+            for who in names_[rnd % 3:] + names_[:rnd % 3]:
+                db = managers[who]
+
+                async def worker(w: int, db: DatabaseManager = db,
+                                 user: str = f"rls-{rnd}-{who}",
+                                 data: list[list[Record]] = data) -> None:
+                    for _, _, step, r in data[w]:
+                        await db.save_task_history(user, f"task-{w}", step, r)
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(worker(w) for w in range(workers)))
+                rates[who].append(per * workers / (time.perf_counter() - t0))
+        for who, limit in SECURITY_LIMITS:
+            costs = [n / o for n, o in zip(rates["off"], rates[who], strict=True)]
+            cost = statistics.median(costs)
+            self.report(Result(
+                f"row security: {workers} coroutines, {per * workers} saves, "
+                f"{SECURITY_WHO[who]}",
+                f"{statistics.median(rates[who]):,.0f} saves/s",
+                f"{statistics.median(rates['off']):,.0f} saves/s", cost, f"cost ≤ {limit}×",
+                cost <= limit, f"ratio: the rate without over the rate with; {PAIRED_NOTE}"))
 
     # -- against the class our users replace (benchmarks/upstream.py) ---------------------
 
@@ -1210,7 +1312,7 @@ def server_info(conninfo: str) -> str:
             f"{os.cpu_count()} CPUs")
 
 
-CASES = ("import", "upstream", "single", "blocking", "concurrent", "telemetry", "watchers",
+CASES = ("import", "upstream", "single", "blocking", "concurrent", "telemetry", "rls", "watchers",
          "bulk", "memory", "read", "listing", "report", "retention", "scale", "citus")
 
 
@@ -1239,6 +1341,8 @@ async def run_all(bench: Bench, only: set[str], citus_url: Any = None) -> None:
                 await bench.concurrent(conn)
             if "telemetry" in only:
                 await bench.telemetry()
+            if "rls" in only:
+                await bench.row_security()
             if "watchers" in only:
                 await bench.watchers()
             if "bulk" in only:

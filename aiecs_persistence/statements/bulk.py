@@ -100,8 +100,8 @@ BULK_MERGE_EVENTS: Final = (
 BULK_NOTIFY: Final = f"""
 SELECT {names.notify("k.user_id", "k.task_id")}
 FROM unnest(%(users)s::text[], %(tasks)s::text[]) AS k(user_id, task_id)
-WHERE EXISTS (SELECT FROM {names.WATCHED_TABLE} w
-              WHERE w.user_id = k.user_id AND w.task_id IN (k.task_id, '') AND w.until > now())
+JOIN {names.WATCHED_TABLE} w
+  ON w.user_id = k.user_id AND w.task_id IN (k.task_id, '') AND w.until > now()
 """
 
 

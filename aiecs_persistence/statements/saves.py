@@ -64,14 +64,14 @@ _LOG_TASKS_AND_STEPS: Final = f"""logged AS (
 
 
 def _wake(user: str, task: str, created: str, source: str = "") -> str:
-    """The main query of a save: notify ``names.CHANNEL`` for the task ``user``/``task`` (SQL
-    expressions, over ``source`` when given) if some listener watches it, or watches its user
-    and ``created`` (the save created the task: its user's watchers follow task events)."""
+    """The main query of a save: notify each listener (its own channel, ``names.channel``)
+    that watches the task ``user``/``task`` (SQL expressions, over ``source`` when given), or
+    watches its user and ``created`` (the save created the task: its user's watchers follow
+    task events)."""
     return f"""
-SELECT {names.notify(user, task)}{source}
-WHERE EXISTS (SELECT FROM {names.WATCHED_TABLE} w
-              WHERE w.user_id = {user} AND w.until > now()
-                AND (w.task_id = {task} OR (w.task_id = '' AND {created})))"""
+SELECT {names.notify(user, task)}{source or chr(10) + "FROM"} {names.WATCHED_TABLE} w
+WHERE w.user_id = {user} AND w.until > now()
+  AND (w.task_id = {task} OR (w.task_id = '' AND {created}))"""
 
 #: The probe of a save's task: it is running (or ended) and was touched less than a second ago,
 #: so the save may leave it alone. Read beside the task's bucket, by the primary key only: no
@@ -163,7 +163,7 @@ _WAKE_BATCH: Final = _wake(
     "k.user_id", "k.task_id",
     "EXISTS (SELECT FROM task t WHERE t.user_id = k.user_id AND t.task_id = k.task_id"
     " AND t.inserted)",
-    "\nFROM unnest(%(users)s::text[], %(tasks)s::text[]) AS k(user_id, task_id)")
+    "\nFROM unnest(%(users)s::text[], %(tasks)s::text[]) AS k(user_id, task_id),")
 
 #: Many saves in one statement (group commit, ``group.py``): the tasks first, then one step per
 #: save (distinct keys, in key order) from one array per column, each a ``text_array`` literal,

@@ -4,7 +4,8 @@ one, and the call that makes it. ``statements/report.py`` adds them up.
 A period is due once it ended and its tasks have all been quiet for a while (the partition
 width, at most an hour): a summary made while its tasks still write would be outdated by the
 next save. One whose partition was written since its summary was made is due again. On Citus
-none is (its report reads the distributed tables, ``statements/report.py``).
+none is (its report reads the distributed tables, ``statements/report.py``), nor for a scoped
+role (``scopes.py``), which sees no summary: they add up every user's steps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ WHERE b.parent = 'task_history' AND b.upper <= now() - {_QUIET}
                   WHERE t.{names.BUCKET} >= b.lower AND t.{names.BUCKET} < b.upper
                     AND t.updated_at >= now() - {_QUIET})
   AND NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')
+  AND NOT EXISTS (SELECT FROM {names.SCOPES_TABLE} sc WHERE sc.role = current_user)
 ORDER BY b.lower
 """
 

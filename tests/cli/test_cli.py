@@ -282,8 +282,8 @@ def test_grant_json_and_log_level(seeded):
 EVERY_COMMAND = [
     ["upgrade"], ["downgrade", "base"], ["stamp"], ["heads"], ["revisions"], ["current"], ["check"],
     ["sql"], ["tasks"], ["history"], ["report"], ["cleanup"], ["partitions"], ["maintain"],
-    ["grant"], ["import-legacy"], ["demo"], ["embedded", "status"], ["embedded", "url"],
-    ["embedded", "stop"],
+    ["grant"], ["scope", "someone"], ["scopes"], ["import-legacy"], ["demo"],
+    ["embedded", "status"], ["embedded", "url"], ["embedded", "stop"],
 ]
 
 

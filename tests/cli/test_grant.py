@@ -57,10 +57,12 @@ def denied(url, statement: str) -> bool:
 
 
 def test_reader_sees_the_views_and_nothing_else(roles):
+    """... and the tables the views read: they run as their caller (row-level security)."""
     with psycopg.connect(conninfo(roles["reader"]), autocommit=True) as conn:
-        for view in ("step_details", "task_summary", "failures_by_day"):
+        for view in ("step_details", "task_summary", "failures_by_day", "tasks",
+                     "task_history", "error_codes"):
             conn.execute(f"SELECT count(*) FROM {view}").fetchone()
-    for table in ("tasks", "task_history", "task_events", "error_codes",
+    for table in ("task_events", "aiecs_watched", "aiecs_scopes",
                   "legacy_task_history_rejects"):
         assert denied(roles["reader"], f"SELECT * FROM {table}"), table
     assert denied(roles["reader"], "INSERT INTO tasks (user_id, task_id) VALUES ('u', 't')")

@@ -52,8 +52,9 @@ def test_functions_pin_their_search_path(psql):
                            "WHERE proname LIKE 'aiecs%' "
                            "AND pronamespace = current_schema()::regnamespace ORDER BY 1"
                            ).fetchall()
-    # 8, aiecs_keys_immutable, six of partitions and summaries, and aiecs_task_bucket
-    assert len(configs) == 16
+    # 8, aiecs_keys_immutable, six of partitions and summaries, aiecs_task_bucket and
+    # aiecs_scope_patterns
+    assert len(configs) == 17
     for name, config in configs:
         # (Those reading partition bounds also pin how timestamps are written.)
         assert config[0] == "search_path=pg_catalog, pg_temp", name

@@ -35,6 +35,14 @@ QUERIES = {
         WHERE schemaname = 'public'""",
     "error_codes": "SELECT code::text, concat_ws('|', name, category, description) "
                    "FROM error_codes",
+    "row_security": """
+        SELECT relname, concat_ws(' ', relrowsecurity, relforcerowsecurity, reloptions::text)
+        FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'v')
+          AND NOT relispartition AND relname <> 'aiecs_alembic_version'""",
+    "policies": """
+        SELECT tablename || '.' || policyname,
+               concat_ws(' ', permissive, roles::text, cmd, qual, with_check)
+        FROM pg_policies WHERE schemaname = 'public'""",
 }
 
 

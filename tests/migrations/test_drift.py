@@ -41,9 +41,14 @@ def test_b_migrations_and_models_build_the_same_schema(db_url, empty_db_url):
         assert migrated[kind] == modelled[kind], kind
     # And the picture is not trivially empty.
     # (10 triggers: 7, and a guard of keys on 3 tables; 16 functions: 8, that guard's, the
-    # six of the partitions and their summaries, and a task's bucket.)
+    # six of the partitions and their summaries, a task's bucket, and a scope's patterns.)
     assert len(migrated["constraints"]) >= 15 and len(migrated["triggers"]) == 10
-    assert len(migrated["views"]) == 3 and len(migrated["functions"]) == 16
+    assert len(migrated["views"]) == 3 and len(migrated["functions"]) == 17
+    # Row-level security, forced, with the open policy on each of its six tables; views run
+    # as their caller.
+    assert len(migrated["policies"]) == 6
+    assert sum(v.startswith("t t") for v in migrated["row_security"].values()) == 6
+    assert sum("security_invoker=true" in v for v in migrated["row_security"].values()) == 3
 
 
 def test_c_upgrade_downgrade_upgrade_with_data(empty_db_url, pg):

@@ -186,7 +186,7 @@ def test_each_shape_of_save_wakes_exactly_its_watchers(db_url, psql, options):
                  "('u', '', 'test', now() + interval '1 hour')")
     with psycopg.connect(conninfo(db_url), autocommit=True) as listener, \
             SyncDatabaseManager(url=db_url, auto_migrate=False, **options) as db:
-        listener.execute("LISTEN aiecs_events")
+        listener.execute("LISTEN aiecs_events_test")  # the channel of the listener named test
 
         def woken() -> set[str]:
             return {n.payload for n in listener.notifies(timeout=0.5)}
