@@ -674,7 +674,9 @@ def grant(
 
 @app.command()
 def scope(
-    role: Annotated[str, typer.Argument(help="An existing role (a login, or a group of them).")],
+    role: Annotated[str, typer.Argument(
+        help="An existing role: the one its sessions run as (a login, or one they SET ROLE "
+             "to).")],
     users: Annotated[list[str] | None, typer.Option(
         "--users", help="A LIKE pattern of the user ids it may see (repeatable): 'acme-%'.")]
     = None,

@@ -119,6 +119,22 @@ def test_writer_runs_the_managers_but_cannot_change_the_schema(roles):
         migrate.downgrade(roles["writer"], "base")
 
 
+def test_the_reader_still_reports_after_the_upgrade_to_row_security(roles, db_url):
+    """A reader granted the views before they ran as their caller is granted the tables
+    behind them by that revision."""
+    reader = roles["reader"].username
+    with psycopg.connect(conninfo(db_url), autocommit=True) as admin:
+        group = admin.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+            "JOIN pg_roles g ON g.oid = m.roleid WHERE r.rolname = %s", [reader]).fetchone()[0]
+        migrate.downgrade(db_url, "0012_partition_costs")
+        admin.execute(f"REVOKE SELECT ON tasks, task_history, error_codes FROM {group}")
+        migrate.upgrade(db_url)
+    done = runner.invoke(app, ["report", "--json", "--url",
+                               roles["reader"].render_as_string(hide_password=False)])
+    assert done.exit_code == 0, done.output
+
+
 def test_owner_migrates(roles):
     migrate.downgrade(roles["owner"], "base")
     assert migrate.current(roles["owner"]) is None

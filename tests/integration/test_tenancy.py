@@ -190,6 +190,15 @@ def test_scopes_are_listed_reprinted_and_dropped(tenants):
     printed = cli("scope", login, "--users", "acme-%", "--print", "--url", url)
     assert printed.exit_code == 0 and "INSERT INTO" in printed.output
     assert "CREATE POLICY" not in printed.output  # they exist: a re-run only re-grants
+    # A role granted the scoped one, running as itself, is confined to nothing.
+    member = f"member_of_{login}"
+    with psycopg.connect(conninfo(tenants["admin"]), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {member} LOGIN IN ROLE {login}")
+        try:
+            seen = counts(tenants["acme"].set(username=member))
+            assert seen["tasks"] == seen["task_history"] == seen["step_details"] == 0
+        finally:
+            admin.execute(f"DROP ROLE {member}")
     assert cli("scope", login, "--drop", "--url", url).exit_code == 0
     scoped = {s["role"] for s in json.loads(cli("scopes", "--json", "--url", url).output)}
     assert login not in scoped
