@@ -677,10 +677,12 @@ VIEW_NAMES: Final = ("step_details", "task_summary", "failures_by_day")
 #: policies call it as an uncorrelated subquery, evaluated once per statement.
 SCOPE_PATTERNS_FUNCTION: Final = f"""
 CREATE OR REPLACE FUNCTION @S@.{names.SCOPE_PATTERNS_FUNCTION}(p_writes boolean)
-RETURNS text[] LANGUAGE sql STABLE {PINNED_SEARCH_PATH} AS $$
-  SELECT coalesce(array_agg(p.pattern), '{{}}')
-  FROM @S@.{names.SCOPES_TABLE} s CROSS JOIN LATERAL unnest(s.patterns) AS p(pattern)
-  WHERE s.role = current_user AND (s.writes OR NOT p_writes)
+RETURNS text[] LANGUAGE plpgsql STABLE {PINNED_SEARCH_PATH} AS $$
+BEGIN
+  RETURN (SELECT coalesce(array_agg(p.pattern), '{{}}')
+          FROM @S@.{names.SCOPES_TABLE} s CROSS JOIN LATERAL unnest(s.patterns) AS p(pattern)
+          WHERE s.role = current_user AND (s.writes OR NOT p_writes));
+END
 $$
 """
 

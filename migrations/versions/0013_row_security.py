@@ -71,10 +71,12 @@ VIEWS = ("step_details", "task_summary", "failures_by_day")
 
 SCOPE_PATTERNS = """
 CREATE OR REPLACE FUNCTION @S@.aiecs_scope_patterns(p_writes boolean)
-RETURNS text[] LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-  SELECT coalesce(array_agg(p.pattern), '{}')
-  FROM @S@.aiecs_scopes s CROSS JOIN LATERAL unnest(s.patterns) AS p(pattern)
-  WHERE s.role = current_user AND (s.writes OR NOT p_writes)
+RETURNS text[] LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  RETURN (SELECT coalesce(array_agg(p.pattern), '{}')
+          FROM @S@.aiecs_scopes s CROSS JOIN LATERAL unnest(s.patterns) AS p(pattern)
+          WHERE s.role = current_user AND (s.writes OR NOT p_writes));
+END
 $$
 """
 
