@@ -10,8 +10,9 @@ never reach a client of the coordinator. So there:
 * the step-only save (a task touched less than a second ago) is not used: the call probes the
   task's freshness itself;
 * the bulk path upserts tasks without the freshness probe, and the triggers log its events;
-* retention goes by activity alone, with a margin (``statements.cleanup.BY_ACTIVITY``), row
-  by row: Citus cannot detach a partition concurrently;
+* retention goes by activity alone, with a margin (``statements.cleanup.BY_ACTIVITY``); it
+  drops a period's partitions with a plain detach (Citus cannot detach one concurrently;
+  ``statements.partitions.BY_ACTIVITY``), and the event log has no retention of its own;
 * the report aggregates per figure, since ``GROUPING SETS`` is refused;
 * a task's load reads its bucket by a subquery: a function reading ``tasks`` cannot run in a
   worker's statement;
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .statements import Statement, bulk, cleanup, reads, report, saves, watching
+from .statements import Statement, bulk, cleanup, partitions, reads, report, saves, watching
 
 __all__ = ["CITUS", "PLAIN", "Dialect", "dialect_for"]
 
@@ -48,8 +49,11 @@ class Dialect:
     load_form: ClassVar[str] = reads.LOAD_HISTORY
     #: The bulk path's task upsert.
     bulk_tasks: ClassVar[str] = bulk.BULK_TASKS
-    #: Retention drops whole partitions (detached concurrently) before going row by row.
-    drops_partitions: ClassVar[bool] = True
+    #: How retention drops whole partitions before going row by row.
+    drops: ClassVar[partitions.Drops] = partitions.BY_HORIZON
+    #: The event log has its own, shorter retention (on Citus, its partitions go with the
+    #: history's: the positions of watchers there are each node's transaction ids).
+    expires_events: ClassVar[bool] = True
 
     def batch(self, lone_saves: Sequence[Statement], lock_timeout_ms: int | None) -> Statement:
         """The statement that writes ``save_step`` statements of distinct keys together."""
@@ -80,7 +84,8 @@ class Citus(Dialect):
     report_form = report.REPORT_CLUSTER
     load_form = reads.LOAD_HISTORY_CLUSTER
     bulk_tasks = bulk.BULK_TASKS_CLUSTER
-    drops_partitions = False
+    drops = partitions.BY_ACTIVITY
+    expires_events = False
 
     def batch(self, lone_saves: Sequence[Statement], lock_timeout_ms: int | None) -> Statement:
         return saves.save_steps_call(lone_saves, lock_timeout_ms)

@@ -631,9 +631,8 @@ class DatabaseManager(ManagerBase):
                 row = await cur.fetchone()
             return len(keys), int(row.deleted) if row else 0
 
-        dropped = CleanupSummary()
-        if self._dialect.drops_partitions:
-            dropped = await self._drop_periods(job, on_batch)
+        dropped = await self._drop_periods(job, on_batch)
+        if self._dialect.expires_events:
             events = await self._expire_events(job)
             dropped = dropped._replace(
                 partitions_dropped=dropped.partitions_dropped + events.partitions_dropped,
@@ -647,8 +646,7 @@ class DatabaseManager(ManagerBase):
             if locked < self.settings.cleanup_batch_size:
                 self.last_cleanup = dropped._replace(tasks=total)
                 self._telemetry.retention(total, dropped.partitions_dropped, dropped.bytes_freed)
-                if self._dialect.drops_partitions:
-                    await self._summarize_periods()
+                await self._summarize_periods()
                 return total
 
     async def _drop_periods(
@@ -658,7 +656,7 @@ class DatabaseManager(ManagerBase):
         inactive past the cutoff loses its partitions whole. A role that does not own the
         tables (``aiecs-db grant``'s writer) cannot detach them: its cleanup goes row by row,
         as the owner's does for what remains."""
-        periods = await self._run(partitions.droppable(job.params))
+        periods = await self._run(self._dialect.drops.droppable(job.params))
         done = CleanupSummary()
         for found in periods:
             outcome = await self._drop_period(job, found)
@@ -677,8 +675,10 @@ class DatabaseManager(ManagerBase):
                            ) -> tuple[int, int] | None:
         """One period's partitions detached, its tasks checked again and deleted, the
         partitions dropped; the tasks deleted and the bytes freed (None: this role may not
-        detach; bytes 0: the period came back to life meanwhile, and is kept)."""
+        detach, or the lock of a detach was busy past ``lock_timeout``; bytes 0: the period
+        came back to life meanwhile, and is kept)."""
         params = partitions.period(job.params, found)
+        drops = self._dialect.drops
         pool = await self._ready()
         conn = await pool.getconn()
         detached: list[tuple[str, str]] = []
@@ -686,16 +686,20 @@ class DatabaseManager(ManagerBase):
             try:
                 await conn.execute(partitions.RETIRE, params)
                 for parent, partition in zip(found.parents, found.partitions, strict=True):
-                    await conn.execute(partitions.detach(parent, partition))
+                    await conn.execute(drops.detach(parent, partition))
                     detached.append((parent, partition))
             except Exception as exc:
                 if detached:
                     await self._attach_again(conn, detached, found)
-                if isinstance(translate(exc), PermissionDeniedError):
+                failure = translate(exc)
+                if isinstance(failure, PermissionDeniedError):
                     log.info("cleanup: this role may not detach partitions; row by row")
                     return None
+                if isinstance(failure, QueryTimeoutError):  # a plain detach, beside writers
+                    log.info("cleanup: a partition's lock was busy; row by row")
+                    return None
                 raise
-            cur = await conn.execute(partitions.STILL_INACTIVE, params)
+            cur = await conn.execute(drops.still_inactive_sql, params)
             row = await cur.fetchone()
             if row is None or not row.inactive:  # a save reached one of its tasks: keep it
                 await self._attach_again(conn, detached, found)
@@ -707,7 +711,7 @@ class DatabaseManager(ManagerBase):
             while True:
                 async with conn.transaction():
                     await conn.execute(partitions.PLAN_EACH_TIME)
-                    cur = await conn.execute(partitions.DELETE_TASKS, {
+                    cur = await conn.execute(drops.delete_tasks_sql, {
                         **params, "batch_size": self.settings.cleanup_batch_size})
                     row = await cur.fetchone()
                 gone = int(row.deleted) if row else 0
@@ -716,7 +720,7 @@ class DatabaseManager(ManagerBase):
                     break
             freed = 0
             for _, partition in detached:
-                cur = await conn.execute(partitions.SIZE, {"table": partition})
+                cur = await conn.execute(drops.size_sql, {"table": partition})
                 size = await cur.fetchone()
                 freed += int(size.bytes) if size else 0
                 await conn.execute(partitions.drop(partition))

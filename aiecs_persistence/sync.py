@@ -565,9 +565,8 @@ class SyncDatabaseManager(ManagerBase):
                 row = cur.fetchone()
             return len(keys), int(row.deleted) if row else 0
 
-        dropped = CleanupSummary()
-        if self._dialect.drops_partitions:
-            dropped = self._drop_periods(job, on_batch)
+        dropped = self._drop_periods(job, on_batch)
+        if self._dialect.expires_events:
             events = self._expire_events(job)
             dropped = dropped._replace(
                 partitions_dropped=dropped.partitions_dropped + events.partitions_dropped,
@@ -581,8 +580,7 @@ class SyncDatabaseManager(ManagerBase):
             if locked < self.settings.cleanup_batch_size:
                 self.last_cleanup = dropped._replace(tasks=total)
                 self._telemetry.retention(total, dropped.partitions_dropped, dropped.bytes_freed)
-                if self._dialect.drops_partitions:
-                    self._summarize_periods()
+                self._summarize_periods()
                 return total
 
     def _drop_periods(
@@ -592,7 +590,7 @@ class SyncDatabaseManager(ManagerBase):
         inactive past the cutoff loses its partitions whole. A role that does not own the
         tables (``aiecs-db grant``'s writer) cannot detach them: its cleanup goes row by row,
         as the owner's does for what remains."""
-        periods = self._run(partitions.droppable(job.params))
+        periods = self._run(self._dialect.drops.droppable(job.params))
         done = CleanupSummary()
         for found in periods:
             outcome = self._drop_period(job, found)
@@ -611,8 +609,10 @@ class SyncDatabaseManager(ManagerBase):
                            ) -> tuple[int, int] | None:
         """One period's partitions detached, its tasks checked again and deleted, the
         partitions dropped; the tasks deleted and the bytes freed (None: this role may not
-        detach; bytes 0: the period came back to life meanwhile, and is kept)."""
+        detach, or the lock of a detach was busy past ``lock_timeout``; bytes 0: the period
+        came back to life meanwhile, and is kept)."""
         params = partitions.period(job.params, found)
+        drops = self._dialect.drops
         pool = self._ready()
         conn = pool.getconn()
         detached: list[tuple[str, str]] = []
@@ -620,16 +620,20 @@ class SyncDatabaseManager(ManagerBase):
             try:
                 conn.execute(partitions.RETIRE, params)
                 for parent, partition in zip(found.parents, found.partitions, strict=True):
-                    conn.execute(partitions.detach(parent, partition))
+                    conn.execute(drops.detach(parent, partition))
                     detached.append((parent, partition))
             except Exception as exc:
                 if detached:
                     self._attach_again(conn, detached, found)
-                if isinstance(translate(exc), PermissionDeniedError):
+                failure = translate(exc)
+                if isinstance(failure, PermissionDeniedError):
                     log.info("cleanup: this role may not detach partitions; row by row")
                     return None
+                if isinstance(failure, QueryTimeoutError):  # a plain detach, beside writers
+                    log.info("cleanup: a partition's lock was busy; row by row")
+                    return None
                 raise
-            cur = conn.execute(partitions.STILL_INACTIVE, params)
+            cur = conn.execute(drops.still_inactive_sql, params)
             row = cur.fetchone()
             if row is None or not row.inactive:  # a save reached one of its tasks: keep it
                 self._attach_again(conn, detached, found)
@@ -641,7 +645,7 @@ class SyncDatabaseManager(ManagerBase):
             while True:
                 with conn.transaction():
                     conn.execute(partitions.PLAN_EACH_TIME)
-                    cur = conn.execute(partitions.DELETE_TASKS, {
+                    cur = conn.execute(drops.delete_tasks_sql, {
                         **params, "batch_size": self.settings.cleanup_batch_size})
                     row = cur.fetchone()
                 gone = int(row.deleted) if row else 0
@@ -650,7 +654,7 @@ class SyncDatabaseManager(ManagerBase):
                     break
             freed = 0
             for _, partition in detached:
-                cur = conn.execute(partitions.SIZE, {"table": partition})
+                cur = conn.execute(drops.size_sql, {"table": partition})
                 size = cur.fetchone()
                 freed += int(size.bytes) if size else 0
                 conn.execute(partitions.drop(partition))

@@ -14,6 +14,7 @@ as a save that reaches a task the row-by-row cleanup deletes does.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import names
@@ -55,6 +56,28 @@ ORDER BY b.lower
 
 #: After the detach: whether the period is still inactive.
 STILL_INACTIVE: Final = f"SELECT NOT EXISTS ({_active('%(lower)s', '%(upper)s')}) AS inactive"
+
+#: ``DROPPABLE`` and ``STILL_INACTIVE`` on Citus: by activity alone. Citus refuses a subquery
+#: in ``HAVING`` that refers to the outer query: the buckets of the tasks active since the
+#: cutoff are read first (a distributed subplan), then matched with the periods.
+DROPPABLE_CLUSTER: Final = f"""
+WITH live AS MATERIALIZED (
+  SELECT DISTINCT t.{names.BUCKET} FROM tasks t WHERE t.updated_at >= %(cutoff)s
+)
+SELECT nullif(b.lower, '-infinity') AS lower, b.upper,
+       array_agg(b.parent ORDER BY b.parent) AS parents,
+       array_agg(b.partition ORDER BY b.parent) AS partitions
+FROM aiecs_partition_bounds() b
+WHERE b.upper <= %(cutoff)s
+  AND NOT EXISTS (SELECT FROM live l WHERE l.{names.BUCKET} >= b.lower
+                                       AND l.{names.BUCKET} < b.upper)
+GROUP BY b.lower, b.upper
+ORDER BY b.lower
+"""
+STILL_INACTIVE_CLUSTER: Final = (  # (a subquery of no columns fails on Citus)
+    "SELECT NOT EXISTS ("
+    + _active('%(lower)s', '%(upper)s', horizon=False).replace("SELECT FROM", "SELECT 1 FROM", 1)
+    + ") AS inactive")
 
 #: No partition is created again for a retired period (``names.PARTITIONS_FUNCTION``).
 RETIRE: Final = (f"UPDATE {names.PARTITIONING_TABLE} SET retired_before = "
@@ -113,6 +136,21 @@ WITH gone AS (
 SELECT count(*) AS deleted FROM gone
 """
 
+#: ``DELETE_TASKS`` on Citus: by key (Citus plans the batch's keys first, then the delete on
+#: each shard).
+DELETE_TASKS_CLUSTER: Final = f"""
+WITH gone AS (
+  DELETE FROM tasks t USING (
+    SELECT user_id, task_id FROM tasks
+    WHERE {names.BUCKET} >= coalesce(%(lower)s::timestamptz, '-infinity')
+      AND {names.BUCKET} < %(upper)s
+    LIMIT %(batch_size)s) d
+  WHERE t.user_id = d.user_id AND t.task_id = d.task_id
+  RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone
+"""
+
 #: For the transaction of a ``DELETE_TASKS`` batch. Each deleted task fires the foreign key's
 #: cascade into ``task_history``, a statement PostgreSQL prepares once per session: as a
 #: generic plan it locks and starts every partition for every task; planned for each task, it
@@ -122,6 +160,7 @@ PLAN_EACH_TIME: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
 
 #: Bytes of a detached partition and its indexes (what dropping it frees).
 SIZE: Final = "SELECT pg_total_relation_size(%(table)s::regclass) AS bytes"
+SIZE_CLUSTER: Final = "SELECT citus_total_relation_size(%(table)s::regclass) AS bytes"
 
 
 def create_due() -> Statement:
@@ -133,11 +172,13 @@ def create_for(at: str) -> Statement:
     return Statement("create_partitions", CREATE_FOR, {"at": at})
 
 
-def detach(parent: str, partition: str) -> sql.Composed:
-    """Detach ``partition`` from ``parent`` without stopping writers (outside a transaction)."""
+def detach(parent: str, partition: str, *, concurrently: bool = True) -> sql.Composed:
+    """Detach ``partition`` from ``parent``: ``concurrently``, without stopping writers
+    (outside a transaction); else under the parent's lock, for a moment."""
     from psycopg import sql
 
-    return sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+    return sql.SQL("ALTER TABLE {} DETACH PARTITION {}" + (
+        " CONCURRENTLY" if concurrently else "")).format(
         sql.Identifier(parent), sql.Identifier(partition))
 
 
@@ -180,9 +221,35 @@ def expired_events(params: Mapping[str, Any], cutoff: Any) -> Statement:
     return Statement("cleanup_old_tasks (events)", EXPIRED_EVENTS, {**params, "cutoff": cutoff})
 
 
-def droppable(params: Mapping[str, Any]) -> Statement:
-    """The periods a cleanup may drop (``Cleanup.params``)."""
-    return Statement("cleanup_old_tasks (partitions)", DROPPABLE, params)
+@dataclass(frozen=True, slots=True)
+class Drops:
+    """How retention drops a period's partitions on a server (the dialect holds one,
+    ``dialect.py``): the statements that find the periods, check one again after the detach,
+    delete its tasks and measure what it frees, and whether the detach is concurrent."""
+
+    droppable_sql: str
+    still_inactive_sql: str
+    delete_tasks_sql: str
+    size_sql: str
+    concurrently: bool
+
+    def droppable(self, params: Mapping[str, Any]) -> Statement:
+        """The periods a cleanup may drop (``Cleanup.params``)."""
+        return Statement("cleanup_old_tasks (partitions)", self.droppable_sql, params)
+
+    def detach(self, parent: str, partition: str) -> sql.Composed:
+        return detach(parent, partition, concurrently=self.concurrently)
+
+
+#: A plain server's: by activity and by the cleanup's horizon, detached concurrently.
+BY_HORIZON: Final = Drops(DROPPABLE, STILL_INACTIVE, DELETE_TASKS, SIZE, concurrently=True)
+#: A Citus cluster's (docs/scaling.md): by activity alone (transaction ids are each node's own;
+#: the cleanup's cutoff keeps its margin); Citus has no ``DETACH … CONCURRENTLY``, so the
+#: detach takes the parent's lock for a moment (waiting at most ``lock_timeout``); the tasks go
+#: by key, a batch at a time (a row address means nothing across shards); sizes are the
+#: shards'.
+BY_ACTIVITY: Final = Drops(DROPPABLE_CLUSTER, STILL_INACTIVE_CLUSTER, DELETE_TASKS_CLUSTER,
+                           SIZE_CLUSTER, concurrently=False)
 
 
 def period(job_params: Mapping[str, Any], found: Row) -> dict[str, Any]:

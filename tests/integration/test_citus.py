@@ -237,6 +237,54 @@ def test_a_cleanup_beside_writers_takes_old_tasks_and_keeps_every_acknowledged_s
     assert set(saved) <= stored  # every acknowledged save is there
 
 
+def test_retention_drops_an_old_periods_partitions_on_the_cluster(db, psql):
+    """A period whose tasks are all inactive loses its partitions, on every node; a period
+    with a task active since keeps them (Citus detaches without CONCURRENTLY)."""
+    days = [psql.execute("SELECT date_bin('1 day', now() - make_interval(days => %s), "
+                         "'2000-01-01'::timestamptz)", [n]).fetchone()[0] for n in (41, 40)]
+    names: dict[object, list[str]] = {}
+    try:
+        for n, day in enumerate(days):
+            psql.execute("SELECT aiecs_create_partitions(%s)", [day])
+            psql.execute(
+                "INSERT INTO tasks (user_id, task_id, status, bucket, created_at, updated_at) "
+                f"SELECT 'u' || i, 'p{n}', 'running', %(day)s, %(day)s, %(day)s "
+                "FROM generate_series(1, 20) i", {"day": day})
+            psql.execute(
+                "INSERT INTO task_history (user_id, task_id, step, step_name, status, completed, "
+                f"bucket, created_at) SELECT 'u' || i, 'p{n}', s, 'op', 'completed', true, "
+                "%(day)s, %(day)s "
+                "FROM generate_series(1, 20) i, generate_series(0, 4) s", {"day": day})
+            # (A step written by hand touches its task: its activity is set afterwards.)
+            psql.execute(f"UPDATE tasks SET updated_at = %(day)s WHERE task_id = 'p{n}'",
+                         {"day": day})
+            if n == 1:  # (setting the same time again would set now(): the trigger's rule)
+                psql.execute("UPDATE tasks SET updated_at = now() WHERE task_id = 'p1' "
+                             "AND user_id = 'u1'")
+        names = {b: [r[0] for r in psql.execute(
+            "SELECT partition FROM aiecs_partition_bounds() WHERE lower = %s ORDER BY 1",
+            [b]).fetchall()] for b in days}
+        assert [len(v) for v in names.values()] == [2, 2]
+        deleted = db.cleanup_old_tasks(30)
+        summary = db.manager.last_cleanup
+        left = psql.execute("SELECT task_id, user_id, updated_at FROM tasks ORDER BY 1, 2"
+                            ).fetchall()
+        assert deleted == 19 + 20, (summary, left)  # the old period whole; 19 of the other's
+        assert summary.partitions_dropped == 2 and summary.tasks_in_partitions == 20
+        assert summary.bytes_freed > 0
+        there = {r[0] for r in psql.execute(
+            "SELECT DISTINCT logicalrelid::regclass::text FROM pg_dist_partition").fetchall()}
+        assert not set(names[days[0]]) & there  # gone from the cluster's catalog
+        assert set(names[days[1]]) <= there  # kept: a task of its period is active
+        assert psql.execute("SELECT count(*) FROM task_history WHERE task_id = 'p1'"
+                            ).fetchone()[0] == 5
+    finally:
+        psql.execute("DELETE FROM tasks WHERE task_id IN ('p0', 'p1')")
+        for partition in [p for v in names.values() for p in v]:
+            psql.execute(f"DROP TABLE IF EXISTS {partition}")
+        psql.execute("UPDATE aiecs_partitioning SET retired_before = NULL")
+
+
 def test_a_later_revision_runs_over_the_distributed_tables(db, psql, db_url):
     """Down to 0005 and up again: revisions 0006 (a function, a trigger function) and 0007
     (the tasks' status triggers) run over tables that are already distributed, in one
