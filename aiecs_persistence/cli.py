@@ -570,6 +570,7 @@ def partitions(
     and none of its tasks was active since)."""
     from psycopg.rows import namedtuple_row
 
+    from . import citus
     from .statements import partitions as statements
     from .statements.cleanup import cutoff
 
@@ -578,7 +579,9 @@ def partitions(
         conn.row_factory = namedtuple_row
         now = conn.execute("SELECT now() AS now").fetchone()
         assert now is not None
-        found = conn.execute(statements.LIST, {"cutoff": cutoff(now.now, days)}).fetchall()
+        on_citus = conn.execute(citus.PRESENT_SQL).fetchone()
+        listing = statements.LIST_CLUSTER if on_citus and on_citus[0] else statements.LIST
+        found = conn.execute(listing, {"cutoff": cutoff(now.now, days)}).fetchall()
     rows = [{"table": r.parent, "partition": r.partition, "from": r.lower, "to": r.upper,
              "rows": int(r.rows), "bytes": int(r.bytes), "droppable": bool(r.droppable)}
             for r in found]

@@ -273,6 +273,27 @@ JOIN pg_class c ON c.relname = b.partition AND c.relnamespace = current_schema()
 ORDER BY b.lower, b.parent
 """
 
+#: ``LIST`` on Citus: the rows and bytes of a partition are its shards' (the coordinator's
+#: table holds none), and the live buckets are read first (Citus plans no join of a
+#: distributed table with the partitions' bounds).
+LIST_CLUSTER: Final = f"""
+WITH live AS MATERIALIZED (
+  SELECT DISTINCT t.{names.BUCKET} FROM tasks t WHERE t.updated_at >= %(cutoff)s
+)
+SELECT b.parent, b.partition, nullif(b.lower, '-infinity') AS lower,
+       nullif(b.upper, 'infinity') AS upper,
+       (SELECT coalesce(sum(greatest(r.result::real, 0)), 0)::bigint
+        FROM run_command_on_shards(b.partition::regclass,
+               $c$SELECT reltuples FROM pg_class WHERE oid = '%%s'::regclass$c$) r
+        WHERE r.success) AS rows,
+       citus_total_relation_size(b.partition::regclass) AS bytes,
+       b.upper <= %(cutoff)s
+         AND NOT EXISTS (SELECT FROM live l WHERE l.{names.BUCKET} >= b.lower
+                                              AND l.{names.BUCKET} < b.upper) AS droppable
+FROM aiecs_partition_bounds() b
+ORDER BY b.lower, b.parent
+"""
+
 #: The periods from now to ``ahead`` periods on that some table has no partition for.
 MISSING: Final = f"""
 SELECT count(*) AS missing

@@ -8,14 +8,20 @@ saying so; the rest of the integration suite runs on both.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from aiecs_persistence import InvalidTransitionError, TaskStepResult, ValidationError
 from aiecs_persistence import citus as cluster
+from aiecs_persistence.cli import app
 from aiecs_persistence.statements import Statement, saves, watching
 
 from ..database import Server
+
+runner = CliRunner(env={"COLUMNS": "200"})
 
 
 @pytest.fixture(autouse=True)
@@ -237,7 +243,7 @@ def test_a_cleanup_beside_writers_takes_old_tasks_and_keeps_every_acknowledged_s
     assert set(saved) <= stored  # every acknowledged save is there
 
 
-def test_retention_drops_an_old_periods_partitions_on_the_cluster(db, psql):
+def test_retention_drops_an_old_periods_partitions_on_the_cluster(db, psql, db_url):
     """A period whose tasks are all inactive loses its partitions, on every node; a period
     with a task active since keeps them (Citus detaches without CONCURRENTLY)."""
     days = [psql.execute("SELECT date_bin('1 day', now() - make_interval(days => %s), "
@@ -265,6 +271,15 @@ def test_retention_drops_an_old_periods_partitions_on_the_cluster(db, psql):
             "SELECT partition FROM aiecs_partition_bounds() WHERE lower = %s ORDER BY 1",
             [b]).fetchall()] for b in days}
         assert [len(v) for v in names.values()] == [2, 2]
+        psql.execute("ANALYZE task_history")
+        # What an operator sees first: the rows and bytes are the shards'.
+        listed = runner.invoke(app, ["partitions", "--json", "--url", db_url.render_as_string(
+            hide_password=False)])
+        assert listed.exit_code == 0, listed.output
+        rows = {r["partition"]: r for r in json.loads(listed.stdout)["partitions"]}
+        old = rows[f"task_history_p{days[0]:%Y%m%d}"]
+        assert old["droppable"] and old["rows"] == 100 and old["bytes"] > 0
+        assert not rows[f"task_history_p{days[1]:%Y%m%d}"]["droppable"]
         deleted = db.cleanup_old_tasks(30)
         summary = db.manager.last_cleanup
         left = psql.execute("SELECT task_id, user_id, updated_at FROM tasks ORDER BY 1, 2"
