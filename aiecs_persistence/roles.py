@@ -35,7 +35,7 @@ from .schema import metadata
 
 __all__ = ["Roles", "grant_statements"]
 
-_ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Tables the runtime writes (task_events through the triggers; aiecs_watched: watchers).
 WRITTEN_TABLES: Final = ("tasks", "task_history", "task_events", "aiecs_watched")
 #: Tables the runtime only reads (the scopes: a cleanup's summaries are not a scoped role's).
@@ -56,7 +56,7 @@ class Roles:
     def __post_init__(self) -> None:
         names = {"owner": self.owner, "writer": self.writer, "reader": self.reader}
         for kind, name in names.items():
-            if not _ROLE_NAME.fullmatch(name):
+            if not ROLE_NAME.fullmatch(name):
                 raise ValidationError(
                     f"{kind} role: {name!r} is not a plain lower-case role name "
                     "(letters, digits, _; at most 63)", field=kind,
@@ -66,7 +66,8 @@ class Roles:
                                   field="roles")
 
 
-def _q(name: str) -> str:
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -74,7 +75,8 @@ def _q(name: str) -> str:
 LOCK_ORDER: Final = ("task_history", "tasks", "task_events", "aiecs_watched")
 
 
-def _lock_rank(table: str) -> tuple[int, str]:
+def lock_rank(table: str) -> tuple[int, str]:
+    """Where ``table`` comes in ``LOCK_ORDER`` (others after it, by name)."""
     return (LOCK_ORDER.index(table) if table in LOCK_ORDER else len(LOCK_ORDER), table)
 
 
@@ -117,8 +119,8 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         [[roles.owner, roles.writer, roles.reader]],
     ).fetchall()}
 
-    owner, writer, reader = _q(roles.owner), _q(roles.writer), _q(roles.reader)
-    sch, db = _q(schema), _q(database)
+    owner, writer, reader = (quote_ident(r) for r in (roles.owner, roles.writer, roles.reader))
+    sch, db = quote_ident(schema), quote_ident(database)
     tables = [n for n in ours if relations.get(n) in ("r", "p")]
     # The partitions are owned as their tables are (retention detaches and drops them); they
     # are reached through their tables, so no role is granted anything on them.
@@ -128,7 +130,7 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         "WHERE p.relnamespace = current_schema()::regnamespace AND p.relname = ANY(%s) "
         "ORDER BY 1", [list(PARTITIONED_TABLES)]).fetchall()]
     views = [n for n in VIEW_NAMES if n in relations]
-    out = [f"CREATE ROLE {_q(r)} NOLOGIN"
+    out = [f"CREATE ROLE {quote_ident(r)} NOLOGIN"
            for r in (roles.owner, roles.writer, roles.reader) if r not in existing]
     out += [
         f"GRANT CONNECT ON DATABASE {db} TO {owner}, {writer}, {reader}",
@@ -137,34 +139,34 @@ def grant_statements(connection: Any, roles: Roles) -> list[str]:
         f"GRANT USAGE ON SCHEMA {sch} TO {writer}, {reader}",
         f"REVOKE CREATE ON SCHEMA {sch} FROM {writer}, {reader}",
     ]
-    altered = sorted((t for t in tables + partitions if t not in owned), key=_lock_rank)
+    altered = sorted((t for t in tables + partitions if t not in owned), key=lock_rank)
     if altered:
         # Lock first, in the order a save takes them (the step table, the task, then the
         # event tables its triggers write and read): waiting for a writer never while
         # holding a table that writer still needs.
-        out.append("LOCK TABLE " + ", ".join(f"{sch}.{_q(t)}" for t in altered)
+        out.append("LOCK TABLE " + ", ".join(f"{sch}.{quote_ident(t)}" for t in altered)
                    + " IN ACCESS EXCLUSIVE MODE")
-    out += [f"ALTER TABLE {sch}.{_q(t)} OWNER TO {owner}" for t in altered]
-    out += [f"ALTER VIEW {sch}.{_q(v)} OWNER TO {owner}" for v in views if v not in owned]
-    out += [f"ALTER TYPE {sch}.{_q(t)} OWNER TO {owner}" for t in ENUM_TYPES
+    out += [f"ALTER TABLE {sch}.{quote_ident(t)} OWNER TO {owner}" for t in altered]
+    out += [f"ALTER VIEW {sch}.{quote_ident(v)} OWNER TO {owner}" for v in views if v not in owned]
+    out += [f"ALTER TYPE {sch}.{quote_ident(t)} OWNER TO {owner}" for t in ENUM_TYPES
             if t not in owned]
     out += [f"ALTER FUNCTION {sch}.{f} OWNER TO {owner}" for f in functions
             if f not in owned]
-    every = ", ".join(f"{sch}.{_q(n)}" for n in tables + views)
+    every = ", ".join(f"{sch}.{quote_ident(n)}" for n in tables + views)
     out.append(f"REVOKE ALL ON {every} FROM PUBLIC, {writer}, {reader}")
-    written = ", ".join(f"{sch}.{_q(n)}" for n in WRITTEN_TABLES)
-    read = ", ".join(f"{sch}.{_q(n)}" for n in (*READ_TABLES, *views))
+    written = ", ".join(f"{sch}.{quote_ident(n)}" for n in WRITTEN_TABLES)
+    read = ", ".join(f"{sch}.{quote_ident(n)}" for n in (*READ_TABLES, *views))
     out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {written} TO {writer}")
     out.append(f"GRANT SELECT ON {read} TO {writer}")
     if views:
         viewed = [*views, *VIEWED_TABLES]
         out.append(
-            f"GRANT SELECT ON {', '.join(f'{sch}.{_q(v)}' for v in viewed)} TO {reader}"
+            f"GRANT SELECT ON {', '.join(f'{sch}.{quote_ident(v)}' for v in viewed)} TO {reader}"
         )
     if VERSION_TABLE in relations:  # the schema check every connection makes reads it
-        out.append(f"GRANT SELECT ON {sch}.{_q(VERSION_TABLE)} TO {reader}")
+        out.append(f"GRANT SELECT ON {sch}.{quote_ident(VERSION_TABLE)} TO {reader}")
     if SUMMARIES_TABLE in relations:  # the report adds up the periods' summaries
-        out.append(f"GRANT SELECT ON {sch}.{_q(SUMMARIES_TABLE)} TO {reader}")
+        out.append(f"GRANT SELECT ON {sch}.{quote_ident(SUMMARIES_TABLE)} TO {reader}")
     return out
 
 

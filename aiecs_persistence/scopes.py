@@ -26,23 +26,21 @@ Statements are built from the catalog and run in one transaction; ``--print`` sh
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, Final
 
 from . import citus, names
 from .ddl import VIEW_NAMES
 from .errors import ValidationError
 from .migrate import VERSION_TABLE
-from .roles import LOCK_ORDER
+from .roles import ROLE_NAME, Roles, lock_rank, quote_ident
 
 __all__ = ["Scope", "drop_statements", "list_scopes", "problems", "run", "scope_statements"]
 
-_ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 PATTERN_MAX: Final = 200
 #: ``aiecs-db grant``'s roles by default, which every service or analyst of theirs shares.
-OWN_ROLES: Final = ("aiecs_owner", "aiecs_writer", "aiecs_reader")
+OWN_ROLES: Final = astuple(Roles())
 
 #: The tables of users' rows (a scoped role reads those its patterns match, writes them when its
 #: scope writes), and the watch registrations (a reader registers its own watches too).
@@ -61,16 +59,12 @@ class Scope:
         return {"role": self.role, "patterns": list(self.patterns), "writes": self.writes}
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def _check_role(role: Any) -> str:
-    if not isinstance(role, str) or not _ROLE_NAME.fullmatch(role):
+    if not isinstance(role, str) or not ROLE_NAME.fullmatch(role):
         raise ValidationError(
             f"role: {role!r} is not a plain lower-case role name (letters, digits, _; at "
             "most 63)", field="role")
@@ -95,7 +89,7 @@ def _check_patterns(patterns: Sequence[Any]) -> tuple[str, ...]:
 
 def _policies(schema: str) -> dict[tuple[str, str], str]:
     """The restrictive policies of the scoped group, by (table, name): their SQL."""
-    sch = _q(schema)
+    sch = quote_ident(schema)
 
     def matches(writes: bool) -> str:
         # An uncorrelated subquery: an initplan, run once per statement (the cast makes the
@@ -103,14 +97,14 @@ def _policies(schema: str) -> dict[tuple[str, str], str]:
         return (f"user_id LIKE ANY ((SELECT {sch}.{names.SCOPE_PATTERNS_FUNCTION}("
                 f"{'true' if writes else 'false'}))::text[])")
 
-    group = _q(names.SCOPED_ROLE)
+    group = quote_ident(names.SCOPED_ROLE)
     out: dict[tuple[str, str], str] = {}
 
     def policy(table: str, name: str, command: str, using: str | None,
                check: str | None) -> None:
         clauses = (f" USING ({using})" if using else "") + \
                   (f" WITH CHECK ({check})" if check else "")
-        out[(table, name)] = (f"CREATE POLICY {name} ON {sch}.{_q(table)} AS RESTRICTIVE "
+        out[(table, name)] = (f"CREATE POLICY {name} ON {sch}.{quote_ident(table)} AS RESTRICTIVE "
                               f"FOR {command} TO {group}{clauses}")
 
     for table in (*USER_TABLES, names.WATCHED_TABLE):
@@ -130,7 +124,7 @@ def _catalog(connection: Any) -> tuple[str, str, set[tuple[str, str]], bool]:
     cur = connection.cursor()
     schema, database = cur.execute("SELECT current_schema(), current_database()").fetchone()
     if cur.execute("SELECT to_regclass(%s) IS NULL",
-                   [f"{_q(schema)}.{names.SCOPES_TABLE}"]).fetchone()[0]:
+                   [f"{quote_ident(schema)}.{names.SCOPES_TABLE}"]).fetchone()[0]:
         raise ValidationError(
             "scope: the database has no aiecs schema at head yet; run `aiecs-db upgrade` "
             "first", field="database")
@@ -174,31 +168,30 @@ def scope_statements(connection: Any, role: str, patterns: Sequence[str], *,
     patterns = _check_patterns(patterns)
     schema, database, policies, group = _catalog(connection)
     _check_escapes(connection, role)
-    sch, r = _q(schema), _q(role)
-    out = [] if group else [f"CREATE ROLE {_q(names.SCOPED_ROLE)} NOLOGIN"]
+    sch, r = quote_ident(schema), quote_ident(role)
+    out = [] if group else [f"CREATE ROLE {quote_ident(names.SCOPED_ROLE)} NOLOGIN"]
     missing = {key: sql for key, sql in _policies(schema).items() if key not in policies}
     if missing:
         # A policy is created under the table's strongest lock: taken first, all of them, in
         # the order a save takes them, so the run never waits for a writer while holding one.
-        tables = sorted({t for t, _ in missing}, key=lambda t: (
-            LOCK_ORDER.index(t) if t in LOCK_ORDER else len(LOCK_ORDER), t))
-        out.append("LOCK TABLE " + ", ".join(f"{sch}.{_q(t)}" for t in tables)
+        tables = sorted({t for t, _ in missing}, key=lock_rank)
+        out.append("LOCK TABLE " + ", ".join(f"{sch}.{quote_ident(t)}" for t in tables)
                    + " IN ACCESS EXCLUSIVE MODE")
         out += missing.values()
     out += [
-        f"GRANT {_q(names.SCOPED_ROLE)} TO {r}",
-        f"GRANT CONNECT ON DATABASE {_q(database)} TO {r}",
+        f"GRANT {quote_ident(names.SCOPED_ROLE)} TO {r}",
+        f"GRANT CONNECT ON DATABASE {quote_ident(database)} TO {r}",
         f"GRANT USAGE ON SCHEMA {sch} TO {r}",
     ]
     read = [*USER_TABLES, *SHARED_TABLES, names.SUMMARIES_TABLE, names.SCOPES_TABLE,
             *VIEW_NAMES]
-    out.append(f"GRANT SELECT ON {', '.join(f'{sch}.{_q(t)}' for t in read)} TO {r}")
-    out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {sch}.{_q(names.WATCHED_TABLE)} "
+    out.append(f"GRANT SELECT ON {', '.join(f'{sch}.{quote_ident(t)}' for t in read)} TO {r}")
+    out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {sch}.{quote_ident(names.WATCHED_TABLE)} "
                f"TO {r}")
-    written = ", ".join(f"{sch}.{_q(t)}" for t in USER_TABLES)
+    written = ", ".join(f"{sch}.{quote_ident(t)}" for t in USER_TABLES)
     if writes:
         out.append(f"GRANT INSERT, UPDATE, DELETE ON {written} TO {r}")
-        out.append(f"GRANT TEMPORARY ON DATABASE {_q(database)} TO {r}")
+        out.append(f"GRANT TEMPORARY ON DATABASE {quote_ident(database)} TO {r}")
     else:
         out.append(f"REVOKE INSERT, UPDATE, DELETE ON {written} FROM {r}")
     array = "ARRAY[" + ", ".join(_literal(p) for p in patterns) + "]::text[]"
@@ -214,7 +207,7 @@ def drop_statements(connection: Any, role: str) -> list[str]:
     """The SQL that removes ``role``'s scope and what ``scope`` granted it."""
     role = _check_role(role)
     schema, _database, _policies_there, group = _catalog(connection)
-    sch, r = _q(schema), _q(role)
+    sch, r = quote_ident(schema), quote_ident(role)
     out = [f"DELETE FROM {sch}.{names.SCOPES_TABLE} WHERE role = {_literal(role)}"]
     exists = connection.execute("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)",
                                 [role]).fetchone()[0]
@@ -222,9 +215,9 @@ def drop_statements(connection: Any, role: str) -> list[str]:
         return out
     every = [*USER_TABLES, *SHARED_TABLES, names.SUMMARIES_TABLE, names.SCOPES_TABLE,
              names.WATCHED_TABLE, *VIEW_NAMES]
-    out.append(f"REVOKE ALL ON {', '.join(f'{sch}.{_q(t)}' for t in every)} FROM {r}")
+    out.append(f"REVOKE ALL ON {', '.join(f'{sch}.{quote_ident(t)}' for t in every)} FROM {r}")
     if group:
-        out.append(f"REVOKE {_q(names.SCOPED_ROLE)} FROM {r}")
+        out.append(f"REVOKE {quote_ident(names.SCOPED_ROLE)} FROM {r}")
     return out
 
 
@@ -260,8 +253,13 @@ def problems(connection: Any) -> list[str]:
             found.append(f"policy {names.OPEN_POLICY} of {table} is missing")
     if cur.execute(f"SELECT to_regclass('{names.SCOPES_TABLE}') IS NULL").fetchone()[0]:
         return found
-    roles = [r for (r,) in cur.execute(
-        f"SELECT s.role FROM {names.SCOPES_TABLE} s ORDER BY 1").fetchall()]
+    # Each scope's role, and whether it exists and is in the group (one query for them all).
+    roles = cur.execute(
+        f"SELECT s.role, r.oid IS NOT NULL AND g.oid IS NOT NULL "
+        "       AND pg_has_role(r.oid, g.oid, 'MEMBER') "
+        f"FROM {names.SCOPES_TABLE} s LEFT JOIN pg_roles r ON r.rolname = s.role "
+        "LEFT JOIN pg_roles g ON g.rolname = %s ORDER BY 1",
+        [names.SCOPED_ROLE]).fetchall()
     if not roles:
         return found
     schema = cur.execute("SELECT current_schema()").fetchone()[0]
@@ -272,15 +270,8 @@ def problems(connection: Any) -> list[str]:
     if gone:
         found.append("restrictive policies of the scoped roles are missing ("
                      + ", ".join(gone) + "): run `aiecs-db scope` again")
-    for role in roles:
-        member = cur.execute(
-            "SELECT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = %(r)s) AND "
-            "EXISTS (SELECT FROM pg_roles g WHERE g.rolname = %(g)s) AND "
-            "pg_has_role(%(r)s, %(g)s, 'MEMBER')",
-            {"r": role, "g": names.SCOPED_ROLE}).fetchone()[0]
-        if not member:
-            found.append(f"scoped role {role} is missing or not a member of "
-                         f"{names.SCOPED_ROLE}: run `aiecs-db scope {role}` again")
+    found += [f"scoped role {role} is missing or not a member of {names.SCOPED_ROLE}: run "
+              f"`aiecs-db scope {role}` again" for role, member in roles if not member]
     return found
 
 

@@ -36,7 +36,7 @@ def _active(lower: str, upper: str, *, horizon: bool = True) -> str:
     """A query of the tasks of the period [``lower``, ``upper``) (SQL expressions; a NULL lower
     is unbounded) active since the cutoff, or (``horizon``) written since the cleanup began."""
     written = f" OR {written_since_horizon('t')}" if horizon else ""
-    return f"""SELECT FROM tasks t
+    return f"""SELECT 1 FROM tasks t
   WHERE t.{names.BUCKET} >= coalesce({lower}::timestamptz, '-infinity')
     AND t.{names.BUCKET} < {upper}
     AND (t.updated_at >= %(cutoff)s{written})"""
@@ -60,24 +60,24 @@ STILL_INACTIVE: Final = f"SELECT NOT EXISTS ({_active('%(lower)s', '%(upper)s')}
 #: ``DROPPABLE`` and ``STILL_INACTIVE`` on Citus: by activity alone. Citus refuses a subquery
 #: in ``HAVING`` that refers to the outer query: the buckets of the tasks active since the
 #: cutoff are read first (a distributed subplan), then matched with the periods.
-DROPPABLE_CLUSTER: Final = f"""
-WITH live AS MATERIALIZED (
+_LIVE: Final = f"""WITH live AS MATERIALIZED (
   SELECT DISTINCT t.{names.BUCKET} FROM tasks t WHERE t.updated_at >= %(cutoff)s
-)
+)"""
+#: No bucket of ``live`` lies in the period of the bounds ``b``.
+_NOT_LIVE: Final = (f"NOT EXISTS (SELECT FROM live l WHERE l.{names.BUCKET} >= b.lower "
+                    f"AND l.{names.BUCKET} < b.upper)")
+DROPPABLE_CLUSTER: Final = f"""
+{_LIVE}
 SELECT nullif(b.lower, '-infinity') AS lower, b.upper,
        array_agg(b.parent ORDER BY b.parent) AS parents,
        array_agg(b.partition ORDER BY b.parent) AS partitions
 FROM aiecs_partition_bounds() b
-WHERE b.upper <= %(cutoff)s
-  AND NOT EXISTS (SELECT FROM live l WHERE l.{names.BUCKET} >= b.lower
-                                       AND l.{names.BUCKET} < b.upper)
+WHERE b.upper <= %(cutoff)s AND {_NOT_LIVE}
 GROUP BY b.lower, b.upper
 ORDER BY b.lower
 """
-STILL_INACTIVE_CLUSTER: Final = (  # (a subquery of no columns fails on Citus)
-    "SELECT NOT EXISTS ("
-    + _active('%(lower)s', '%(upper)s', horizon=False).replace("SELECT FROM", "SELECT 1 FROM", 1)
-    + ") AS inactive")
+STILL_INACTIVE_CLUSTER: Final = (
+    f"SELECT NOT EXISTS ({_active('%(lower)s', '%(upper)s', horizon=False)}) AS inactive")
 
 #: No partition is created again for a retired period (``names.PARTITIONS_FUNCTION``).
 RETIRE: Final = (f"UPDATE {names.PARTITIONING_TABLE} SET retired_before = "
@@ -277,9 +277,7 @@ ORDER BY b.lower, b.parent
 #: table holds none), and the live buckets are read first (Citus plans no join of a
 #: distributed table with the partitions' bounds).
 LIST_CLUSTER: Final = f"""
-WITH live AS MATERIALIZED (
-  SELECT DISTINCT t.{names.BUCKET} FROM tasks t WHERE t.updated_at >= %(cutoff)s
-)
+{_LIVE}
 SELECT b.parent, b.partition, nullif(b.lower, '-infinity') AS lower,
        nullif(b.upper, 'infinity') AS upper,
        (SELECT coalesce(sum(greatest(r.result::real, 0)), 0)::bigint
@@ -287,9 +285,7 @@ SELECT b.parent, b.partition, nullif(b.lower, '-infinity') AS lower,
                $c$SELECT reltuples FROM pg_class WHERE oid = '%%s'::regclass$c$) r
         WHERE r.success) AS rows,
        citus_total_relation_size(b.partition::regclass) AS bytes,
-       b.upper <= %(cutoff)s
-         AND NOT EXISTS (SELECT FROM live l WHERE l.{names.BUCKET} >= b.lower
-                                              AND l.{names.BUCKET} < b.upper) AS droppable
+       b.upper <= %(cutoff)s AND {_NOT_LIVE} AS droppable
 FROM aiecs_partition_bounds() b
 ORDER BY b.lower, b.parent
 """
