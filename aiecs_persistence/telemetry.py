@@ -20,7 +20,9 @@ What only the library knows rides on the same spans and instruments:
 
 User and task ids are not attributes unless a manager's ``trace_ids`` setting says so (they can
 be personal data). Without ``opentelemetry`` nothing of it is imported; with the API and no SDK
-the cost is the API's no-op (the benchmark's ``telemetry`` case measures both).
+behind its global providers a manager skips even the API's no-op calls, and looks again at most
+every ``IDLE_CHECK`` seconds whether an SDK has been set up since (the benchmark's ``telemetry``
+case measures both).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ COLLECTIONS: Final = {
 #: Bucket boundaries (seconds) of the duration histograms, as the conventions advise.
 DURATION_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+#: How often (seconds) a manager whose telemetry found no SDK looks for one again.
+IDLE_CHECK: Final = 0.1
 
 #: Set while a public call runs: a public call made inside it is part of it.
 _inside: ContextVar[bool] = ContextVar("aiecs_persistence_call", default=False)
@@ -144,8 +149,10 @@ class Telemetry:
     """What a manager tells OpenTelemetry: nothing (this class, when ``opentelemetry`` cannot
     be imported). ``_Otel`` below does the telling; the managers call the same methods."""
 
-    #: Whether spans and metrics are made (the managers skip work only they need).
-    enabled: bool = False
+    @property
+    def enabled(self) -> bool:
+        """Whether spans and metrics are made (the managers skip work only they need)."""
+        return False
 
     def locate(self, url: URL) -> None:
         """The database's attributes, once the manager's URL is known."""
@@ -319,9 +326,13 @@ def _log_trace_ids() -> None:
         logger.addFilter(_TraceIds())
 
 
-class _Otel(Telemetry):
-    enabled = True
+def _of_the_api(provider: Any) -> bool:
+    """Whether ``provider`` is one the API package itself makes (its proxy before an SDK is set
+    up, or its no-op): one that records nothing."""
+    return type(provider).__module__.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
 
+
+class _Otel(Telemetry):
     def __init__(self, trace_ids: bool, tracer_provider: Any, meter_provider: Any) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -334,11 +345,34 @@ class _Otel(Telemetry):
         self._error = Status(StatusCode.ERROR)
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         self._metrics = _instruments(meter_provider)
+        # Providers given to the manager are used as they are; the global ones are looked at
+        # (``_idle``) until one of them is an SDK's.
+        self._live = tracer_provider is not None or meter_provider is not None
+        self._look_again = 0.0
         self._trace_ids = trace_ids
         self._where: dict[str, Any] = {"db.system.name": "postgresql"}
         self._attributes: dict[str, dict[str, Any]] = {}
         self.pool_name = "aiecs_persistence"
         _log_trace_ids()
+
+    def _idle(self) -> bool:
+        """No SDK behind the API's global providers (looked at every ``IDLE_CHECK`` s at most):
+        the calls skip even the API's no-op."""
+        if self._live:
+            return False
+        now = time.monotonic()
+        if now < self._look_again:
+            return True
+        from opentelemetry import metrics, trace
+
+        self._look_again = now + IDLE_CHECK
+        self._live = not (_of_the_api(trace.get_tracer_provider())
+                          and _of_the_api(metrics.get_meter_provider()))
+        return not self._live
+
+    @property
+    def enabled(self) -> bool:
+        return not self._idle()
 
     def locate(self, url: URL) -> None:
         where: dict[str, Any] = {"db.system.name": "postgresql"}
@@ -365,6 +399,8 @@ class _Otel(Telemetry):
 
     def start(self, name: str, ids: int, args: Sequence[Any], kwargs: Mapping[str, Any]
               ) -> Any:
+        if self._idle():
+            return None
         span = self._tracer.start_span(name, kind=self._kind, attributes=self._for(name))
         if not span.is_recording():
             return None
@@ -382,6 +418,8 @@ class _Otel(Telemetry):
 
     def end(self, name: str, scope: Any, started: float, exc: BaseException | None) -> float:
         seconds = time.perf_counter() - started
+        if scope is None and self._idle():
+            return seconds
         if exc is None:
             self._metrics.duration.record(seconds, self._for(name))
         else:
@@ -400,12 +438,16 @@ class _Otel(Telemetry):
         return seconds
 
     def current(self) -> SpanContext | None:
+        if self._idle():
+            return None
         context = self._trace.get_current_span().get_span_context()
         return context if context.is_valid else None
 
     def batch(self, size: int, callers: Iterable[SpanContext | None]) -> Any:
         from opentelemetry.trace import Link
 
+        if self._idle():
+            return _NOTHING
         self._metrics.batch_size.record(size, self._where)
         links: list[Link] = [Link(caller) for caller in callers if caller is not None]
         attributes = {**self._for("save_task_history"), "aiecs.batch.size": size}
@@ -415,12 +457,16 @@ class _Otel(Telemetry):
             links=links)
 
     def waited(self, seconds: float) -> None:
+        if self._idle():
+            return
         self._metrics.wait.record(seconds, self._where)
         span = self._trace.get_current_span()
         if span.is_recording():
             span.set_attribute("aiecs.group_commit.wait.duration", seconds)
 
     def retry(self, statement: str, attempt: int, exc: BaseException | str) -> None:
+        if self._idle():
+            return
         span = self._trace.get_current_span()
         if span.is_recording():
             kind = exc if isinstance(exc, str) else error_type(exc)
@@ -428,14 +474,20 @@ class _Otel(Telemetry):
                                      "error.type": kind})
 
     def catch_up(self, operation: str) -> Any:
+        if self._idle():
+            return _NOTHING
         return self._tracer.start_as_current_span(
             f"{operation} (catch-up)", kind=self._kind, attributes=self._for(operation))
 
     def lag(self, operation: str, committed: dt.datetime) -> None:
+        if self._idle():
+            return
         seconds = time.time() - committed.timestamp()
         self._metrics.lag.record(max(0.0, seconds), self._for(operation))
 
     def retention(self, tasks: int, partitions: int, freed: int) -> None:
+        if self._idle():
+            return
         where = self._where
         self._metrics.deleted.add(tasks, where)
         if partitions:

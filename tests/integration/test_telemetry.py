@@ -330,3 +330,47 @@ def test_a_failing_bulk_withholds_its_message(kind, db_url, otel):
     assert failed.events[0].attributes is not None
     assert "withheld" in str(failed.events[0].attributes["exception.message"])
     assert "user-7" not in everything_emitted(otel)
+
+
+SDK_SET_UP_LATER = """
+import sys, json, time
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from aiecs_persistence import SyncDatabaseManager, TaskStepResult
+from aiecs_persistence.telemetry import IDLE_CHECK
+ok = TaskStepResult("op", 1, True, "ok", "completed")
+with SyncDatabaseManager(url=sys.argv[1], auto_migrate=False) as db:
+    before = db._telemetry.enabled
+    db.save_task_history("u", "before", 0, ok)  # the API alone: no SDK behind it yet
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    time.sleep(IDLE_CHECK * 1.5)
+    db.save_task_history("u", "after", 0, ok)
+    saves = db.get_performance_report()["save_task_history"]["count"]
+data = reader.get_metrics_data()
+counts = [p.count for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics
+          if m.name == "db.client.operation.duration" for p in m.data.data_points
+          if p.attributes["db.operation.name"] == "save_task_history"]
+print(json.dumps({"before": before, "spans": [s.name for s in spans.get_finished_spans()],
+                  "durations": counts, "saves": saves}))
+"""
+
+
+def test_with_the_api_alone_nothing_is_made_until_an_sdk_is_set_up(db_url):
+    """A manager made before the application sets up the SDK (the API's global providers are
+    its no-op proxies then) skips the API's calls, and reports from the moment there is one."""
+    done_ = subprocess.run([sys.executable, "-c", SDK_SET_UP_LATER, str(
+        db_url.render_as_string(hide_password=False))], capture_output=True, text=True,
+        timeout=120)
+    assert done_.returncode == 0, done_.stderr
+    # The later save and the close are spans; the first save only counts in the report.
+    assert json.loads(done_.stdout) == {"before": False,
+                                        "spans": ["save_task_history", "disconnect"],
+                                        "durations": [1], "saves": 2}
