@@ -329,7 +329,9 @@ def _log_trace_ids() -> None:
 def _of_the_api(provider: Any) -> bool:
     """Whether ``provider`` is one the API package itself makes (its proxy before an SDK is set
     up, or its no-op): one that records nothing."""
-    return type(provider).__module__.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
+    module = type(provider).__module__
+    return any(module == api or module.startswith(f"{api}.")
+               for api in ("opentelemetry.trace", "opentelemetry.metrics"))
 
 
 class _Otel(Telemetry):

@@ -28,7 +28,7 @@ from aiecs_persistence import (
     SyncDatabaseManager,
     TaskStepResult,
 )
-from aiecs_persistence.telemetry import server_address
+from aiecs_persistence.telemetry import _of_the_api, server_address
 
 from ..conftest import conninfo
 from ..managers import close, make_manager
@@ -374,3 +374,13 @@ def test_with_the_api_alone_nothing_is_made_until_an_sdk_is_set_up(db_url):
     assert json.loads(done_.stdout) == {"before": False,
                                         "spans": ["save_task_history", "disconnect"],
                                         "durations": [1], "saves": 2}
+
+
+def test_only_the_apis_own_providers_count_as_no_sdk():
+    from opentelemetry import metrics, trace
+
+    assert _of_the_api(trace.NoOpTracerProvider()) and _of_the_api(metrics.NoOpMeterProvider())
+    assert _of_the_api(trace.ProxyTracerProvider())
+    assert not _of_the_api(TracerProvider()) and not _of_the_api(MeterProvider())
+    vendor = type("VendorProvider", (), {"__module__": "opentelemetry.tracing_vendor"})
+    assert not _of_the_api(vendor())
