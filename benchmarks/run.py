@@ -906,11 +906,13 @@ class Bench:
 
     async def grown(self, admin: str) -> None:
         """The same measures at two sizes of history (1M and 10M steps, times the scale, in daily
-        partitions): what must not grow with it, and ours against upstream's table and class."""
+        partitions): what must not grow with it, and ours against upstream's table and class;
+        and the smaller history beside a year of daily partitions (history kept longer)."""
         sizes = (self.n(1_000_000, 3_000), self.n(10_000_000, 30_000))
         measured: list[Scaled] = []
         built: list[tuple[Any, list[tuple[str, str]]]] = []
         names = [f"aiecs_scale_{steps}" for steps in sizes]
+        year = "aiecs_scale_year"
         try:
             for steps, name in zip(sizes, names, strict=True):
                 with psycopg.connect(admin, autocommit=True) as conn:
@@ -921,11 +923,13 @@ class Bench:
                 scaled, keys = scale_history(url, steps)
                 measured.append(scaled)
                 built.append((url, keys))
-            for scaled, latencies in zip(measured, await scale_latencies(built), strict=True):
-                scaled.latencies = latencies
+            built.append((with_a_year_of_partitions(admin, self.url, names[0], year), built[0][1]))
+            *latencies, at_a_year = await scale_latencies(built)
+            for scaled, latencies_ in zip(measured, latencies, strict=True):
+                scaled.latencies = latencies_
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
-                for name in names:
+                for name in (*names, year):
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         small, big = measured
         for m in measured:
@@ -956,6 +960,15 @@ class Bench:
             self.report(Result(
                 f"scale: {SCALE_CALLS[kind]}, {big.steps:,} against {small.steps:,} steps",
                 fmt_ms(at_big), fmt_ms(at_small), ratio, "≤ 1.15×", ratio <= 1.15))
+        for kind in SCALE_CALLS:
+            at_year, at_small = at_a_year[kind][0], small.latencies[kind][0]
+            ratio = statistics.median(at_year) / statistics.median(at_small)
+            self.report(Result(
+                f"scale: {SCALE_CALLS[kind]}, {YEAR_DAYS} daily partitions against "
+                f"{SCALE_DAYS + 1}", fmt_ms(at_year), fmt_ms(at_small), ratio, "≤ 1.15×",
+                ratio <= 1.15, f"the {small.steps:,} steps of the smaller history, with "
+                "empty partitions for the days before it up to a year (docs/operations.md, "
+                "how many partitions to keep)"))
 
     def aged(self) -> None:
         """Retention of history really written weeks ago: 10% of 10M steps (times the scale), on
@@ -1115,6 +1128,25 @@ def scale_history(url: Any, steps: int) -> tuple[Scaled, list[tuple[str, str]]]:
                 result.report_all.append(t1 - t0)
                 result.report_day.append(t2 - t1)
     return result, every_key
+
+
+#: The days of partitions the scale case's history of a year has (most of them empty).
+YEAR_DAYS = 365
+
+
+def with_a_year_of_partitions(admin: str, server: Any, source: str, name: str) -> Any:
+    """A copy of the database ``source`` with partitions for every day of the year before its
+    history (empty: what matters is how many a statement faces); its URL."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+    url = server.set(database=name)
+    with psycopg.connect(libpq_conninfo(url), autocommit=True) as conn:
+        for day in range(SCALE_DAYS + 1, YEAR_DAYS):  # a transaction each: a few locks each
+            conn.execute("SELECT aiecs_create_partitions(now() - make_interval(days => %s))",
+                         [day])
+        conn.execute("ANALYZE")
+    return url
 
 
 def create_upstream_table(conn: psycopg.Connection[Any]) -> None:
