@@ -571,7 +571,7 @@ def partitions(
     from psycopg.rows import namedtuple_row
 
     from . import citus
-    from .statements import partitions as statements
+    from .dialect import dialect_for
     from .statements.cleanup import cutoff
 
     days = _days(older_than)
@@ -580,8 +580,8 @@ def partitions(
         now = conn.execute("SELECT now() AS now").fetchone()
         assert now is not None
         on_citus = conn.execute(citus.PRESENT_SQL).fetchone()
-        listing = statements.LIST_CLUSTER if on_citus and on_citus[0] else statements.LIST
-        found = conn.execute(listing, {"cutoff": cutoff(now.now, days)}).fetchall()
+        drops = dialect_for(bool(on_citus and on_citus[0])).drops
+        found = conn.execute(drops.listing_sql, {"cutoff": cutoff(now.now, days)}).fetchall()
     rows = [{"table": r.parent, "partition": r.partition, "from": r.lower, "to": r.upper,
              "rows": int(r.rows), "bytes": int(r.bytes), "droppable": bool(r.droppable)}
             for r in found]

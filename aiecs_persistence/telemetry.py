@@ -348,7 +348,9 @@ class _Otel(Telemetry):
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         self._metrics = _instruments(meter_provider)
         # Providers given to the manager are used as they are; the global ones are looked at
-        # (``_idle``) until one of them is an SDK's.
+        # (``_idle``) until one of them is an SDK's. While idle, the calls made for every save
+        # skip the API (``start``, ``end``, ``batch``; the managers ask ``enabled`` before the
+        # others a save makes); the rarer calls go through the API's no-op.
         self._live = tracer_provider is not None or meter_provider is not None
         self._look_again = 0.0
         self._trace_ids = trace_ids
@@ -440,8 +442,6 @@ class _Otel(Telemetry):
         return seconds
 
     def current(self) -> SpanContext | None:
-        if self._idle():
-            return None
         context = self._trace.get_current_span().get_span_context()
         return context if context.is_valid else None
 
@@ -459,16 +459,12 @@ class _Otel(Telemetry):
             links=links)
 
     def waited(self, seconds: float) -> None:
-        if self._idle():
-            return
         self._metrics.wait.record(seconds, self._where)
         span = self._trace.get_current_span()
         if span.is_recording():
             span.set_attribute("aiecs.group_commit.wait.duration", seconds)
 
     def retry(self, statement: str, attempt: int, exc: BaseException | str) -> None:
-        if self._idle():
-            return
         span = self._trace.get_current_span()
         if span.is_recording():
             kind = exc if isinstance(exc, str) else error_type(exc)
@@ -476,20 +472,14 @@ class _Otel(Telemetry):
                                      "error.type": kind})
 
     def catch_up(self, operation: str) -> Any:
-        if self._idle():
-            return _NOTHING
         return self._tracer.start_as_current_span(
             f"{operation} (catch-up)", kind=self._kind, attributes=self._for(operation))
 
     def lag(self, operation: str, committed: dt.datetime) -> None:
-        if self._idle():
-            return
         seconds = time.time() - committed.timestamp()
         self._metrics.lag.record(max(0.0, seconds), self._for(operation))
 
     def retention(self, tasks: int, partitions: int, freed: int) -> None:
-        if self._idle():
-            return
         where = self._where
         self._metrics.deleted.add(tasks, where)
         if partitions:

@@ -221,43 +221,7 @@ def expired_events(params: Mapping[str, Any], cutoff: Any) -> Statement:
     return Statement("cleanup_old_tasks (events)", EXPIRED_EVENTS, {**params, "cutoff": cutoff})
 
 
-@dataclass(frozen=True, slots=True)
-class Drops:
-    """How retention drops a period's partitions on a server (the dialect holds one,
-    ``dialect.py``): the statements that find the periods, check one again after the detach,
-    delete its tasks and measure what it frees, and whether the detach is concurrent."""
-
-    droppable_sql: str
-    still_inactive_sql: str
-    delete_tasks_sql: str
-    size_sql: str
-    concurrently: bool
-
-    def droppable(self, params: Mapping[str, Any]) -> Statement:
-        """The periods a cleanup may drop (``Cleanup.params``)."""
-        return Statement("cleanup_old_tasks (partitions)", self.droppable_sql, params)
-
-    def detach(self, parent: str, partition: str) -> sql.Composed:
-        return detach(parent, partition, concurrently=self.concurrently)
-
-
-#: A plain server's: by activity and by the cleanup's horizon, detached concurrently.
-BY_HORIZON: Final = Drops(DROPPABLE, STILL_INACTIVE, DELETE_TASKS, SIZE, concurrently=True)
-#: A Citus cluster's (docs/scaling.md): by activity alone (transaction ids are each node's own;
-#: the cleanup's cutoff keeps its margin); Citus has no ``DETACH … CONCURRENTLY``, so the
-#: detach takes the parent's lock for a moment (waiting at most ``lock_timeout``); the tasks go
-#: by key, a batch at a time (a row address means nothing across shards); sizes are the
-#: shards'.
-BY_ACTIVITY: Final = Drops(DROPPABLE_CLUSTER, STILL_INACTIVE_CLUSTER, DELETE_TASKS_CLUSTER,
-                           SIZE_CLUSTER, concurrently=False)
-
-
-def period(job_params: Mapping[str, Any], found: Row) -> dict[str, Any]:
-    """The parameters of a period's statements."""
-    return {**job_params, "lower": found.lower, "upper": found.upper}
-
-
-# -- for operators (``aiecs-db partitions``, ``maintain``, ``check``) ---------------------------
+# -- the listing for operators (``aiecs-db partitions``) --------------------------------------
 
 #: Each partition: its range (NULL for an unbounded end), estimated rows, bytes with its
 #: indexes, and whether retention at ``cutoff`` may drop it (its period ended before, and no
@@ -289,6 +253,48 @@ SELECT b.parent, b.partition, nullif(b.lower, '-infinity') AS lower,
 FROM aiecs_partition_bounds() b
 ORDER BY b.lower, b.parent
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Drops:
+    """How retention drops a period's partitions on a server (the dialect holds one,
+    ``dialect.py``): the statements that find the periods, check one again after the detach,
+    delete its tasks and measure what it frees, and whether the detach is concurrent; and the
+    listing of the partitions with what retention may drop (``aiecs-db partitions``)."""
+
+    droppable_sql: str
+    still_inactive_sql: str
+    delete_tasks_sql: str
+    size_sql: str
+    concurrently: bool
+    listing_sql: str
+
+    def droppable(self, params: Mapping[str, Any]) -> Statement:
+        """The periods a cleanup may drop (``Cleanup.params``)."""
+        return Statement("cleanup_old_tasks (partitions)", self.droppable_sql, params)
+
+    def detach(self, parent: str, partition: str) -> sql.Composed:
+        return detach(parent, partition, concurrently=self.concurrently)
+
+
+#: A plain server's: by activity and by the cleanup's horizon, detached concurrently.
+BY_HORIZON: Final = Drops(DROPPABLE, STILL_INACTIVE, DELETE_TASKS, SIZE, concurrently=True,
+                          listing_sql=LIST)
+#: A Citus cluster's (docs/scaling.md): by activity alone (transaction ids are each node's own;
+#: the cleanup's cutoff keeps its margin); Citus has no ``DETACH … CONCURRENTLY``, so the
+#: detach takes the parent's lock for a moment (waiting at most ``lock_timeout``); the tasks go
+#: by key, a batch at a time (a row address means nothing across shards); sizes are the
+#: shards'.
+BY_ACTIVITY: Final = Drops(DROPPABLE_CLUSTER, STILL_INACTIVE_CLUSTER, DELETE_TASKS_CLUSTER,
+                           SIZE_CLUSTER, concurrently=False, listing_sql=LIST_CLUSTER)
+
+
+def period(job_params: Mapping[str, Any], found: Row) -> dict[str, Any]:
+    """The parameters of a period's statements."""
+    return {**job_params, "lower": found.lower, "upper": found.upper}
+
+
+# -- for operators (``aiecs-db maintain``, ``check``) ----------------------------------------
 
 #: The periods from now to ``ahead`` periods on that some table has no partition for.
 MISSING: Final = f"""
