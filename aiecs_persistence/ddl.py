@@ -588,7 +588,7 @@ FOR EACH ROW {EVENTS_NOT_OWN} EXECUTE FUNCTION aiecs_tasks_changed()""",
     """CREATE TRIGGER tr_tasks_status_changed AFTER UPDATE ON tasks FOR EACH ROW
 WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.error_code IS DISTINCT FROM NEW.error_code)
 EXECUTE FUNCTION aiecs_tasks_changed()""",
-    """CREATE TRIGGER tr_tasks_deleted AFTER DELETE ON tasks
+    f"""CREATE TRIGGER {names.TASKS_DELETED_TRIGGER} AFTER DELETE ON tasks
 REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
 EXECUTE FUNCTION aiecs_tasks_deleted()""",
 )

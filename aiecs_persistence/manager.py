@@ -707,10 +707,15 @@ class DatabaseManager(ManagerBase):
             for parent, partition in detached:
                 if parent == "task_history":
                     await conn.execute(partitions.unlink(partition))
+            triggers_off = False
+            if drops.triggers_off_sql is not None:
+                cur = await conn.execute(drops.triggers_off_sql)
+                row = await cur.fetchone()
+                triggers_off = bool(row and row.allowed)
             deleted = 0
             while True:
                 async with conn.transaction():
-                    await conn.execute(partitions.PLAN_EACH_TIME)
+                    await conn.execute(partitions.delete_tasks_setting(triggers_off))
                     cur = await conn.execute(drops.delete_tasks_sql, {
                         **params, "batch_size": self.settings.cleanup_batch_size})
                     row = await cur.fetchone()

@@ -52,6 +52,10 @@ SUMMARIES_TABLE: Final = "aiecs_period_summaries"
 SUMMARIZE_FUNCTION: Final = "aiecs_summarize_period"
 #: The tables partitioned by ``BUCKET``.
 PARTITIONED_TABLES: Final = ("task_history", "task_events")
+#: The steps' foreign key to their task (named by the schema's naming convention), and the
+#: trigger that deletes a deleted task's events: the two things a task's deletion sets off.
+STEPS_FOREIGN_KEY: Final = "fk_task_history_tasks"
+TASKS_DELETED_TRIGGER: Final = "tr_tasks_deleted"
 
 #: The saves of one user as one call, run on the user's node on Citus.
 SAVE_STEPS_FUNCTION: Final = "aiecs_save_steps"

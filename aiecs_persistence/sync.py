@@ -641,10 +641,15 @@ class SyncDatabaseManager(ManagerBase):
             for parent, partition in detached:
                 if parent == "task_history":
                     conn.execute(partitions.unlink(partition))
+            triggers_off = False
+            if drops.triggers_off_sql is not None:
+                cur = conn.execute(drops.triggers_off_sql)
+                row = cur.fetchone()
+                triggers_off = bool(row and row.allowed)
             deleted = 0
             while True:
                 with conn.transaction():
-                    conn.execute(partitions.PLAN_EACH_TIME)
+                    conn.execute(partitions.delete_tasks_setting(triggers_off))
                     cur = conn.execute(drops.delete_tasks_sql, {
                         **params, "batch_size": self.settings.cleanup_batch_size})
                     row = cur.fetchone()

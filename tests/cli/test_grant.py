@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import psycopg
@@ -152,22 +153,57 @@ def test_grant_before_upgrade_and_bad_role_names(empty_db_url):
     assert printed.exit_code == 4
 
 
+STEP = TaskStepResult(step="a", result=None, completed=True, message="", status="completed")
+
+
+def one_second_periods(db_url, events_kept: str = "7 days") -> None:
+    """The test database's partitions a second wide, none made ahead."""
+    with psycopg.connect(conninfo(db_url), autocommit=True) as admin:
+        for (name,) in admin.execute("SELECT partition FROM aiecs_partition_bounds()").fetchall():
+            admin.execute(f'DROP TABLE "{name}"')
+        admin.execute("UPDATE aiecs_partitioning SET ahead = 0, events_kept = %s::interval",
+                      [events_kept])
+        admin.execute("SELECT aiecs_set_partition_width('1 second')")
+
+
+def test_the_owner_drops_periods_with_the_triggers_on_unless_granted_otherwise(roles, db_url):
+    """The owner (no superuser) drops whole periods, and deletes their tasks with the foreign
+    key's cascade (which has nothing left to delete); granted ``SET`` on
+    ``session_replication_role``, with the triggers off (docs/operations.md)."""
+    from aiecs_persistence.statements.partitions import TRIGGERS_OFF_ALLOWED
+
+    one_second_periods(db_url)
+    owner = roles["owner"].username
+    with psycopg.connect(conninfo(db_url), autocommit=True) as admin:
+        (group,) = admin.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+            "JOIN pg_roles g ON g.oid = m.roleid WHERE r.rolname = %s", [owner]).fetchone()
+        for granted in (False, True):
+            if granted:
+                admin.execute(f"GRANT SET ON PARAMETER session_replication_role TO {group}")
+            with psycopg.connect(conninfo(roles["owner"]), autocommit=True) as conn:
+                assert conn.execute(TRIGGERS_OFF_ALLOWED).fetchone() == (granted,)
+            keys = [("u", f"{granted}-{i}") for i in range(5)]
+            with SyncDatabaseManager(url=roles["owner"]) as db:
+                db.save_task_history_many([(*key, 0, STEP) for key in keys])
+                time.sleep(2.5)
+                assert db.cleanup_old_tasks(1 / 86_400) == 5
+                # Its period's partitions of steps and events (and empty periods' since).
+                assert db.last_cleanup.partitions_dropped >= 2
+            left = admin.execute(
+                "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM task_history), "
+                "(SELECT count(*) FROM task_events)").fetchone()
+            assert left == (0, 0, 0)
+
+
 def test_the_writer_cleans_up_row_by_row(roles, db_url):
     """Detaching partitions takes ownership of the tables: a cleanup by the writer role goes
     row by row and keeps the expired event log (and raises no privilege error), where the
     owner's drops whole partitions."""
-    import time
-
-    with psycopg.connect(conninfo(db_url), autocommit=True) as admin:
-        for (name,) in admin.execute("SELECT partition FROM aiecs_partition_bounds()").fetchall():
-            admin.execute(f'DROP TABLE "{name}"')
-        # Its event log expired too: the writer may not drop that either, and says nothing.
-        admin.execute("UPDATE aiecs_partitioning SET ahead = 0, events_kept = '1 second'")
-        admin.execute("SELECT aiecs_set_partition_width('1 second')")
-    step = TaskStepResult(step="a", result=None, completed=True, message="",
-                          status="completed")
+    # Its event log expired too: the writer may not drop that either, and says nothing.
+    one_second_periods(db_url, events_kept="1 second")
     with SyncDatabaseManager(url=roles["writer"]) as db:
-        db.save_task_history("u", "t", 0, step)  # its partition made by the writer's save
+        db.save_task_history("u", "t", 0, STEP)  # its partition made by the writer's save
         time.sleep(2.5)
         assert db.cleanup_old_tasks(1 / 86_400) == 1
         assert db.last_cleanup.partitions_dropped == 0

@@ -107,9 +107,13 @@ def test_a_task_across_a_period_boundary_stays_in_one_partition(short, db_url):
         wait_for_next_period(conn)
         wait_for_next_period(conn)
         db.save_task_history("u", "other", 1, step("call"))
+        assert triggers_off_allowed(conn)  # its tasks go with the triggers off
         deleted = db.cleanup_old_tasks(2.5 / 86_400)  # the first period ended over 2.5 s ago
         assert deleted == 1  # "long", whole; "other" is active
         assert db.load_task_history("u", "long") == []
+        left = conn.execute("SELECT (SELECT count(*) FROM task_history WHERE task_id = 'long'), "
+                            "(SELECT count(*) FROM task_events WHERE task_id = 'long')")
+        assert left.fetchone() == (0, 0)
         assert [e["step"] for e in db.load_task_history("u", "other")] == [0, 1]
     # The first period's partitions were dropped whole (and no table of theirs is left).
     assert first[0] not in partitions(conn) and first[1] not in partitions(conn, "task_events")
@@ -187,6 +191,45 @@ def test_retention_beside_sixteen_writers_loses_no_acknowledged_save(short, db_u
     assert not gone & left  # every old task never saved again was deleted
     # The first period went whole, or stayed because a save reached one of its tasks first.
     assert first not in partitions(conn) or revived
+
+
+def triggers_off_allowed(conn: psycopg.Connection) -> bool:
+    from aiecs_persistence.statements.partitions import TRIGGERS_OFF_ALLOWED
+
+    (allowed,) = conn.execute(TRIGGERS_OFF_ALLOWED).fetchone()
+    return bool(allowed)
+
+
+def test_a_periods_tasks_go_without_triggers_only_when_nothing_else_fires(short, db_url):
+    """A superuser's drop deletes a period's tasks with the triggers off (their steps and
+    events went with the partitions); a trigger of the user's own on deleting a task keeps
+    them on, and fires for each task the drop deletes."""
+    conn = short("2 seconds", ahead=1)
+    assert triggers_off_allowed(conn)  # the suite runs as a superuser
+    conn.execute("CREATE TABLE gone_tasks (task_id text)")
+    conn.execute("CREATE FUNCTION log_gone() RETURNS trigger LANGUAGE plpgsql AS "
+                 "$$BEGIN INSERT INTO gone_tasks VALUES (OLD.task_id); RETURN NULL; END$$")
+    conn.execute("CREATE TRIGGER log_gone AFTER DELETE ON tasks FOR EACH ROW "
+                 "EXECUTE FUNCTION log_gone()")
+    assert not triggers_off_allowed(conn)
+    conn.execute("ALTER TABLE tasks DISABLE TRIGGER log_gone")
+    assert triggers_off_allowed(conn)  # a disabled trigger fires in neither case
+    conn.execute("ALTER TABLE tasks ENABLE REPLICA TRIGGER log_gone")
+    assert not triggers_off_allowed(conn)  # it would fire with the triggers "off"
+    conn.execute("ALTER TABLE tasks ENABLE TRIGGER log_gone")
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history_many([("u", f"t{i}", s, step(f"s{s}"))
+                                   for i in range(30) for s in range(3)])
+        first = partition_of(conn, "t0")
+        wait_for_next_period(conn)
+        wait_for_next_period(conn)
+        time.sleep(0.6)
+        assert db.cleanup_old_tasks(2.5 / 86_400) == 30
+        assert db.last_cleanup.partitions_dropped == 2
+    assert first not in partitions(conn)
+    logged = {r[0] for r in conn.execute("SELECT task_id FROM gone_tasks")}
+    assert logged == {f"t{i}" for i in range(30)}
+    assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
 
 
 def test_the_operators_commands(short, db_url):
