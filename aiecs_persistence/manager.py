@@ -712,12 +712,13 @@ class DatabaseManager(ManagerBase):
                 cur = await conn.execute(drops.triggers_off_sql)
                 row = await cur.fetchone()
                 triggers_off = bool(row and row.allowed)
+            batch = {**params, "batch_size": partitions.delete_tasks_batch(
+                self.settings.cleanup_batch_size, triggers_off)}
             deleted = 0
             while True:
                 async with conn.transaction():
                     await conn.execute(partitions.delete_tasks_setting(triggers_off))
-                    cur = await conn.execute(drops.delete_tasks_sql, {
-                        **params, "batch_size": self.settings.cleanup_batch_size})
+                    cur = await conn.execute(drops.delete_tasks_sql, batch)
                     row = await cur.fetchone()
                 gone = int(row.deleted) if row else 0
                 deleted += gone

@@ -646,12 +646,13 @@ class SyncDatabaseManager(ManagerBase):
                 cur = conn.execute(drops.triggers_off_sql)
                 row = cur.fetchone()
                 triggers_off = bool(row and row.allowed)
+            batch = {**params, "batch_size": partitions.delete_tasks_batch(
+                self.settings.cleanup_batch_size, triggers_off)}
             deleted = 0
             while True:
                 with conn.transaction():
                     conn.execute(partitions.delete_tasks_setting(triggers_off))
-                    cur = conn.execute(drops.delete_tasks_sql, {
-                        **params, "batch_size": self.settings.cleanup_batch_size})
+                    cur = conn.execute(drops.delete_tasks_sql, batch)
                     row = cur.fetchone()
                 gone = int(row.deleted) if row else 0
                 deleted += gone

@@ -42,7 +42,10 @@ def _active(lower: str, upper: str, *, horizon: bool = True) -> str:
     AND (t.updated_at >= %(cutoff)s{written})"""
 
 #: The periods whose partitions retention may drop, oldest first: ended before the cutoff, and
-#: no task of theirs active since.
+#: no task of theirs active since. By activity alone, from the index that leads with the bucket
+#: and holds ``updated_at``: the horizon asks each task's row (a period of 100,000 tasks: 53 ms),
+#: and is asked once, by ``STILL_INACTIVE`` after the detach, which keeps the period if it finds
+#: a task written since the cleanup began.
 DROPPABLE: Final = f"""
 SELECT nullif(b.lower, '-infinity') AS lower, b.upper,
        array_agg(b.parent ORDER BY b.parent) AS parents,
@@ -50,11 +53,11 @@ SELECT nullif(b.lower, '-infinity') AS lower, b.upper,
 FROM aiecs_partition_bounds() b
 WHERE b.upper <= %(cutoff)s
 GROUP BY b.lower, b.upper
-HAVING NOT EXISTS ({_active("b.lower", "b.upper")})
+HAVING NOT EXISTS ({_active("b.lower", "b.upper", horizon=False)})
 ORDER BY b.lower
 """
 
-#: After the detach: whether the period is still inactive.
+#: After the detach: whether the period is still inactive, by activity and by the horizon.
 STILL_INACTIVE: Final = f"SELECT NOT EXISTS ({_active('%(lower)s', '%(upper)s')}) AS inactive"
 
 #: ``DROPPABLE`` and ``STILL_INACTIVE`` on Citus: by activity alone. Citus refuses a subquery
@@ -181,9 +184,21 @@ SELECT has_parameter_privilege('session_replication_role', 'SET') AND NOT EXISTS
 TRIGGERS_OFF: Final = "SET LOCAL session_replication_role = replica"
 
 
+#: How many times ``cleanup_batch_size`` a batch deletes with the triggers off: each task costs
+#: a fifteenth of its time with them, so the batch (and its row locks) lasts no longer, and the
+#: period takes a tenth of the transactions (100,000 tasks: 0.22 s against 0.29 to 0.33 s).
+TRIGGERS_OFF_BATCH: Final = 10
+
+
 def delete_tasks_setting(triggers_off: bool) -> str:
     """What a ``DELETE_TASKS`` batch sets for its transaction."""
     return TRIGGERS_OFF if triggers_off else PLAN_EACH_TIME
+
+
+def delete_tasks_batch(batch_size: int, triggers_off: bool) -> int:
+    """How many tasks a ``DELETE_TASKS`` batch deletes (``batch_size``: the manager's
+    ``cleanup_batch_size``)."""
+    return batch_size * TRIGGERS_OFF_BATCH if triggers_off else batch_size
 
 #: Bytes of a detached partition and its indexes (what dropping it frees).
 SIZE: Final = "SELECT pg_total_relation_size(%(table)s::regclass) AS bytes"

@@ -193,6 +193,38 @@ def test_retention_beside_sixteen_writers_loses_no_acknowledged_save(short, db_u
     assert first not in partitions(conn) or revived
 
 
+def test_a_period_written_since_the_cleanup_began_is_kept_after_its_detach(short, db_url):
+    """The periods are picked by activity alone; a step committed after the cleanup began, by
+    a transaction older than the cutoff, is found by the check after the detach, which keeps
+    the period."""
+    from psycopg.rows import namedtuple_row
+
+    from aiecs_persistence.statements import cleanup
+    from aiecs_persistence.statements import partitions as statements
+
+    conn = short("2 seconds", ahead=2)
+    with SyncDatabaseManager(url=db_url) as db:
+        db.save_task_history("u", "a", 0, step("plan"))
+    writer = psycopg.connect(conninfo(db_url))  # a transaction begun in the task's period
+    writer.execute("INSERT INTO task_history (user_id, task_id, step, step_name, status, "
+                   "completed, bucket) "
+                   "SELECT user_id, task_id, 1, 'late', 'completed', true, bucket FROM tasks")
+    wait_for_next_period(conn)
+    wait_for_next_period(conn)
+    time.sleep(0.6)  # the period ended more than 2.5 s ago
+    reads = psycopg.connect(conninfo(db_url), autocommit=True, row_factory=namedtuple_row)
+    start = reads.execute(cleanup.CLEANUP_START, {}).fetchone()  # the writer still running
+    writer.commit()
+    job = cleanup.Cleanup.starting(2.5 / 86_400, 100, start, cleanup.BY_HORIZON)
+    found = [p for p in reads.execute(statements.DROPPABLE, job.params).fetchall()
+             if partition_of(conn, "a") in p.partitions]
+    assert len(found) == 1  # its activity is older than the cutoff
+    still = reads.execute(statements.STILL_INACTIVE, statements.period(job.params, found[0]))
+    assert still.fetchone().inactive is False
+    reads.close()
+    writer.close()
+
+
 def triggers_off_allowed(conn: psycopg.Connection) -> bool:
     from aiecs_persistence.statements.partitions import TRIGGERS_OFF_ALLOWED
 
