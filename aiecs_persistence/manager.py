@@ -717,7 +717,8 @@ class DatabaseManager(ManagerBase):
             deleted = 0
             while True:
                 async with conn.transaction():
-                    await conn.execute(partitions.delete_tasks_setting(triggers_off))
+                    for setting in partitions.delete_tasks_settings(triggers_off):
+                        await conn.execute(setting)
                     cur = await conn.execute(drops.delete_tasks_sql, batch)
                     row = await cur.fetchone()
                 gone = int(row.deleted) if row else 0

@@ -651,7 +651,8 @@ class SyncDatabaseManager(ManagerBase):
             deleted = 0
             while True:
                 with conn.transaction():
-                    conn.execute(partitions.delete_tasks_setting(triggers_off))
+                    for setting in partitions.delete_tasks_settings(triggers_off):
+                        conn.execute(setting)
                     cur = conn.execute(drops.delete_tasks_sql, batch)
                     row = cur.fetchone()
                 gone = int(row.deleted) if row else 0

@@ -178,10 +178,13 @@ SELECT has_parameter_privilege('session_replication_role', 'SET') AND NOT EXISTS
       WHERE c.conrelid = 'task_history'::regclass AND c.conname = '{names.STEPS_FOREIGN_KEY}'))
   AS allowed
 """
-#: A ``DELETE_TASKS`` batch without triggers (``TRIGGERS_OFF_ALLOWED``): they were 94% of its
-#: time, the cascade's statement planned and run for each task (PostgreSQL 15, 10,000 tasks:
-#: 72 ms, 4.4 ms without).
-TRIGGERS_OFF: Final = "SET LOCAL session_replication_role = replica"
+#: A ``DELETE_TASKS`` batch without triggers: they were 94% of its time, the cascade's statement
+#: planned and run for each task (PostgreSQL 15, 10,000 tasks: 72 ms, 4.4 ms without). The batch
+#: first takes the lock that ``CREATE TRIGGER`` (and a new foreign key to ``tasks``) waits for,
+#: then asks ``TRIGGERS_OFF_ALLOWED`` again: what it reads then holds until the batch commits.
+LOCK_TASKS: Final = "LOCK TABLE tasks IN ROW EXCLUSIVE MODE"
+TRIGGERS_OFF: Final = ("SELECT set_config('session_replication_role', 'replica', true) "
+                       f"FROM ({TRIGGERS_OFF_ALLOWED}) a WHERE a.allowed")
 
 
 #: How many times ``cleanup_batch_size`` a batch deletes with the triggers off: each task costs
@@ -190,9 +193,10 @@ TRIGGERS_OFF: Final = "SET LOCAL session_replication_role = replica"
 TRIGGERS_OFF_BATCH: Final = 10
 
 
-def delete_tasks_setting(triggers_off: bool) -> str:
-    """What a ``DELETE_TASKS`` batch sets for its transaction."""
-    return TRIGGERS_OFF if triggers_off else PLAN_EACH_TIME
+def delete_tasks_settings(triggers_off: bool) -> tuple[str, ...]:
+    """What a ``DELETE_TASKS`` batch runs first in its transaction (``triggers_off``: what
+    ``TRIGGERS_OFF_ALLOWED`` said before the first batch)."""
+    return (PLAN_EACH_TIME, LOCK_TASKS, TRIGGERS_OFF) if triggers_off else (PLAN_EACH_TIME,)
 
 
 def delete_tasks_batch(batch_size: int, triggers_off: bool) -> int:

@@ -232,18 +232,32 @@ def triggers_off_allowed(conn: psycopg.Connection) -> bool:
     return bool(allowed)
 
 
+def batch_replication_role(conn: psycopg.Connection) -> str:
+    """The ``session_replication_role`` a batch of a period's tasks runs under, when the check
+    before the first batch allowed the triggers off (each batch asks again)."""
+    from aiecs_persistence.statements.partitions import delete_tasks_settings
+
+    with conn.transaction():
+        for setting in delete_tasks_settings(True):
+            conn.execute(setting)
+        (role,) = conn.execute("SELECT current_setting('session_replication_role')").fetchone()
+    return str(role)
+
+
 def test_a_periods_tasks_go_without_triggers_only_when_nothing_else_fires(short, db_url):
     """A superuser's drop deletes a period's tasks with the triggers off (their steps and
     events went with the partitions); a trigger of the user's own on deleting a task keeps
     them on, and fires for each task the drop deletes."""
     conn = short("2 seconds", ahead=1)
     assert triggers_off_allowed(conn)  # the suite runs as a superuser
+    assert batch_replication_role(conn) == "replica"
     conn.execute("CREATE TABLE gone_tasks (task_id text)")
     conn.execute("CREATE FUNCTION log_gone() RETURNS trigger LANGUAGE plpgsql AS "
                  "$$BEGIN INSERT INTO gone_tasks VALUES (OLD.task_id); RETURN NULL; END$$")
     conn.execute("CREATE TRIGGER log_gone AFTER DELETE ON tasks FOR EACH ROW "
                  "EXECUTE FUNCTION log_gone()")
     assert not triggers_off_allowed(conn)
+    assert batch_replication_role(conn) == "origin"  # a trigger added since the first batch
     conn.execute("ALTER TABLE tasks DISABLE TRIGGER log_gone")
     assert triggers_off_allowed(conn)  # a disabled trigger fires in neither case
     conn.execute("ALTER TABLE tasks ENABLE REPLICA TRIGGER log_gone")
