@@ -707,19 +707,19 @@ class DatabaseManager(ManagerBase):
             for parent, partition in detached:
                 if parent == "task_history":
                     await conn.execute(partitions.unlink(partition))
-            triggers_off = False
-            if drops.triggers_off_sql is not None:
-                cur = await conn.execute(drops.triggers_off_sql)
-                row = await cur.fetchone()
-                triggers_off = bool(row and row.allowed)
-            batch = {**params, "batch_size": partitions.delete_tasks_batch(
-                self.settings.cleanup_batch_size, triggers_off)}
             deleted = 0
             while True:
                 async with conn.transaction():
-                    for setting in partitions.delete_tasks_settings(triggers_off):
-                        await conn.execute(setting)
-                    cur = await conn.execute(drops.delete_tasks_sql, batch)
+                    await conn.execute(partitions.PLAN_EACH_TIME)
+                    off = False
+                    if drops.triggers_off:
+                        await conn.execute(partitions.LOCK_TASKS)
+                        cur = await conn.execute(partitions.TRIGGERS_OFF)
+                        row = await cur.fetchone()
+                        off = bool(row and row.off)
+                    cur = await conn.execute(drops.delete_tasks_sql, {
+                        **params, "batch_size": partitions.delete_tasks_batch(
+                            self.settings.cleanup_batch_size, off)})
                     row = await cur.fetchone()
                 gone = int(row.deleted) if row else 0
                 deleted += gone

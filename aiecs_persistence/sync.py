@@ -641,19 +641,19 @@ class SyncDatabaseManager(ManagerBase):
             for parent, partition in detached:
                 if parent == "task_history":
                     conn.execute(partitions.unlink(partition))
-            triggers_off = False
-            if drops.triggers_off_sql is not None:
-                cur = conn.execute(drops.triggers_off_sql)
-                row = cur.fetchone()
-                triggers_off = bool(row and row.allowed)
-            batch = {**params, "batch_size": partitions.delete_tasks_batch(
-                self.settings.cleanup_batch_size, triggers_off)}
             deleted = 0
             while True:
                 with conn.transaction():
-                    for setting in partitions.delete_tasks_settings(triggers_off):
-                        conn.execute(setting)
-                    cur = conn.execute(drops.delete_tasks_sql, batch)
+                    conn.execute(partitions.PLAN_EACH_TIME)
+                    off = False
+                    if drops.triggers_off:
+                        conn.execute(partitions.LOCK_TASKS)
+                        cur = conn.execute(partitions.TRIGGERS_OFF)
+                        row = cur.fetchone()
+                        off = bool(row and row.off)
+                    cur = conn.execute(drops.delete_tasks_sql, {
+                        **params, "batch_size": partitions.delete_tasks_batch(
+                            self.settings.cleanup_batch_size, off)})
                     row = cur.fetchone()
                 gone = int(row.deleted) if row else 0
                 deleted += gone

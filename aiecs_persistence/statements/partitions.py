@@ -162,13 +162,13 @@ SELECT count(*) AS deleted FROM gone
 #: detached (measured: 12 µs a task against 25, with 35 partitions).
 PLAN_EACH_TIME: Final = "SET LOCAL plan_cache_mode = force_custom_plan"
 
-#: Whether a ``DELETE_TASKS`` batch may run with the triggers off (``TRIGGERS_OFF``): when this
-#: role may set ``session_replication_role`` (a superuser, or granted ``SET`` on it), and a
-#: deletion of a task sets off nothing but what the period's drop has made moot — the steps'
-#: cascade (the steps were in the detached partitions, and no partition of a retired period is
-#: made again, so no step of those tasks can be anywhere else) and the deletion of their events
-#: (in the detached partitions too). A trigger of anyone else's on deleting a task (an audit
-#: trigger, another table's foreign key) keeps the triggers on.
+#: Whether a ``DELETE_TASKS`` batch may run with the triggers off: when this role may set
+#: ``session_replication_role`` (a superuser, or granted ``SET`` on it), and a deletion of a task
+#: sets off nothing but what the period's drop has made moot — the steps' cascade (the steps
+#: were in the detached partitions, and no partition of a retired period is made again, so no
+#: step of those tasks can be anywhere else) and the deletion of their events (in the detached
+#: partitions too). A trigger of anyone else's on deleting a task (an audit trigger, another
+#: table's foreign key) keeps the triggers on.
 TRIGGERS_OFF_ALLOWED: Final = f"""
 SELECT has_parameter_privilege('session_replication_role', 'SET') AND NOT EXISTS (
   SELECT FROM pg_trigger tg
@@ -180,12 +180,15 @@ SELECT has_parameter_privilege('session_replication_role', 'SET') AND NOT EXISTS
   AS allowed
 """
 #: A ``DELETE_TASKS`` batch without triggers: they were 94% of its time, the cascade's statement
-#: planned and run for each task (PostgreSQL 15, 10,000 tasks: 72 ms, 4.4 ms without). The batch
-#: first takes the lock that ``CREATE TRIGGER`` (and a new foreign key to ``tasks``) waits for,
-#: then asks ``TRIGGERS_OFF_ALLOWED`` again: what it reads then holds until the batch commits.
+#: planned and run for each task (PostgreSQL 15, 10,000 tasks: 72 ms, 4.4 ms without). Each
+#: batch first takes the lock that ``CREATE TRIGGER`` (and a new foreign key to ``tasks``) waits
+#: for, then turns the triggers off for its transaction where ``TRIGGERS_OFF_ALLOWED`` says so:
+#: what it read then holds until the batch commits. ``off``: whether it did.
 LOCK_TASKS: Final = "LOCK TABLE tasks IN ROW EXCLUSIVE MODE"
-TRIGGERS_OFF: Final = ("SELECT set_config('session_replication_role', 'replica', true) "
-                       f"FROM ({TRIGGERS_OFF_ALLOWED}) a WHERE a.allowed")
+TRIGGERS_OFF: Final = (
+    "SELECT CASE WHEN a.allowed "
+    "THEN set_config('session_replication_role', 'replica', true) = 'replica' "
+    f"ELSE false END AS off FROM ({TRIGGERS_OFF_ALLOWED}) a")
 
 
 #: How many times ``cleanup_batch_size`` a batch deletes with the triggers off: each task costs
@@ -194,16 +197,11 @@ TRIGGERS_OFF: Final = ("SELECT set_config('session_replication_role', 'replica',
 TRIGGERS_OFF_BATCH: Final = 10
 
 
-def delete_tasks_settings(triggers_off: bool) -> tuple[str, ...]:
-    """What a ``DELETE_TASKS`` batch runs first in its transaction (``triggers_off``: what
-    ``TRIGGERS_OFF_ALLOWED`` said before the first batch)."""
-    return (PLAN_EACH_TIME, LOCK_TASKS, TRIGGERS_OFF) if triggers_off else (PLAN_EACH_TIME,)
-
-
 def delete_tasks_batch(batch_size: int, triggers_off: bool) -> int:
     """How many tasks a ``DELETE_TASKS`` batch deletes (``batch_size``: the manager's
     ``cleanup_batch_size``)."""
     return batch_size * TRIGGERS_OFF_BATCH if triggers_off else batch_size
+
 
 #: Bytes of a detached partition and its indexes (what dropping it frees).
 SIZE: Final = "SELECT pg_total_relation_size(%(table)s::regclass) AS bytes"
@@ -315,8 +313,8 @@ class Drops:
     size_sql: str
     concurrently: bool
     listing_sql: str
-    #: Whether a period's tasks may go with the triggers off (None: never).
-    triggers_off_sql: str | None = None
+    #: Whether a period's tasks may go with the triggers off (``TRIGGERS_OFF``).
+    triggers_off: bool = False
 
     def droppable(self, params: Mapping[str, Any]) -> Statement:
         """The periods a cleanup may drop (``Cleanup.params``)."""
@@ -328,7 +326,7 @@ class Drops:
 
 #: A plain server's: by activity and by the cleanup's horizon, detached concurrently.
 BY_HORIZON: Final = Drops(DROPPABLE, STILL_INACTIVE, DELETE_TASKS, SIZE, concurrently=True,
-                          listing_sql=LIST, triggers_off_sql=TRIGGERS_OFF_ALLOWED)
+                          listing_sql=LIST, triggers_off=True)
 #: A Citus cluster's (docs/scaling.md): by activity alone (transaction ids are each node's own;
 #: the cleanup's cutoff keeps its margin); Citus has no ``DETACH … CONCURRENTLY``, so the
 #: detach takes the parent's lock for a moment (waiting at most ``lock_timeout``); the tasks go

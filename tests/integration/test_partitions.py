@@ -233,13 +233,13 @@ def triggers_off_allowed(conn: psycopg.Connection) -> bool:
 
 
 def batch_replication_role(conn: psycopg.Connection) -> str:
-    """The ``session_replication_role`` a batch of a period's tasks runs under, when the check
-    before the first batch allowed the triggers off (each batch asks again)."""
-    from aiecs_persistence.statements.partitions import delete_tasks_settings
+    """The ``session_replication_role`` a batch of a period's tasks runs under (each batch asks
+    whether it may turn the triggers off)."""
+    from aiecs_persistence.statements.partitions import LOCK_TASKS, TRIGGERS_OFF
 
     with conn.transaction():
-        for setting in delete_tasks_settings(True):
-            conn.execute(setting)
+        conn.execute(LOCK_TASKS)
+        conn.execute(TRIGGERS_OFF)
         (role,) = conn.execute("SELECT current_setting('session_replication_role')").fetchone()
     return str(role)
 
@@ -257,7 +257,7 @@ def test_a_periods_tasks_go_without_triggers_only_when_nothing_else_fires(short,
     conn.execute("CREATE TRIGGER log_gone AFTER DELETE ON tasks FOR EACH ROW "
                  "EXECUTE FUNCTION log_gone()")
     assert not triggers_off_allowed(conn)
-    assert batch_replication_role(conn) == "origin"  # a trigger added since the first batch
+    assert batch_replication_role(conn) == "origin"  # a trigger added since an earlier batch
     conn.execute("ALTER TABLE tasks DISABLE TRIGGER log_gone")
     assert triggers_off_allowed(conn)  # a disabled trigger fires in neither case
     conn.execute("ALTER TABLE tasks ENABLE REPLICA TRIGGER log_gone")
