@@ -924,6 +924,8 @@ class Bench:
                 measured.append(scaled)
                 built.append((url, keys))
             built.append((with_a_year_of_partitions(admin, self.url, names[0], year), built[0][1]))
+            with psycopg.connect(admin, autocommit=True) as conn:
+                checkpoint(conn)
             *latencies, at_a_year = await scale_latencies(built)
             for scaled, latencies_ in zip(measured, latencies, strict=True):
                 scaled.latencies = latencies_
@@ -945,9 +947,8 @@ class Bench:
                 self.report(latency_result(
                     f"scale: {SCALE_CALLS[kind]}, {m.steps:,} steps", mine, base, limit,
                     "baseline: upstream's class on its table holding the same rows"))
-        for label, at_big, at_small in (
-                ("whole-history report()", big.report_all, small.report_all),
-                ("report() of the last day", big.report_day, small.report_day)):
+        for kind, label in SCALE_REPORTS.items():
+            at_big, at_small = big.latencies[kind][0], small.latencies[kind][0]
             ratio = statistics.median(at_big) / statistics.median(at_small)
             self.report(Result(
                 f"scale: {label}, {big.steps:,} against {small.steps:,} steps",
@@ -1053,6 +1054,9 @@ SCALE_STEPS_PER_TASK = 10
 #: The calls the scale case times at each size, ours against upstream's class.
 SCALE_CALLS = {"load": "load_task_history", "list": "get_user_tasks",
                "save": "save_task_history (a new task)"}
+#: The reports the scale case times at each size (ours alone), and how many rounds of them.
+SCALE_REPORTS = {"report_all": "whole-history report()", "report_day": "report() of the last day"}
+REPORT_ROUNDS = 15
 
 
 @dataclass
@@ -1062,9 +1066,8 @@ class Scaled:
     steps: int
     ours_bytes: int
     upstream_bytes: int
-    report_all: list[float]
-    report_day: list[float]
-    #: Ours and upstream's class, calls alternating: a task's load, a user's task list, a save.
+    #: Ours and upstream's class, calls alternating: a task's load, a user's task list, a save;
+    #: and ours alone: the reports (``SCALE_REPORTS``).
     latencies: dict[str, tuple[list[float], list[float]]]
 
 
@@ -1113,17 +1116,7 @@ def scale_history(url: Any, steps: int) -> tuple[Scaled, list[tuple[str, str]]]:
             assert db.cleanup_old_tasks(2 * SCALE_DAYS) == 0
             ours, theirs = table_bytes(conn, ("task_history",))
             stored = one(conn.execute("SELECT count(*) FROM task_history").fetchone())
-            result = Scaled(stored, ours, theirs, [], [], {})
-            checkpoint(conn)
-            for _ in range(3):
-                t0 = time.perf_counter()
-                db.report()
-                t1 = time.perf_counter()
-                db.report(since=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
-                t2 = time.perf_counter()
-                result.report_all.append(t1 - t0)
-                result.report_day.append(t2 - t1)
-    return result, every_key
+    return Scaled(stored, ours, theirs, {}), every_key
 
 
 def checkpoint(conn: psycopg.Connection[Any]) -> None:
@@ -1169,12 +1162,13 @@ async def scale_latencies(sizes: list[tuple[Any, list[tuple[str, str]]]]
     """Ours against upstream's class on the same rows (all pools of 8), at every size at once:
     each round calls ours and upstream's at each size, in a rotating order, so a slow spell of
     the machine hits every size and both classes alike. The first 20 rounds of each kind are a
-    warm-up. Kinds: a task's load, a user's list of 100 tasks, the save of a new task."""
+    warm-up. Kinds: a task's load, a user's list of 100 tasks, the save of a new task; then
+    ours alone, the same way: the reports of the whole history and of the last day."""
     rng = random.Random(5)
     calls = 200
     saved = [step_result(rng, 0) for _ in range(calls + 20)]
     timed: list[dict[str, tuple[list[float], list[float]]]] = [
-        {kind: ([], []) for kind in SCALE_CALLS} for _ in sizes]
+        {kind: ([], []) for kind in (*SCALE_CALLS, *SCALE_REPORTS)} for _ in sizes]
     async with contextlib.AsyncExitStack() as stack:
         turns: list[tuple[int, bool, Any]] = []  # (size, ours?, manager)
         for n, (url, _) in enumerate(sizes):
@@ -1198,6 +1192,18 @@ async def scale_latencies(sizes: list[tuple[Any, list[tuple[str, str]]]]
                         await manager.save_task_history(user, f"new-{i}", 0, saved[i])
                     if i >= 20:
                         timed[n][kind][0 if ours else 1].append(time.perf_counter() - t0)
+        # The reports, ours alone, in the same rotation (the first two rounds: a warm-up).
+        ours_only = [(n, manager) for n, ours, manager in turns if ours]
+        for i in range(REPORT_ROUNDS + 2):
+            for n, manager in ours_only[i % len(ours_only):] + ours_only[:i % len(ours_only)]:
+                t0 = time.perf_counter()
+                await manager.report()
+                t1 = time.perf_counter()
+                await manager.report(since=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+                t2 = time.perf_counter()
+                if i >= 2:
+                    timed[n]["report_all"][0].append(t1 - t0)
+                    timed[n]["report_day"][0].append(t2 - t1)
     return timed
 
 
