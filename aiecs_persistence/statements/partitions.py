@@ -5,8 +5,9 @@ Retention drops a period's partitions (its steps and its events) when every task
 has been inactive since the cutoff: they are detached concurrently (writers go on), the period's
 tasks are checked again (a save that reached one meanwhile keeps the period: its partitions go
 back), its tasks' rows are deleted (their steps and events are no longer there to cascade to:
-with the triggers off where this role may and nothing else fires, ``TRIGGERS_OFF_ALLOWED``),
-and the detached tables are dropped, their files returned to the operating system at once. The
+with the triggers off where this role may and nothing else fires, ``TRIGGERS_OFF_ALLOWED``)
+while the detached tables are dropped on a second connection, their files returned to the
+operating system at once. The
 period is first recorded as retired, so that no partition is created for it again: a save that
 reaches one of its tasks in that moment waits for the task to be deleted and creates it anew,
 as a save that reaches a task the row-by-row cleanup deletes does.

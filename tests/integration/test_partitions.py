@@ -193,6 +193,70 @@ def test_retention_beside_sixteen_writers_loses_no_acknowledged_save(short, db_u
     assert first not in partitions(conn) or revived
 
 
+#: Logs the backend that runs each detach and each drop of a table (an event trigger's).
+DDL_LOG = """
+CREATE TABLE ddl_log (pid int, tag text, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO ddl_log (pid, tag) VALUES (pg_backend_pid(), tg_tag); END $$;
+CREATE EVENT TRIGGER log_detach ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+  EXECUTE FUNCTION log_ddl();
+CREATE EVENT TRIGGER log_drop ON sql_drop WHEN TAG IN ('DROP TABLE') EXECUTE FUNCTION log_ddl();
+"""
+
+
+@pytest.mark.parametrize("pool_size", [1, 4])
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "async"])
+def test_a_periods_tables_drop_beside_the_deletion_of_its_tasks(short, db_url, pool_size,
+                                                                blocking):
+    """With a second connection in the pool, a dropped period's tables go on it while its
+    tasks are deleted on the cleanup's; with one connection, on that one, first. Either way the
+    tasks, steps, events and tables are gone and their bytes counted."""
+    import asyncio
+
+    from aiecs_persistence import DatabaseManager
+
+    conn = short("2 seconds", ahead=2)
+    conn.execute(DDL_LOG)
+    settings = {"url": db_url, "pool_size": pool_size, "max_overflow": 0}
+    with SyncDatabaseManager(**settings) as db:
+        for t in range(30):
+            db.save_task_history("u", f"old-{t}", 0, step("plan"))
+    tables = {partition_of(conn, f"old-{t}") for t in range(30)}
+    tables |= {table.replace("task_history", "task_events", 1) for table in tables}
+    wait_for_next_period(conn)
+    wait_for_next_period(conn)
+    time.sleep(0.6)  # the period ended more than 2.5 s ago
+    if blocking:
+        with SyncDatabaseManager(**settings) as db:
+            assert db.cleanup_old_tasks(2.5 / 86_400) == 30
+            summary = db.last_cleanup
+    else:
+        async def cleanup() -> Any:
+            async with DatabaseManager(**settings) as db:
+                assert await db.cleanup_old_tasks(2.5 / 86_400) == 30
+                return db.last_cleanup
+
+        summary = asyncio.run(cleanup())
+    assert summary.partitions_dropped >= 2 and summary.bytes_freed > 0
+    left = conn.execute("SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM task_history),"
+                        " (SELECT count(*) FROM task_events)").fetchone()
+    assert left == (0, 0, 0)
+    for table in tables:
+        assert conn.execute("SELECT to_regclass(%s)", [table]).fetchone() == (None,)
+    # Each drop against the backend of the last ALTER TABLE before it: its period's detach.
+    pairs, altered = [], None
+    for pid, tag in conn.execute("SELECT pid, tag FROM ddl_log ORDER BY at").fetchall():
+        if tag == "ALTER TABLE":
+            altered = pid
+        else:
+            pairs.append((altered, pid))
+    assert len(pairs) == summary.partitions_dropped
+    if pool_size == 1:
+        assert all(detached == dropped for detached, dropped in pairs), pairs
+    else:
+        assert all(detached != dropped for detached, dropped in pairs), pairs
+
+
 def test_a_period_written_since_the_cleanup_began_is_kept_after_its_detach(short, db_url):
     """The periods are picked by activity alone; a step committed after the cleanup began, by
     a transaction older than the cutoff, is found by the check after the detach, which keeps
