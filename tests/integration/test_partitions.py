@@ -171,15 +171,17 @@ def test_retention_beside_sixteen_writers_loses_no_acknowledged_save(short, db_u
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
         for thread in threads:
             thread.start()
-        time.sleep(0.3)
-        began[0] = time.monotonic()
-        cleaning.set()
-        db.cleanup_old_tasks(2.5 / 86_400)
-        took = time.monotonic() - began[0]
-        time.sleep(0.3)
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+        try:
+            time.sleep(0.3)
+            began[0] = time.monotonic()
+            cleaning.set()
+            db.cleanup_old_tasks(2.5 / 86_400)
+            took = time.monotonic() - began[0]
+            time.sleep(0.3)
+        finally:  # a failed cleanup fails the test: the writers stop all the same
+            stop.set()
+            for thread in threads:
+                thread.join(30)
     assert not failures, failures[:3]
     stored = set(conn.execute("SELECT user_id, task_id, step FROM task_history").fetchall())
     assert set(acknowledged) <= stored
