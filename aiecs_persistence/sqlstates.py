@@ -312,12 +312,16 @@ _PARTITION_KEY: Final = re.compile(r"Partition key of the failing row contains \
 
 def missing_partition(exc: BaseException) -> str | None:
     """When ``exc`` says a row found no partition of ours (a save in a period whose partition
-    was not created yet): the row's bucket, as the server printed it; else None."""
+    was not created yet): the row's bucket, as the server printed it, or ``""`` when it printed
+    none (it does not to a role under the table's row security); else None."""
     driver = _driver_error(exc)
     if _sqlstate(driver) != CHECK_VIOLATION:
         return None
     if not (_diag(driver, "message_primary") or "").startswith("no partition of relation"):
         return None
-    found = _PARTITION_KEY.fullmatch(_diag(driver, "message_detail") or "")
+    detail = _diag(driver, "message_detail")
+    if not detail:
+        return ""
+    found = _PARTITION_KEY.fullmatch(detail)
     # (A NULL bucket is a save's that found no task: ``core.ManagerBase._task_was_gone``.)
     return found.group(1) if found and found.group(1) != "null" else None

@@ -260,8 +260,11 @@ class SyncDatabaseManager(ManagerBase):
                     # A save in a period with no partition yet (idle for longer than the
                     # partitions made ahead): create it, then save again. (-1: retention is
                     # dropping that period; once its task is deleted, the save creates it anew.)
-                    made = self._run(partitions.create_for(at))
-                    if made and made[0].created < 0:
+                    # Its bucket unknown (row security kept it out of the message): the
+                    # partitions due; none made means the row's period is another one.
+                    made = self._run(
+                        partitions.create_for(at) if at else partitions.create_due())
+                    if made and made[0].created < (1 if not at else 0):
                         time.sleep(self.settings.backoff(attempt))
                     continue
                 delay = self.retry_delay(statement, exc, attempt, started)
